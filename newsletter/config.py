@@ -1,0 +1,391 @@
+"""Read newsletter.toml once into frozen objects.
+
+Every key is checked here, when the file is read, and every message names the
+file and the key. After loading, the rest of the code trusts the Config.
+
+Any key can be overridden from the environment as NEWSLETTER_<SECTION>_<KEY>
+(for example NEWSLETTER_SMTP_PORT=2525, NEWSLETTER_SPONSORS_HELLOSHUTTLE_PHONE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+
+from newsletter.errors import ConfigError
+
+CONFIG_NAME = "newsletter.toml"
+ENV_CONFIG = "NEWSLETTER_CONFIG"
+ENV_PREFIX = "NEWSLETTER_"
+
+
+def _key(name: str, **kw: Any) -> Any:
+    """A field whose TOML key differs from the Python name (``from`` is a keyword)."""
+    return field(metadata={"key": name}, **kw)
+
+
+@dataclass(frozen=True)
+class Publication:
+    name: str
+    from_addr: str = _key("from")
+    postal_address: str = ""
+    base_url: str = ""
+    reply_to: str = ""
+    timezone: str = "UTC"
+    language: str = "en"
+    list_id: str = ""
+    secret_env: str = "NEWSLETTER_SECRET"
+
+
+@dataclass(frozen=True)
+class Paths:
+    templates: str = "templates"
+    issues: str = "issues"
+    output: str = "build"
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str = "sqlite:///newsletter.db"
+
+
+@dataclass(frozen=True)
+class Smtp:
+    host: str = "127.0.0.1"
+    port: int = 1025
+    security: str = "none"
+    username: str = ""
+    password_env: str = ""
+    timeout: float = 30.0
+    concurrency: int = 1
+    rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class Utm:
+    enabled: bool = True
+    source: str = ""
+    medium: str = "email"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The sample subscriber that `build` and the preview fill the slots for."""
+
+    email: str = "reader@example.com"
+    name: str = "Reader"
+
+
+@dataclass(frozen=True)
+class Sponsor:
+    id: str
+    name: str
+    url: str
+    label: str = "Sponsored"
+    message: str = ""
+    places: tuple[str, ...] = ()
+    call_to_action: str = "Learn more"
+    phone: str = ""
+    image: str = ""
+    image_alt: str = ""
+    image_width: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    publication: Publication
+    paths: Paths
+    database: Database
+    smtp: Smtp
+    utm: Utm
+    sample: Sample
+    sponsors: Mapping[str, Sponsor]
+    default_sponsor: str | None
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / self.paths.templates
+
+    @property
+    def issues_dir(self) -> Path:
+        return self.root / self.paths.issues
+
+    @property
+    def output_dir(self) -> Path:
+        return self.root / self.paths.output
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path resolved against the config file."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str(self.root / rest)
+        return url
+
+    def sponsor(self, sponsor_id: str) -> Sponsor:
+        try:
+            return self.sponsors[sponsor_id]
+        except KeyError:
+            raise ConfigError(
+                f"{self.path}: unknown sponsor {sponsor_id!r}"
+                f"{_did_you_mean(sponsor_id, self.sponsors)}"
+            ) from None
+
+
+_SECTIONS: dict[str, type] = {
+    "publication": Publication,
+    "paths": Paths,
+    "database": Database,
+    "smtp": Smtp,
+    "utm": Utm,
+    "sample": Sample,
+}
+_SMTP_SECURITY = ("none", "starttls", "tls")
+_SPONSOR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def find_config(start: Path | None = None) -> Path:
+    """NEWSLETTER_CONFIG if set, else newsletter.toml here or in a parent folder."""
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"no {CONFIG_NAME} here or above {here}; pass --config PATH")
+
+
+def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the configuration file, applying environment overrides."""
+    path = Path(path)
+    environ = os.environ if environ is None else environ
+    try:
+        raw_text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return _build(path.resolve(), data, environ)
+
+
+def _build(path: Path, data: dict[str, Any], environ: Mapping[str, str]) -> Config:
+    known = [*_SECTIONS, "sponsors"]
+    for section in data:
+        if section not in known:
+            raise ConfigError(
+                f"{path}: unknown section [{section}]{_did_you_mean(section, known)}"
+            )
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{path}: {section} must be a table ([{section}])")
+    if "publication" not in data:
+        raise ConfigError(f"{path}: missing section [publication]")
+
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        sections[name] = _section(path, name, cls, data.get(name, {}), environ)
+
+    sponsors, default = _sponsors(path, data.get("sponsors", {}), environ)
+    config = Config(path=path, sponsors=sponsors, default_sponsor=default, **sections)
+    _validate(config)
+    return config
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+
+
+def _section(
+    path: Path,
+    where: str,
+    cls: type,
+    values: dict[str, Any],
+    environ: Mapping[str, str],
+    fixed: dict[str, Any] | None = None,
+) -> Any:
+    fields = _fields(cls)
+    hints = typing.get_type_hints(cls)
+    settable = [k for k in fields if k not in (fixed or {})]
+    for key in values:
+        if key not in settable:
+            raise ConfigError(
+                f"{path}: unknown key {key!r} in [{where}]{_did_you_mean(key, settable)}"
+            )
+    kwargs: dict[str, Any] = dict(fixed or {})
+    env_section = where.replace(".", "_").upper()
+    for key in settable:
+        f = fields[key]
+        expected = hints[f.name]
+        env_name = f"{ENV_PREFIX}{env_section}_{key.upper()}"
+        if env_name in environ:
+            value = _from_env(path, env_name, environ[env_name], expected)
+            label = f"{env_name} (overriding [{where}] {key})"
+        elif key in values:
+            value = values[key]
+            label = f"[{where}] {key}"
+        else:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{path}: missing key {key!r} in [{where}]")
+            continue
+        kwargs[f.name] = _coerce(path, label, value, expected)
+    return cls(**kwargs)
+
+
+def _from_env(path: Path, name: str, text: str, expected: Any) -> Any:
+    if expected is str:
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        # Not a TOML literal: let _coerce report the type mismatch.
+        return text
+
+
+def _coerce(path: Path, label: str, value: Any, expected: Any) -> Any:
+    origin = typing.get_origin(expected)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in (str, int, float, bool):
+        if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(
+            f"{path}: {label}: expected {_type_name(expected)}, got {_type_name(type(value))}"
+            f" {value!r}"
+        )
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{path}: {label}: expected a list of strings, got {value!r}")
+    if origin in (types.UnionType, typing.Union):  # pragma: no cover - not used yet
+        return value
+    raise AssertionError(f"unsupported config type {expected!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }.get(tp, tp.__name__)
+
+
+def _sponsors(
+    path: Path, data: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Sponsor], str | None]:
+    sponsors: dict[str, Sponsor] = {}
+    default = environ.get(f"{ENV_PREFIX}SPONSORS_DEFAULT", data.get("default"))
+    for sponsor_id, values in data.items():
+        if sponsor_id == "default":
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"{path}: [sponsors] {sponsor_id}: expected a table [sponsors.{sponsor_id}]"
+                f" or the key 'default'"
+            )
+        if not _SPONSOR_ID.match(sponsor_id) or sponsor_id == "none":
+            raise ConfigError(
+                f"{path}: [sponsors.{sponsor_id}]: a sponsor id is lowercase letters, digits,"
+                " '-' or '_', and not 'none'"
+            )
+        sponsors[sponsor_id] = _section(
+            path, f"sponsors.{sponsor_id}", Sponsor, values, environ, fixed={"id": sponsor_id}
+        )
+    if default is not None:
+        if not isinstance(default, str):
+            raise ConfigError(f"{path}: [sponsors] default: expected a string, got {default!r}")
+        if default == "none":
+            default = None
+        elif default not in sponsors:
+            raise ConfigError(
+                f"{path}: [sponsors] default: unknown sponsor {default!r}"
+                f"{_did_you_mean(default, sponsors)}"
+            )
+    elif len(sponsors) == 1:
+        default = next(iter(sponsors))
+    elif sponsors:
+        raise ConfigError(f"{path}: [sponsors] default: missing; name one of {sorted(sponsors)}")
+    return sponsors, default
+
+
+def _validate(config: Config) -> None:
+    path = config.path
+    pub = config.publication
+    for key, value in (
+        ("name", pub.name),
+        ("from", pub.from_addr),
+        ("reply_to", pub.reply_to),
+        ("list_id", pub.list_id),
+    ):
+        if "\r" in value or "\n" in value:
+            raise ConfigError(f"{path}: [publication] {key}: must not contain a line break")
+    for key, value in (("from", pub.from_addr), ("reply_to", pub.reply_to)):
+        if key == "reply_to" and not value:
+            continue
+        if "@" not in parseaddr(value)[1]:
+            raise ConfigError(f"{path}: [publication] {key}: not an email address: {value!r}")
+    if pub.base_url and not re.match(r"^https?://[^/\s]+", pub.base_url):
+        raise ConfigError(
+            f"{path}: [publication] base_url: expected an http(s) URL, got {pub.base_url!r}"
+        )
+    try:
+        zoneinfo.ZoneInfo(pub.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{path}: [publication] timezone: unknown time zone {pub.timezone!r}"
+        ) from None
+    smtp = config.smtp
+    if smtp.security not in _SMTP_SECURITY:
+        raise ConfigError(
+            f"{path}: [smtp] security: expected one of {', '.join(_SMTP_SECURITY)},"
+            f" got {smtp.security!r}"
+        )
+    if not 0 < smtp.port < 65536:
+        raise ConfigError(f"{path}: [smtp] port: out of range: {smtp.port}")
+    if smtp.timeout <= 0:
+        raise ConfigError(f"{path}: [smtp] timeout: must be positive, got {smtp.timeout}")
+    if smtp.concurrency < 1:
+        raise ConfigError(f"{path}: [smtp] concurrency: must be at least 1")
+    if smtp.rate < 0:
+        raise ConfigError(f"{path}: [smtp] rate: must be 0 (unlimited) or positive")
+    for sponsor in config.sponsors.values():
+        if not re.match(r"^https?://", sponsor.url):
+            raise ConfigError(
+                f"{path}: [sponsors.{sponsor.id}] url: expected an http(s) URL,"
+                f" got {sponsor.url!r}"
+            )
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

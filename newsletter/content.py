@@ -1,0 +1,251 @@
+"""Issues: one Markdown file with YAML front matter, or a plain-text article imported into one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from newsletter.errors import ContentError
+from newsletter.fileio import read_text
+
+FRONT_MATTER_KEYS = ("title", "subject", "preheader", "date", "sponsor", "author", "source")
+_DATED_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})-(.+)$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: Path
+    slug: str
+    date: dt.date
+    title: str
+    subject: str
+    body: str
+    preheader: str = ""
+    sponsor: str | None = None  # None: the configured default; "none": no sponsor block
+    author: str = ""
+    source: str = ""
+
+
+def read_issue(path: Path) -> Issue:
+    """Read an issue file; every problem is reported with the file and, where known, the line."""
+    text = read_text(path)
+    meta, body = _split_front_matter(path, text)
+    unknown = [k for k in meta if k not in FRONT_MATTER_KEYS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), FRONT_MATTER_KEYS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ContentError(f"{path}: unknown front matter key {key!r}{hint}")
+
+    values: dict[str, str] = {}
+    for key in ("title", "subject", "preheader", "author", "source", "sponsor"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ContentError(f"{path}: front matter {key}: expected text, got {value!r}")
+        values[key] = str(value).strip()
+    for key in ("title", "subject"):
+        if not values.get(key):
+            raise ContentError(f"{path}: front matter: missing {key}")
+    for key in ("subject", "preheader", "title"):
+        if "\n" in values.get(key, "") or "\r" in values.get(key, ""):
+            raise ContentError(f"{path}: front matter {key}: must not contain a line break")
+
+    stem_match = _DATED_NAME.match(path.stem)
+    slug = stem_match.group(2) if stem_match else path.stem
+    if not _SLUG.match(slug):
+        raise ContentError(
+            f"{path}: file name: the slug {slug!r} must be lowercase letters, digits and '-'"
+        )
+    date = _issue_date(path, meta.get("date"), stem_match.group(1) if stem_match else None)
+    if not body.strip():
+        raise ContentError(f"{path}: the issue has no body")
+    return Issue(
+        path=path,
+        slug=slug,
+        date=date,
+        body=body,
+        title=values["title"],
+        subject=values["subject"],
+        preheader=values.get("preheader", ""),
+        sponsor=values.get("sponsor"),
+        author=values.get("author", ""),
+        source=values.get("source", ""),
+    )
+
+
+def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
+    lines = text.split("\n")
+    if not lines or lines[0].strip() != "---":
+        raise ContentError(f"{path}:1: expected front matter starting with '---'")
+    end = next((n for n, line in enumerate(lines) if n and line.strip() in ("---", "...")), 0)
+    if not end:
+        raise ContentError(f"{path}:1: front matter is not closed by a '---' line")
+    block = "\n".join(lines[1:end])
+    try:
+        meta = yaml.safe_load(block) if block.strip() else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 2 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise ContentError(f"{path}:{line}: malformed front matter: {problem}") from None
+    if not isinstance(meta, dict):
+        raise ContentError(f"{path}:2: front matter must be 'key: value' lines")
+    return meta, "\n".join(lines[end + 1 :])
+
+
+def _issue_date(path: Path, value: object, from_name: str | None) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    text = str(value) if value is not None else from_name
+    if text is None:
+        raise ContentError(
+            f"{path}: front matter: missing date (or name the file YYYY-MM-DD-slug.md)"
+        )
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ContentError(
+            f"{path}: front matter date: expected YYYY-MM-DD, got {text!r}"
+        ) from None
+
+
+# --- importing a plain-text article -------------------------------------------------------
+
+
+@dataclass
+class ImportedArticle:
+    markdown: str
+    slug: str
+    date: dt.date
+    notes: list[str] = field(default_factory=list)
+
+
+_SOURCE_LINE = re.compile(r"^\((?:according to|source:?|sources:?)\s+(.+?)\.?\)$", re.IGNORECASE)
+_END_PUNCTUATION = tuple(".!?:;,\"'”’)…")
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"”’]?\s+(?=[A-Z\"“‘(])")
+PREHEADER_MAX = 140
+SUBHEADING_MAX = 90
+
+
+def import_article(
+    text: str, date: dt.date, sponsor_names: Iterable[str] = (), slug: str | None = None
+) -> ImportedArticle:
+    """Turn a plain-text article into an issue (front matter + Markdown).
+
+    The first line is the title; short lines without end punctuation become
+    subheadings; a closing "(According to ...)" line becomes the source; a
+    trailing paragraph that advertises a configured sponsor is dropped, because
+    the configured sponsor block is appended to every issue anyway.
+    """
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", text.replace("\r\n", "\n").strip())]
+    blocks = [b for b in blocks if b]
+    if not blocks:
+        raise ContentError("the article is empty")
+    first, _, rest = blocks[0].partition("\n")
+    title = _one_line(first)
+    blocks = ([rest.strip()] if rest.strip() else []) + blocks[1:]
+    notes: list[str] = []
+
+    names = [n for n in sponsor_names if n]
+    if blocks and any(n.lower() in blocks[-1].lower() for n in names):
+        named = next(n for n in names if n.lower() in blocks[-1].lower())
+        notes.append(
+            f"removed the closing advertisement for {named} "
+            "(the configured sponsor block is appended to every issue)"
+        )
+        blocks.pop()
+
+    source = ""
+    if blocks:
+        match = _SOURCE_LINE.match(_one_line(blocks[-1]))
+        if match:
+            source = match.group(1).strip()
+            blocks.pop()
+            notes.append(f"kept the source line as the issue's source: {source}")
+
+    body: list[str] = []
+    paragraphs: list[str] = []
+    for block in blocks:
+        line = _one_line(block)
+        if (
+            "\n" not in block
+            and len(line) <= SUBHEADING_MAX
+            and not line.endswith(_END_PUNCTUATION)
+        ):
+            body.append("## " + _escape_markdown(line))
+        else:
+            paragraphs.append(line)
+            body.append(_escape_markdown(line))
+    if not paragraphs:
+        raise ContentError("the article has a title but no paragraphs")
+
+    slug = slug or slugify(title)
+    meta = {
+        "title": title,
+        "subject": title,
+        "preheader": preheader_from(paragraphs[0]),
+        "date": date,
+    }
+    if source:
+        meta["source"] = source
+    front = yaml.safe_dump(meta, allow_unicode=True, sort_keys=False, width=10_000)
+    markdown = f"---\n{front}---\n\n" + "\n\n".join(body) + "\n"
+    return ImportedArticle(markdown=markdown, slug=slug, date=date, notes=notes)
+
+
+def preheader_from(paragraph: str, limit: int = PREHEADER_MAX) -> str:
+    """The first sentences of a paragraph that fit in `limit` characters."""
+    sentences = _SENTENCE_END.split(paragraph.strip())
+    text = ""
+    for sentence in sentences:
+        candidate = f"{text} {sentence}".strip()
+        if len(candidate) > limit:
+            break
+        text = candidate
+    if not text:
+        cut = paragraph[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:")
+        text = cut + "…"
+    return text
+
+
+_STOP_WORDS = frozenset(
+    "a an and are as at be by for from has how in is it its of on or that the to was what"
+    " when where which who why will with".split()
+)
+
+
+def slugify(title: str, max_words: int = 6, max_length: int = 50) -> str:
+    """A short URL name: "What Motivated Biden to..." -> "motivated-biden-authorize-...". """
+    ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    words = re.findall(r"[a-z0-9]+", ascii_title.lower().replace("'", ""))
+    words = [w for w in words if w not in _STOP_WORDS][:max_words] or words[:max_words]
+    slug = ""
+    for word in words:
+        candidate = f"{slug}-{word}" if slug else word
+        if len(candidate) > max_length:
+            break
+        slug = candidate
+    return slug or "issue"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _escape_markdown(text: str) -> str:
+    text = re.sub(r"([\\`*_\[\]<>])", r"\\\1", text)
+    # A line that would start a heading, list or block quote.
+    text = re.sub(r"^([#>+-])(?=\s)", r"\\\1", text)
+    return re.sub(r"^(\d+)([.)])(?=\s)", r"\1\\\2", text)

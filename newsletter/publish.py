@@ -1,0 +1,218 @@
+"""The one plain-Python API that chains the steps; the CLI, scheduler and workers call it.
+
+    issue file -> content -> render (+ sponsor) -> inline CSS -> message -> (send)
+
+`build_issue` does the expensive work once per issue. `personal_values` and
+`MessageTemplate.render` are all that runs per recipient.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from email.utils import format_datetime
+from pathlib import Path
+
+from markupsafe import Markup
+
+from newsletter import article, check, inline, render, sponsor, tokens
+from newsletter.config import Config, Sponsor
+from newsletter.content import Issue, read_issue
+from newsletter.errors import CheckFailed, NewsletterError
+from newsletter.fileio import write_files
+from newsletter.message import Envelope, MessageTemplate
+
+
+@dataclass(frozen=True)
+class BuiltIssue:
+    issue: Issue
+    sponsor: Sponsor | None
+    html: render.SlotTemplate  # final inlined HTML with slot markers
+    text: render.SlotTemplate  # plain-text part with slot markers
+    sponsor_html: str
+    sponsor_text: str
+
+
+@dataclass(frozen=True)
+class Outputs:
+    html: Path
+    text: Path
+    eml: Path
+
+
+def load_issue(path: Path | str) -> Issue:
+    return read_issue(Path(path))
+
+
+def build_issue(config: Config, issue: Issue) -> BuiltIssue:
+    """Markdown, layout, sponsor block and premailer: once per issue."""
+    env = render.environment(config.templates_dir)
+    chosen = sponsor.choose(config, issue)
+    context = {
+        "publication": config.publication,
+        "issue": {
+            "title": issue.title,
+            "subject": issue.subject,
+            "preheader": issue.preheader,
+            "slug": issue.slug,
+            "date": issue.date,
+            "date_label": f"{issue.date:%B} {issue.date.day}, {issue.date.year}",
+            "author": issue.author,
+            "source": issue.source,
+        },
+    }
+    sponsor_html = sponsor_text = ""
+    if chosen is not None:
+        blk = sponsor.block(config, issue, chosen)
+        sponsor_context = {
+            **context,
+            "sponsor": {**vars(blk.sponsor), "url": blk.url, "tel": blk.tel},
+        }
+        sponsor_html = render.render(env, "sponsor.html", sponsor_context).strip()
+        sponsor_text = render.render(env, "sponsor.txt", sponsor_context).strip()
+    html = render.render(
+        env,
+        render.HTML_TEMPLATE,
+        {
+            **context,
+            "body_html": Markup(article.to_html(issue.body)),
+            "sponsor_html": Markup(sponsor_html),
+        },
+    )
+    text = render.render(
+        env,
+        render.TEXT_TEMPLATE,
+        {
+            **context,
+            "body_text": article.to_text(issue.body).rstrip(),
+            "sponsor_text": sponsor_text,
+        },
+    )
+    return BuiltIssue(
+        issue=issue,
+        sponsor=chosen,
+        html=render.html_slots(inline.inline_css(html)),
+        text=render.text_slots(text),
+        sponsor_html=sponsor_html,
+        sponsor_text=sponsor_text,
+    )
+
+
+def personal_values(
+    config: Config, built: BuiltIssue, signer: tokens.Signer, email: str, name: str
+) -> tuple[dict[str, str], str]:
+    """The slot values for one recipient, and their unsubscribe token."""
+    token = signer.sign(email)
+    values = {
+        "name": name or "there",
+        "email": email,
+        "unsubscribe_url": tokens.unsubscribe_url(config, token),
+        "view_online_url": tokens.view_online_url(config, built.issue.slug),
+    }
+    return values, token
+
+
+def message_template(
+    config: Config, built: BuiltIssue, subject_prefix: str = ""
+) -> MessageTemplate:
+    pub = config.publication
+    return MessageTemplate(
+        Envelope(
+            from_addr=pub.from_addr,
+            subject=f"{subject_prefix}{built.issue.subject}",
+            reply_to=pub.reply_to,
+            list_id=pub.list_id,
+            list_name=pub.name,
+        ),
+        built.html,
+        built.text,
+    )
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The issue as the sample subscriber gets it: what `build` writes and `check` reads."""
+
+    html: str
+    text: str
+    message: bytes
+    unsubscribe_url: str
+
+
+def sample(config: Config, built: BuiltIssue, when: dt.datetime | None = None) -> Sample:
+    signer = tokens.Signer(tokens.load_secret(config))
+    values, token = personal_values(config, built, signer, config.sample.email, config.sample.name)
+    template = message_template(config, built)
+    date = None
+    if when is not None:
+        date = format_datetime(when)
+    message = template.render(
+        config.sample.email,
+        config.sample.name,
+        values,
+        token,
+        date=date,
+    )
+    return Sample(
+        html=built.html.fill(values),
+        text=built.text.fill(values),
+        message=message,
+        unsubscribe_url=values["unsubscribe_url"],
+    )
+
+
+def check_built(config: Config, built: BuiltIssue, filled: Sample) -> list[check.Finding]:
+    return check.check(
+        check.Subject(
+            subject=built.issue.subject,
+            preheader=built.issue.preheader,
+            html=filled.html,
+            text=filled.text,
+            unsubscribe_url=filled.unsubscribe_url,
+            postal_address=config.publication.postal_address,
+            sponsor_name=built.sponsor.name if built.sponsor else None,
+            sponsor_label=built.sponsor.label if built.sponsor else "",
+            sponsor_html=built.sponsor_html,
+            sponsor_text=built.sponsor_text,
+            message=filled.message,
+        )
+    )
+
+
+def check_issue(config: Config, path: Path | str) -> list[check.Finding]:
+    built = build_issue(config, load_issue(path))
+    return check_built(config, built, sample(config, built))
+
+
+def write_build(
+    config: Config, path: Path | str, out_dir: Path | None = None, force: bool = False
+) -> tuple[Outputs, list[check.Finding]]:
+    """Build an issue and write <slug>.html, .txt and .eml; refuse on check errors unless forced.
+
+    All three files are written or none is.
+    """
+    built = build_issue(config, load_issue(path))
+    filled = sample(config, built)
+    findings = check_built(config, built, filled)
+    if check.has_errors(findings) and not force:
+        first = next(f for f in findings if f.level == "error")
+        count = sum(f.level == "error" for f in findings)
+        raise CheckFailed(
+            f"{built.issue.path}: {count} check error(s), nothing written"
+            f" (first: {first.message}); run `newsletter check` for all, or --force"
+        )
+    out_dir = out_dir or config.output_dir
+    slug = built.issue.slug
+    outputs = Outputs(
+        html=out_dir / f"{slug}.html", text=out_dir / f"{slug}.txt", eml=out_dir / f"{slug}.eml"
+    )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NewsletterError(f"{out_dir}: exists and is not a folder")
+    write_files(
+        {
+            outputs.html: filled.html.encode("utf-8"),
+            outputs.text: filled.text.encode("utf-8"),
+            outputs.eml: filled.message,
+        }
+    )
+    return outputs, findings
