@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+SAMPLE_ISSUE := issues/2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md
 
 .PHONY: demo test lint format bench clean
 
@@ -12,8 +13,8 @@ $(BIN)/newsletter: pyproject.toml
 	touch $@
 
 demo: $(BIN)/newsletter
-	$(BIN)/newsletter build issues/2024-11-25-biden-atacms-ukraine.md -o build
-	$(BIN)/newsletter check issues/2024-11-25-biden-atacms-ukraine.md
+	$(BIN)/newsletter build $(SAMPLE_ISSUE) -o build
+	$(BIN)/newsletter check $(SAMPLE_ISSUE)
 
 test: $(BIN)/newsletter
 	$(BIN)/ruff check newsletter tests bench
