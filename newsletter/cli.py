@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import click
 
-from newsletter import __version__, content, publish
+from newsletter import __version__, campaign, content, publish, tokens
 from newsletter import config as config_mod
+from newsletter import smtpd as smtpd_mod
+from newsletter import subscribers as subscriber_ops
 from newsletter.check import Finding, has_errors
 from newsletter.errors import NewsletterError
 from newsletter.fileio import read_text, write_files
+from newsletter.store import SUBSCRIBER_STATUSES, Store
 
 
 class NewsletterClickError(click.ClickException):
@@ -150,6 +156,330 @@ def check(state: State, issue: Path, as_json: bool) -> None:
         click.echo(f"{issue}: {errors} error(s), {warnings} warning(s)")
     if has_errors(findings):
         raise SystemExit(1)
+
+
+# --- subscribers ------------------------------------------------------------------------
+
+
+def _store(state: State) -> Store:
+    return Store.open(state.config.database_url)
+
+
+@cli.group()
+def subscribers() -> None:
+    """Manage the subscriber list: import, add, remove, list, count."""
+
+
+@subscribers.command("import")
+@click.argument("csv_file", type=click.Path(path_type=Path))
+@pass_state
+def subscribers_import(state: State, csv_file: Path) -> None:
+    """Import CSV_FILE (columns email, name, and extra columns kept as attributes).
+
+    Bad rows are reported with their line number and skipped; the good rows are
+    imported. Re-importing is safe; an unsubscribed address stays unsubscribed.
+    """
+    report = subscriber_ops.import_csv(_store(state), csv_file)
+    for problem in report.rejected:
+        click.echo(f"skipped: {problem}", err=True)
+    click.echo(f"{report.added} added, {report.updated} updated, {len(report.rejected)} rejected")
+    if report.rejected:
+        raise SystemExit(1)
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="The subscriber's name, used in the greeting.")
+@pass_state
+def subscribers_add(state: State, email: str, name: str) -> None:
+    """Add EMAIL to the list (or update its name)."""
+    added = subscriber_ops.add(_store(state), email, name)
+    click.echo(f"{'added' if added else 'updated'} {email.strip().lower()}")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@pass_state
+def subscribers_remove(state: State, email: str) -> None:
+    """Unsubscribe EMAIL (kept as unsubscribed, so a re-import does not add it back)."""
+    subscriber_ops.remove(_store(state), email)
+    click.echo(f"unsubscribed {email.strip().lower()}")
+
+
+@subscribers.command("list")
+@click.option(
+    "--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only subscribers with this status."
+)
+@pass_state
+def subscribers_list(state: State, status: str | None) -> None:
+    """List subscribers, one a line: address, name, status."""
+    for row in _store(state).iter_subscribers(status=status):
+        click.echo(f"{row.email}\t{row.name}\t{row.status}")
+
+
+@subscribers.command("count")
+@click.option(
+    "--status",
+    type=click.Choice(SUBSCRIBER_STATUSES),
+    default="active",
+    show_default=True,
+    help="Count subscribers with this status.",
+)
+@pass_state
+def subscribers_count(state: State, status: str) -> None:
+    """Print the number of subscribers."""
+    click.echo(str(_store(state).count_subscribers(status)))
+
+
+@cli.command()
+@click.argument("token_or_email")
+@pass_state
+def unsubscribe(state: State, token_or_email: str) -> None:
+    """Apply an unsubscribe link's TOKEN (or an address): later messages stop."""
+    config = state.config
+    if "@" in token_or_email:
+        email = token_or_email.strip().lower()
+    else:
+        email = tokens.Signer(tokens.load_secret(config)).verify(token_or_email) or ""
+        if not email:
+            raise click.ClickException("the token is not valid (forged, altered or cut short)")
+    subscriber_ops.remove(_store(state), email)
+    click.echo(f"unsubscribed {email}")
+
+
+# --- sending ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("issue", type=click.Path(path_type=Path))
+@click.option("--to", "to", multiple=True, help="Send a [TEST] copy to this address (repeatable).")
+@click.option("--all", "to_all", is_flag=True, help="Send a campaign to every active subscriber.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@click.option("--dry-run", is_flag=True, help="Render every message, send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_state
+def send(
+    state: State,
+    issue: Path,
+    to: tuple[str, ...],
+    to_all: bool,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Send ISSUE: a test with --to ADDR, or a campaign to the whole list with --all.
+
+    A campaign asks for confirmation unless --yes. Exit code 0 only when every
+    message went out (nothing failed, deferred or left over).
+    """
+    if bool(to) == to_all:
+        raise click.UsageError("say who gets it: --to ADDRESS (a test) or --all (a campaign)")
+    config = state.config
+    built = publish.build_issue(config, publish.load_issue(issue))
+    if to:
+        for address in to:
+            try:
+                subscriber_ops.normalize_email(address)
+            except ValueError as exc:
+                raise click.BadParameter(f"{address!r}: {exc}", param_hint="--to") from None
+        results = campaign.send_test(config, built, to)
+        failed = [r for r in results if r[1] != "sent"]
+        if as_json:
+            click.echo(json.dumps({"test": True, "results": dict(results)}))
+        else:
+            for address, outcome in results:
+                click.echo(f"{address}: {outcome}")
+        raise SystemExit(1 if failed else 0)
+
+    store = _store(state)
+    findings = publish.check_built(config, built, publish.sample(config, built))
+    if has_errors(findings):
+        first = next(f for f in findings if f.level == "error")
+        raise click.ClickException(
+            f"{issue}: check found errors (first: {first.message}); fix them before sending"
+        )
+    count = store.count_subscribers()
+    if dry_run:
+        report = campaign.dry_run(store, config, built)
+        if as_json:
+            click.echo(
+                json.dumps({"dry_run": True, "messages": report.messages, "bytes": report.bytes})
+            )
+        else:
+            click.echo(
+                f"dry run: {report.messages} messages rendered"
+                f" ({report.bytes / max(report.messages, 1) / 1024:.1f} KB each), nothing sent"
+            )
+        return
+    if count == 0:
+        raise click.ClickException(
+            "no active subscribers: import some with `newsletter subscribers import`"
+        )
+    if not yes:
+        click.confirm(
+            f"Send {built.issue.subject!r} to {count:,} subscriber(s)?", abort=True, err=True
+        )
+    campaign_id = campaign.create(store, built)
+    _run_campaign(state, store, campaign_id, as_json)
+
+
+@cli.command()
+@click.argument("campaign_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_state
+def resume(state: State, campaign_id: int, as_json: bool) -> None:
+    """Send what CAMPAIGN_ID has not sent yet (after a crash, a stop or deferrals)."""
+    _run_campaign(state, _store(state), campaign_id, as_json)
+
+
+def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -> None:
+    config = state.config
+    show_bar = not as_json and sys.stderr.isatty()
+    total = campaign.counts(store, campaign_id)
+    todo = total["pending"] + total["sending"] + total["deferred"]
+    bar = (
+        click.progressbar(length=todo, label=f"campaign {campaign_id}", file=sys.stderr)
+        if show_bar
+        else None
+    )
+    done = [0]
+
+    def progress(result: campaign.RunResult) -> None:
+        if bar is not None:
+            now = result.sent + result.failed
+            bar.update(now - done[0])
+            done[0] = now
+
+    try:
+        result = campaign.run(store, config, campaign_id, progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: resume with `newsletter resume {campaign_id}`", err=True)
+        raise SystemExit(130) from None
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        if result.in_doubt:
+            click.echo(
+                f"{result.in_doubt} message(s) were in doubt from an interrupted run"
+                " (they may get a second copy)",
+                err=True,
+            )
+        for line in result.errors[-5:]:
+            click.echo(f"  {line}", err=True)
+        click.echo(
+            f"campaign {campaign_id}: {result.sent} sent, {result.deferred} deferred,"
+            f" {result.failed} failed, {result.skipped} skipped, {result.pending} pending"
+            f" [{result.status}]"
+        )
+        if result.error:
+            click.echo(f"error: {result.error}", err=True)
+        if result.status != campaign.DONE:
+            click.echo(f"resume with `newsletter resume {campaign_id}`", err=True)
+    if not result.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("campaign_id", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_state
+def status(state: State, campaign_id: int | None, as_json: bool) -> None:
+    """Show campaigns (or CAMPAIGN_ID): counts per status and recent errors."""
+    rows = campaign.status(_store(state), campaign_id)
+    if as_json:
+        click.echo(json.dumps({"campaigns": rows}, indent=2))
+        return
+    if not rows:
+        click.echo("no campaigns yet")
+    for row in rows:
+        click.echo(
+            f"#{row['id']} {row['issue']} [{row['status']}]: {row['sent']}/{row['total']} sent,"
+            f" {row['deferred']} deferred, {row['failed']} failed, {row['pending']} pending,"
+            f" {row['skipped']} skipped"
+            + (f", {row['in_doubt']} in doubt" if row["in_doubt"] else "")
+        )
+        if row["last_error"]:
+            click.echo(f"    error: {row['last_error']}")
+        for err in row["recent_errors"]:
+            click.echo(f"    {err['email']}: {err['status']}: {err['error']}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=1025, show_default=True, help="Port to listen on.")
+@click.option(
+    "--dir",
+    "outbox",
+    default="outbox",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the captured .eml files.",
+)
+def smtpd(host: str, port: int, outbox: Path) -> None:
+    """Run a local SMTP server that stores every message it gets as a .eml file."""
+    controller = smtpd_mod.start(outbox, host, port)
+    click.echo(f"capturing mail on {host}:{port} into {outbox}/ (Ctrl-C to stop)", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    controller.stop()
+    click.echo(f"stopped; {controller.handler.count} message(s) captured in {outbox}/", err=True)
+
+
+@cli.command()
+@click.argument(
+    "issue", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--outbox",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Show the .eml files captured in this folder instead of an issue.",
+)
+@click.option(
+    "--port",
+    default=8025,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; other machines can see the page unless it is local.",
+)
+@click.option(
+    "--open/--no-open",
+    "open_browser",
+    default=True,
+    show_default=True,
+    help="Open the page in a web browser.",
+)
+@pass_state
+def preview(
+    state: State, issue: Path | None, outbox: Path | None, port: int, host: str, open_browser: bool
+) -> None:
+    """Serve a live preview of ISSUE: desktop and phone, plain text, headers and checks."""
+    # Imported here so that the web stack loads only for this command.
+    from newsletter import preview as previews
+
+    if (issue is None) == (outbox is None):
+        raise click.UsageError("give an ISSUE or --outbox DIR")
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    if outbox is not None:
+        shown = previews.outbox_preview(outbox, log=log)
+    else:
+        assert issue is not None
+        config_path = state.config_path or config_mod.find_config()
+        shown = previews.issue_preview(config_path, issue, log=log)
+    previews.serve(shown, host, port, open_browser=open_browser, announce=click.echo, log=log)
 
 
 def _format_finding(finding: Finding) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from newsletter.errors import ConfigError
+from newsletter.fileio import read_text
 
 CONFIG_NAME = "newsletter.toml"
 ENV_CONFIG = "NEWSLETTER_CONFIG"
@@ -70,6 +71,9 @@ class Smtp:
     timeout: float = 30.0
     concurrency: int = 1
     rate: float = 0.0
+    ca_file: str = ""  # a CA bundle to trust instead of the system's (relative to this file)
+    retries: int = 3  # attempts for a temporary failure (4xx, dropped connection) in one run
+    retry_delay: float = 5.0  # seconds before the first retry; doubles each time, with jitter
 
 
 @dataclass(frozen=True)
@@ -180,14 +184,8 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate the configuration file, applying environment overrides."""
     path = Path(path)
     environ = os.environ if environ is None else environ
-    try:
-        raw_text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    # read_text names the line of a bad byte and drops a BOM, which tomllib rejects.
+    raw_text = read_text(path, ConfigError)
     try:
         data = tomllib.loads(raw_text)
     except tomllib.TOMLDecodeError as exc:
@@ -376,6 +374,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{path}: [smtp] timeout: must be positive, got {smtp.timeout}")
     if smtp.concurrency < 1:
         raise ConfigError(f"{path}: [smtp] concurrency: must be at least 1")
+    if smtp.retries < 0 or smtp.retry_delay < 0:
+        raise ConfigError(f"{path}: [smtp] retries and retry_delay: must not be negative")
     if smtp.rate < 0:
         raise ConfigError(f"{path}: [smtp] rate: must be 0 (unlimited) or positive")
     for sponsor in config.sponsors.values():

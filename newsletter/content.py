@@ -98,6 +98,8 @@ def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
         line = mark.line + 2 if mark is not None else 1
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise ContentError(f"{path}:{line}: malformed front matter: {problem}") from None
+    except ValueError as exc:  # well-formed YAML, impossible value: `date: 2024-13-01`
+        raise ContentError(f"{path}: front matter: invalid date: {exc}") from None
     if not isinstance(meta, dict):
         raise ContentError(f"{path}:2: front matter must be 'key: value' lines")
     return meta, "\n".join(lines[end + 1 :])
@@ -227,7 +229,7 @@ _STOP_WORDS = frozenset(
 
 
 def slugify(title: str, max_words: int = 6, max_length: int = 50) -> str:
-    """A short URL name: "What Motivated Biden to..." -> "motivated-biden-authorize-...". """
+    """A short URL name: "What Motivated Biden to..." -> "motivated-biden-authorize-..."."""
     ascii_title = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
     words = re.findall(r"[a-z0-9]+", ascii_title.lower().replace("'", ""))
     words = [w for w in words if w not in _STOP_WORDS][:max_words] or words[:max_words]

@@ -39,6 +39,9 @@ def write_files(files: Mapping[Path, bytes]) -> None:
 
     A failure before the renames leaves no partial output behind.
     """
+    for path in files:
+        if path.is_dir():  # os.replace would fail after the other files are in place
+            raise NewsletterError(f"{path}: cannot write: is a folder")
     staged: list[tuple[str, Path]] = []
     mask = _umask()
     try:
@@ -53,5 +56,10 @@ def write_files(files: Mapping[Path, bytes]) -> None:
         for tmp, _ in staged:
             Path(tmp).unlink(missing_ok=True)
         raise NewsletterError(f"{exc.filename or path}: cannot write: {exc.strerror}") from None
-    for tmp, path in staged:
-        os.replace(tmp, path)
+    try:
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise NewsletterError(f"{path}: cannot write: {exc.strerror}") from None

@@ -33,4 +33,8 @@ def inline_css(html: str) -> str:
         "<!doctype"
     ):
         out = "<!DOCTYPE html>\n" + out
+    # premailer drops the final newline; the message's HTML part always ends with one,
+    # so without it the written .html would differ from what readers get.
+    if html.endswith("\n") and not out.endswith("\n"):
+        out += "\n"
     return out

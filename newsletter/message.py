@@ -16,6 +16,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.header import Header
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, parseaddr
 from urllib.parse import quote
@@ -35,9 +36,23 @@ def check_header_value(name: str, value: str) -> str:
     return value
 
 
+NAME_MAX = 100
+
+
 def clean_display_name(name: str) -> str:
-    """A subscriber's name as data: control characters (CR, LF, ...) become spaces."""
-    return " ".join(_CONTROL.sub(" ", name).split())
+    """A subscriber's name as data: control characters (CR, LF, ...) become spaces,
+    and it is cut to NAME_MAX characters (it goes into the To: header)."""
+    return " ".join(_CONTROL.sub(" ", name).split())[:NAME_MAX].strip()
+
+
+def format_to(email: str, name: str) -> str:
+    """The To: value: RFC 2047 for a non-ASCII name, folded with CRLF, never a bare LF."""
+    if not name:
+        return email
+    if name.isascii():
+        return formataddr((name, email))
+    encoded = Header(name, "utf-8").encode(linesep="\r\n")
+    return f"{encoded} <{email}>"
 
 
 @dataclass(frozen=True)
@@ -116,7 +131,7 @@ class MessageTemplate:
         url = check_header_value("List-Unsubscribe", values["unsubscribe_url"])
         mailto = f"mailto:{self.from_address}?subject=unsubscribe%20{quote(unsubscribe_token)}"
         name = clean_display_name(to_name)
-        to = formataddr((name, to_email), charset="utf-8") if name else to_email
+        to = format_to(to_email, name)
         personal = (
             f"To: {to}\r\n"
             f"Date: {date or formatdate(usegmt=True)}\r\n"

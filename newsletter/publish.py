@@ -98,18 +98,24 @@ def build_issue(config: Config, issue: Issue) -> BuiltIssue:
     )
 
 
-def personal_values(
-    config: Config, built: BuiltIssue, signer: tokens.Signer, email: str, name: str
-) -> tuple[dict[str, str], str]:
-    """The slot values for one recipient, and their unsubscribe token."""
-    token = signer.sign(email)
-    values = {
-        "name": name or "there",
-        "email": email,
-        "unsubscribe_url": tokens.unsubscribe_url(config, token),
-        "view_online_url": tokens.view_online_url(config, built.issue.slug),
-    }
-    return values, token
+class Personalizer:
+    """The slot values for one recipient: all the per-recipient work besides MIME and SMTP."""
+
+    def __init__(self, config: Config, slug: str, signer: tokens.Signer | None = None) -> None:
+        self.config = config
+        self.signer = signer or tokens.Signer(tokens.load_secret(config))
+        self.view_online_url = tokens.view_online_url(config, slug)
+        self._unsubscribe_base = tokens.unsubscribe_url(config, "")
+
+    def values(self, email: str, name: str) -> tuple[dict[str, str], str]:
+        """(slot values, unsubscribe token) for one recipient."""
+        token = self.signer.sign(email)
+        return {
+            "name": name or "there",
+            "email": email,
+            "unsubscribe_url": self._unsubscribe_base + token,
+            "view_online_url": self.view_online_url,
+        }, token
 
 
 def message_template(
@@ -140,8 +146,9 @@ class Sample:
 
 
 def sample(config: Config, built: BuiltIssue, when: dt.datetime | None = None) -> Sample:
-    signer = tokens.Signer(tokens.load_secret(config))
-    values, token = personal_values(config, built, signer, config.sample.email, config.sample.name)
+    values, token = Personalizer(config, built.issue.slug).values(
+        config.sample.email, config.sample.name
+    )
     template = message_template(config, built)
     date = None
     if when is not None:

@@ -1,0 +1,256 @@
+"""SMTP transport: TLS, login, timeouts, connection reuse, rate, reply codes.
+
+One `SmtpConnection` per worker thread, reused across messages. Replies are
+classified per recipient: 2xx sent; 4xx, 421 or a dropped connection deferred;
+5xx failed. A failed login stops the caller (`SmtpLoginError`): no message is
+marked failed because of our own credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from newsletter.config import Config, Smtp
+from newsletter.errors import NewsletterError
+
+SENT = "sent"
+DEFERRED = "deferred"
+FAILED = "failed"
+
+
+class SmtpError(NewsletterError):
+    """The SMTP server cannot be used at all (connect, TLS, login): stop, mark nobody failed."""
+
+
+class SmtpLoginError(SmtpError):
+    pass
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status: str  # SENT, DEFERRED or FAILED
+    code: int | None
+    text: str
+    dropped: bool = False  # the connection is gone; reconnect before the next message
+
+    @property
+    def error(self) -> str:
+        return f"{self.code} {self.text}".strip() if self.code else self.text
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    security: str
+    username: str
+    password: str
+    timeout: float
+    ca_file: str = ""
+
+    @classmethod
+    def from_config(cls, config: Config) -> SmtpSettings:
+        smtp: Smtp = config.smtp
+        password = ""
+        if smtp.username:
+            if not smtp.password_env:
+                raise SmtpError(
+                    f"{config.path}: [smtp] password_env: name the environment variable"
+                    f" that holds the password for {smtp.username!r}"
+                )
+            password = os.environ.get(smtp.password_env, "")
+            if not password:
+                raise SmtpError(
+                    f"SMTP password: the environment variable {smtp.password_env} is not set"
+                    f" ([smtp] password_env in {config.path})"
+                )
+        ca_file = str(config.root / smtp.ca_file) if smtp.ca_file else ""
+        return cls(
+            host=smtp.host,
+            port=smtp.port,
+            security=smtp.security,
+            username=smtp.username,
+            password=password,
+            timeout=smtp.timeout,
+            ca_file=ca_file,
+        )
+
+    def tls_context(self) -> ssl.SSLContext:
+        # Certificate and host name verified; never a silent fallback to plain text.
+        return ssl.create_default_context(cafile=self.ca_file or None)
+
+
+class _SMTP(smtplib.SMTP):
+    def send_prepared(self, sender: str, recipient: str, data: bytes) -> tuple[int, bytes]:
+        """MAIL, RCPT, DATA for one recipient with a message that is already CRLF bytes.
+
+        smtplib's own data() runs two regular expressions over the whole message;
+        our messages are CRLF already, so dot-stuffing is a single bytes.replace.
+        """
+        code, resp = self.mail(sender)
+        if code != 250:
+            self._reset_quietly()
+            return code, resp
+        code, resp = self.rcpt(recipient)
+        if code not in (250, 251):
+            self._reset_quietly()
+            return code, resp
+        code, resp = self.docmd("DATA")
+        if code != 354:
+            self._reset_quietly()
+            return code, resp
+        body = data.replace(b"\r\n.", b"\r\n..")
+        if body.startswith(b"."):
+            body = b"." + body
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        self.send(body + b".\r\n")
+        return self.getreply()
+
+    def _reset_quietly(self) -> None:
+        try:
+            self.rset()
+        except smtplib.SMTPException:
+            pass
+
+
+class _SMTP_SSL(smtplib.SMTP_SSL, _SMTP):
+    pass
+
+
+class SmtpConnection:
+    """One reusable connection; reconnects after a drop. Not thread-safe: one per worker."""
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self.settings = settings
+        self._smtp: _SMTP | None = None
+        self.connects = 0
+
+    def _open(self) -> _SMTP:
+        s = self.settings
+        where = f"SMTP server {s.host}:{s.port}"
+        smtp: _SMTP | None = None
+        try:
+            if s.security == "tls":
+                smtp = _SMTP_SSL(s.host, s.port, timeout=s.timeout, context=s.tls_context())
+            else:
+                smtp = _SMTP(s.host, s.port, timeout=s.timeout)
+            smtp.ehlo()
+            if s.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    raise SmtpError(f"{where} does not offer STARTTLS ([smtp] security)")
+                smtp.starttls(context=s.tls_context())
+                smtp.ehlo()
+            if s.username:
+                smtp.login(s.username, s.password)
+        except BaseException as exc:
+            if smtp is not None:
+                smtp.close()
+            raise _describe(exc, where, s) from None
+        self.connects += 1
+        return smtp
+
+    def connect(self) -> None:
+        if self._smtp is None:
+            self._smtp = self._open()
+
+    def send(self, sender: str, recipient: str, data: bytes) -> SendResult:
+        self.connect()
+        assert self._smtp is not None
+        try:
+            code, resp = self._smtp.send_prepared(sender, recipient, data)
+        except smtplib.SMTPServerDisconnected as exc:
+            self._drop()
+            return SendResult(DEFERRED, None, f"connection dropped: {exc}", dropped=True)
+        except smtplib.SMTPResponseException as exc:
+            code, resp = exc.smtp_code, exc.smtp_error
+        except TimeoutError:
+            self._drop()
+            return SendResult(DEFERRED, None, "timed out waiting for the server", dropped=True)
+        except OSError as exc:
+            self._drop()
+            return SendResult(DEFERRED, None, f"connection error: {exc}", dropped=True)
+        text = resp.decode("utf-8", errors="replace") if isinstance(resp, bytes) else str(resp)
+        text = " ".join(text.split())
+        if 200 <= code < 300:
+            return SendResult(SENT, code, text)
+        if code == 421 or code == -1:
+            self._drop()
+            return SendResult(DEFERRED, code, text, dropped=True)
+        if 400 <= code < 500:
+            return SendResult(DEFERRED, code, text)
+        return SendResult(FAILED, code, text)
+
+    def _drop(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
+
+
+def _describe(exc: BaseException, where: str, s: SmtpSettings) -> BaseException:
+    """The one-line error for a connection that could not be set up."""
+    if isinstance(exc, SmtpError) or not isinstance(exc, Exception):
+        return exc
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        reply = exc.smtp_error.decode(errors="replace")
+        return SmtpLoginError(f"{where}: login as {s.username!r} refused: {exc.smtp_code} {reply}")
+    if isinstance(exc, ssl.SSLError):
+        return SmtpError(f"{where}: TLS failed: {exc.reason or exc}")
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return SmtpError(f"{where}: {exc}")
+    if isinstance(exc, smtplib.SMTPConnectError):
+        return SmtpError(f"{where}: refused the connection: {exc.smtp_code}")
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        if "timed out" in str(exc):  # smtplib reports a read timeout this way
+            return SmtpError(f"{where}: timed out after {s.timeout:g} s")
+        return SmtpError(f"{where}: closed the connection: {exc}")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return SmtpError(f"{where}: {exc.smtp_code} {exc.smtp_error.decode(errors='replace')}")
+    if isinstance(exc, TimeoutError):
+        return SmtpError(f"{where}: timed out after {s.timeout:g} s")
+    if isinstance(exc, OSError):
+        return SmtpError(f"{where}: cannot connect: {exc.strerror or exc}")
+    return exc
+
+
+class RateLimiter:
+    """A token bucket shared by all worker threads: `rate` messages per second, 0 = unlimited."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = clock()
+
+    def acquire(self) -> None:
+        if self.rate <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(self._next, now)
+            self._next = slot + 1.0 / self.rate
+        if slot > now:
+            self._sleep(slot - now)

@@ -1,0 +1,328 @@
+"""SQLAlchemy Core tables: subscribers, campaigns, deliveries (the ledger).
+
+SQLite (a file next to newsletter.toml, WAL mode) by default; the same code runs
+on PostgreSQL. Every (campaign, subscriber) pair has one row in `deliveries`,
+unique on that pair, moving pending -> sending -> sent | failed | deferred |
+skipped. The ledger is the truth: a campaign sends only rows not yet sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from newsletter.errors import NewsletterError
+
+SCHEMA_VERSION = 1
+
+# Subscriber statuses
+ACTIVE = "active"
+UNSUBSCRIBED = "unsubscribed"
+SUBSCRIBER_STATUSES = (ACTIVE, UNSUBSCRIBED)
+
+# Delivery statuses
+PENDING = "pending"
+SENDING = "sending"  # handed to the SMTP server, reply not yet recorded: in doubt after a crash
+SENT = "sent"
+FAILED = "failed"  # permanent (5xx), never retried
+DEFERRED = "deferred"  # temporary (4xx, dropped connection), retried later
+SKIPPED = "skipped"  # unsubscribed before their turn came
+UNSENT = (PENDING, SENDING, DEFERRED)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "newsletter_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+subscribers = sa.Table(
+    "subscribers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False, unique=True),
+    sa.Column("name", sa.String(255), nullable=False, server_default=""),
+    sa.Column("attributes", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("status", sa.String(16), nullable=False, server_default=ACTIVE),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("unsubscribed_at", UTCDateTime),
+    sa.Index("ix_subscribers_status", "status", "id"),
+)
+
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("issue_slug", sa.String(200), nullable=False),
+    sa.Column("issue_path", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("sponsor_id", sa.String(64)),
+    # The issue as built when the campaign was created: a resume sends the same thing.
+    sa.Column("html_template", sa.Text, nullable=False),
+    sa.Column("text_template", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("scheduled_at", UTCDateTime),
+    sa.Column("timezone", sa.String(64)),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("owner", sa.String(200)),  # host:pid:nonce of the process sending it
+    sa.Column("heartbeat_at", UTCDateTime),
+    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "campaign_id",
+        sa.Integer,
+        sa.ForeignKey("campaigns.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default=PENDING),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_code", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("sent_at", UTCDateTime),
+    sa.UniqueConstraint("campaign_id", "subscriber_id", name="uq_delivery_campaign_subscriber"),
+    sa.Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE: pysqlite's deferred
+    # BEGIN would make two writers deadlock on the upgrade to a write lock.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Writers take the write lock up front (see Store.begin); readers stay deferred
+    # so that a read never waits for, or blocks, a writer.
+    if conn.get_execution_options().get(_WRITE):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+_WRITE = "newsletter_write"
+
+
+def connect(url: str) -> Engine:
+    """An engine for the configured URL, with SQLite tuned for one writer at a time."""
+    try:
+        engine = sa.create_engine(url, future=True)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise NewsletterError(f"[database] url: cannot use {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+class Store:
+    """The database of one publication."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, create: bool = True) -> Store:
+        store = cls(connect(url))
+        try:
+            store.ensure_schema(create=create)
+        except sa.exc.OperationalError as exc:
+            raise NewsletterError(f"database {url}: {exc.orig}") from None
+        return store
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A write transaction (on SQLite it holds the write lock from its start)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    def writer(self) -> Connection:
+        """A connection whose transactions are write transactions; close it when done."""
+        conn = self.engine.connect()
+        conn.execution_options(**{_WRITE: True})
+        return conn
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def ensure_schema(self, create: bool = True) -> None:
+        with self.begin() as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(meta_table.name):
+                if not create:
+                    raise NewsletterError("the database has no newsletter tables yet")
+                metadata.create_all(conn)
+                conn.execute(
+                    meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+                return
+            version = self.schema_version(conn)
+        if version > SCHEMA_VERSION:
+            raise NewsletterError(
+                f"the database is at schema version {version}, newer than this tool"
+                f" ({SCHEMA_VERSION}); upgrade newsletter"
+            )
+
+    @staticmethod
+    def schema_version(conn: Connection) -> int:
+        row = conn.execute(
+            sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+        ).scalar_one_or_none()
+        return int(row or 0)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- subscribers ----------------------------------------------------------------------
+
+    def upsert_subscribers(self, rows: list[SubscriberRow]) -> tuple[int, int]:
+        """Insert new addresses, update names/attributes of known ones; keeps statuses.
+
+        Returns (added, updated). An unsubscribed address stays unsubscribed.
+        """
+        if not rows:
+            return 0, 0
+        added = updated = 0
+        now = utcnow()
+        with self.begin() as conn:
+            emails = [r.email for r in rows]
+            existing: dict[str, int] = {}
+            for chunk_start in range(0, len(emails), 500):
+                chunk = emails[chunk_start : chunk_start + 500]
+                for sid, email in conn.execute(
+                    sa.select(subscribers.c.id, subscribers.c.email).where(
+                        subscribers.c.email.in_(chunk)
+                    )
+                ):
+                    existing[email] = sid
+            new = [r for r in rows if r.email not in existing]
+            if new:
+                conn.execute(
+                    subscribers.insert(),
+                    [
+                        {
+                            "email": r.email,
+                            "name": r.name,
+                            "attributes": json.dumps(r.attributes, ensure_ascii=False),
+                            "status": ACTIVE,
+                            "created_at": now,
+                        }
+                        for r in new
+                    ],
+                )
+                added = len(new)
+            known = [r for r in rows if r.email in existing]
+            if known:
+                conn.execute(
+                    subscribers.update()
+                    .where(subscribers.c.id == sa.bindparam("sid"))
+                    .values(name=sa.bindparam("new_name"), attributes=sa.bindparam("attrs")),
+                    [
+                        {
+                            "sid": existing[r.email],
+                            "new_name": r.name,
+                            "attrs": json.dumps(r.attributes, ensure_ascii=False),
+                        }
+                        for r in known
+                    ],
+                )
+                updated = len(known)
+        return added, updated
+
+    def set_subscriber_status(self, email: str, status: str) -> bool:
+        values: dict[str, Any] = {"status": status}
+        values["unsubscribed_at"] = utcnow() if status == UNSUBSCRIBED else None
+        with self.begin() as conn:
+            result = conn.execute(
+                subscribers.update().where(subscribers.c.email == email).values(**values)
+            )
+        return result.rowcount > 0
+
+    def subscriber(self, email: str) -> Mapping[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(subscribers).where(subscribers.c.email == email)
+            ).one_or_none()
+        return row._mapping if row else None
+
+    def iter_subscribers(self, status: str | None = None, batch: int = 1000) -> Iterator[Any]:
+        """Stream subscribers in id order, a batch at a time: memory stays flat."""
+        last = 0
+        while True:
+            query = sa.select(subscribers).where(subscribers.c.id > last)
+            if status:
+                query = query.where(subscribers.c.status == status)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query.order_by(subscribers.c.id).limit(batch)).all()
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1].id
+
+    def count_subscribers(self, status: str | None = ACTIVE) -> int:
+        query = sa.select(sa.func.count()).select_from(subscribers)
+        if status:
+            query = query.where(subscribers.c.status == status)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+
+@dataclass(frozen=True)
+class SubscriberRow:
+    email: str
+    name: str = ""
+    attributes: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.attributes is None:
+            object.__setattr__(self, "attributes", {})

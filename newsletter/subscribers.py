@@ -1,0 +1,94 @@
+"""The subscriber list: validate addresses, import CSV files, add and remove."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+
+from newsletter.errors import ContentError, NewsletterError
+from newsletter.fileio import read_text
+from newsletter.message import clean_display_name
+from newsletter.store import ACTIVE, UNSUBSCRIBED, Store, SubscriberRow
+
+
+def normalize_email(address: str) -> str:
+    """The address as stored: syntax checked (no DNS), lower-cased. Raises ValueError."""
+    address = address.strip()
+    try:
+        result = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from None
+    return result.normalized.lower()
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    updated: int = 0
+    rejected: list[str] = field(default_factory=list)  # "FILE:LINE: reason"
+
+
+def read_csv(path: Path) -> tuple[list[SubscriberRow], list[str]]:
+    """Rows of a subscriber CSV (columns email, name, and any extras kept as attributes).
+
+    Returns the good rows and one message per bad row, naming its line.
+    """
+    text = read_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None:
+        raise ContentError(f"{path}: the file is empty")
+    columns = [c.strip().lower() for c in reader.fieldnames]
+    if "email" not in columns:
+        raise ContentError(f"{path}:1: no 'email' column (found: {', '.join(columns)})")
+    rows: dict[str, SubscriberRow] = {}
+    problems: list[str] = []
+    line = 1
+    for record in reader:
+        line = reader.line_num
+        if None in record:
+            problems.append(f"{path}:{line}: more fields than columns")
+            continue
+        values = {k.strip().lower(): (v or "").strip() for k, v in record.items()}
+        raw = values.pop("email", "")
+        if not raw and not any(values.values()):
+            continue  # blank line
+        try:
+            email = normalize_email(raw)
+        except ValueError as exc:
+            problems.append(f"{path}:{line}: {raw!r}: {exc}")
+            continue
+        name = clean_display_name(values.pop("name", ""))
+        rows[email] = SubscriberRow(email=email, name=name, attributes=values)
+    return list(rows.values()), problems
+
+
+def import_csv(store: Store, path: Path) -> ImportReport:
+    rows, problems = read_csv(path)
+    added, updated = store.upsert_subscribers(rows)
+    return ImportReport(added=added, updated=updated, rejected=problems)
+
+
+def add(store: Store, address: str, name: str = "") -> bool:
+    """Add or update one subscriber; True when the address is new."""
+    try:
+        email = normalize_email(address)
+    except ValueError as exc:
+        raise NewsletterError(f"{address!r}: {exc}") from None
+    added, _ = store.upsert_subscribers([SubscriberRow(email, clean_display_name(name))])
+    return added == 1
+
+
+def remove(store: Store, address: str) -> None:
+    """Unsubscribe an address (the row stays, so a re-import does not bring it back)."""
+    email = address.strip().lower()
+    if not store.set_subscriber_status(email, UNSUBSCRIBED):
+        raise NewsletterError(f"{address}: not a subscriber")
+
+
+def resubscribe(store: Store, address: str) -> None:
+    if not store.set_subscriber_status(address.strip().lower(), ACTIVE):
+        raise NewsletterError(f"{address}: not a subscriber")

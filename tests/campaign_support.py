@@ -1,0 +1,112 @@
+"""Shared setup for the store, campaign and sending tests: a publication on a real database."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from newsletter import config as config_mod
+from newsletter.store import Store, SubscriberRow, metadata
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_ISSUE = next((REPO / "issues").glob("*.md"))
+SECRET = "test-secret-not-for-production"
+POSTGRES_ENV = "NEWSLETTER_TEST_POSTGRES_URL"
+# Read at import: the suite's autouse fixture clears NEWSLETTER_* variables per test.
+_POSTGRES_URL = os.environ.get(POSTGRES_ENV, "")
+
+
+def postgres_url() -> str:
+    url = _POSTGRES_URL
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"{POSTGRES_ENV} is not set: the PostgreSQL run must not skip in CI")
+        pytest.skip(f"{POSTGRES_ENV} not set")
+    return url
+
+
+@pytest.fixture(autouse=True)
+def close_stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Dispose of every Store a test opens: pooled connections must not outlive the test."""
+    opened: list[Store] = []
+    original = Store.__init__
+
+    def init(self: Store, engine: sa.Engine) -> None:
+        original(self, engine)
+        opened.append(self)
+
+    monkeypatch.setattr(Store, "__init__", init)
+    yield
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A real, empty database: a SQLite file, or the local PostgreSQL (tables dropped)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'newsletter.db'}"
+        return
+    url = postgres_url()
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            metadata.drop_all(conn)
+            conn.execute(sa.text("DROP TABLE IF EXISTS newsletter_meta"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {url} is not reachable: {exc.orig}")
+    finally:
+        engine.dispose()
+    yield url
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        metadata.drop_all(conn)
+    engine.dispose()
+
+
+@dataclass
+class Publication:
+    root: Path
+    config_path: Path
+    env: dict[str, str]
+    issue: Path
+
+    def config(self, **overrides: str) -> config_mod.Config:
+        return config_mod.load(self.config_path, {**self.env, **overrides})
+
+    def store(self) -> Store:
+        return Store.open(self.config().database_url)
+
+    def subprocess_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+        return {**env, **self.env, "NEWSLETTER_CONFIG": str(self.config_path)}
+
+
+def make_publication(tmp_path: Path, database_url: str, smtp_port: int) -> Publication:
+    root = tmp_path / f"pub-{uuid.uuid4().hex[:6]}"
+    root.mkdir()
+    shutil.copy(REPO / "newsletter.toml", root / "newsletter.toml")
+    shutil.copytree(REPO / "templates", root / "templates")
+    shutil.copytree(REPO / "issues", root / "issues")
+    env = {
+        "NEWSLETTER_DATABASE_URL": database_url,
+        "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+        "NEWSLETTER_SMTP_PORT": str(smtp_port),
+        "NEWSLETTER_SMTP_TIMEOUT": "5",
+        "NEWSLETTER_SMTP_RETRY_DELAY": "0.01",
+        "NEWSLETTER_SECRET": SECRET,
+    }
+    return Publication(root, root / "newsletter.toml", env, root / "issues" / SAMPLE_ISSUE.name)
+
+
+def add_subscribers(store: Store, n: int, prefix: str = "reader") -> list[str]:
+    rows = [SubscriberRow(f"{prefix}{i:05d}@example.com", f"Reader {i}") for i in range(n)]
+    store.upsert_subscribers(rows)
+    return [r.email for r in rows]

@@ -1,0 +1,335 @@
+"""Campaigns against a real SMTP server (aiosmtpd) and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from campaign_support import Publication, add_subscribers, make_publication
+from smtp_fixtures import SmtpServer
+
+from newsletter import campaign, publish
+from newsletter.errors import NewsletterError
+from newsletter.mailer import SmtpError
+from newsletter.store import FAILED, SENDING, SENT, SKIPPED, Store
+
+
+@pytest.fixture
+def pub(tmp_path: Path, database_url: str, smtp_server: SmtpServer) -> Publication:
+    return make_publication(tmp_path, database_url, smtp_server.port)
+
+
+def start_campaign(pub: Publication, n: int, **config_env: str) -> tuple[Store, int, list[str]]:
+    config = pub.config(**config_env)
+    store = Store.open(config.database_url)
+    emails = add_subscribers(store, n)
+    built = publish.build_issue(config, publish.load_issue(pub.issue))
+    return store, campaign.create(store, built), emails
+
+
+def run(pub: Publication, store: Store, campaign_id: int, **config_env: str) -> campaign.RunResult:
+    return campaign.run(store, pub.config(**config_env), campaign_id)
+
+
+def test_every_subscriber_gets_exactly_one_copy(pub: Publication, smtp_server: SmtpServer) -> None:
+    store, cid, emails = start_campaign(pub, 40)
+    result = run(pub, store, cid, NEWSLETTER_SMTP_CONCURRENCY="3")
+    assert result.ok and result.status == campaign.DONE
+    assert result.sent == 40
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
+    # Connections are reused: one per worker, not one per message.
+    assert smtp_server.handler.ehlos <= 3
+
+
+def test_messages_carry_the_required_headers(pub: Publication, smtp_server: SmtpServer) -> None:
+    store, cid, emails = start_campaign(pub, 3)
+    run(pub, store, cid)
+    ids = set()
+    for received in smtp_server.received:
+        msg = received.parse()
+        assert not msg.defects
+        for header in ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "List-Id"):
+            assert msg[header], header
+        assert msg["To"].addresses[0].addr_spec == received.rcpt_tos[0]
+        unsubscribe = str(msg["List-Unsubscribe"])
+        assert "<https://news.helloshuttle.com/unsubscribe/" in unsubscribe
+        assert "<mailto:" in unsubscribe
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert msg.get_content_type() == "multipart/alternative"
+        text = msg.get_body(("plain",)).get_content()
+        html = msg.get_body(("html",)).get_content()
+        assert received.rcpt_tos[0] in text and received.rcpt_tos[0] in html
+        assert "Hello Shuttle" in text and "Hello Shuttle" in html
+        ids.add(msg["Message-ID"])
+    assert len(ids) == 3
+
+
+def test_temporary_rcpt_failure_is_retried_to_one_copy(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    store, cid, emails = start_campaign(pub, 10)
+    for address in emails[:3]:
+        smtp_server.handler.rcpt_replies[address] = ["451 4.7.1 greylisted", "452 4.2.2 full"]
+    result = run(pub, store, cid)
+    assert result.ok, result
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
+
+
+def test_permanent_failure_is_recorded_not_retried(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    store, cid, emails = start_campaign(pub, 6)
+    bad = emails[2]
+    smtp_server.handler.rcpt_replies[bad] = ["550 5.1.1 no such user", "550 5.1.1 no such user"]
+    result = run(pub, store, cid)
+    assert result.failed == 1 and result.sent == 5 and not result.ok
+    assert result.status == campaign.DONE  # nothing left to send: the failure is permanent
+    assert bad not in smtp_server.handler.count_by_recipient()
+    assert len(smtp_server.handler.rcpt_replies[bad]) == 1  # asked once, not retried
+    row = campaign.status(store, cid)[0]
+    assert row["failed"] == 1
+    assert "550" in row["recent_errors"][0]["error"]
+    # A resume does not retry a permanent failure either.
+    again = run(pub, store, cid)
+    assert again.sent == 0 and len(smtp_server.handler.rcpt_replies[bad]) == 1
+
+
+def test_temporary_failure_beyond_retries_is_left_deferred_for_resume(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    store, cid, emails = start_campaign(pub, 4)
+    smtp_server.handler.data_replies[emails[0]] = ["451 4.3.0 try later"] * 3
+    result = run(pub, store, cid, NEWSLETTER_SMTP_RETRIES="1")
+    assert result.deferred == 1 and result.status == campaign.INCOMPLETE and not result.ok
+    again = run(pub, store, cid, NEWSLETTER_SMTP_RETRIES="1")
+    assert again.ok
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
+
+
+def test_dropped_connection_reconnects_without_duplicates(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    store, cid, emails = start_campaign(pub, 12)
+    smtp_server.handler.drop_at_data = {4, 9}
+    result = run(pub, store, cid)
+    assert result.ok, result
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
+    assert smtp_server.handler.ehlos == 3
+
+
+def test_server_that_never_greets_times_out(
+    tmp_path: Path,
+    database_url: str,
+    silent_server: tuple[str, int],
+) -> None:
+    pub = make_publication(tmp_path, database_url, silent_server[1])
+    store, cid, _ = start_campaign(pub, 3)
+    started = time.monotonic()
+    result = run(pub, store, cid, NEWSLETTER_SMTP_TIMEOUT="0.5")
+    assert time.monotonic() - started < 10
+    assert "timed out" in result.error
+    assert result.status == campaign.INCOMPLETE and result.pending == 3
+    assert campaign.counts(store, cid)[FAILED] == 0
+
+
+def test_unsubscribe_during_campaign_stops_later_messages(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    config = pub.config()
+    store, cid, emails = start_campaign(pub, 1200)
+    leaving = emails[-1]
+
+    def progress(result: campaign.RunResult) -> None:
+        if result.sent == 1:
+            store.set_subscriber_status(leaving, "unsubscribed")
+
+    result = campaign.run(store, config, cid, progress=progress)
+    assert result.ok and result.skipped == 1
+    assert leaving not in smtp_server.handler.count_by_recipient()
+    assert campaign.counts(store, cid)[SKIPPED] == 1
+
+
+def test_resume_sends_only_what_is_not_sent(pub: Publication, smtp_server: SmtpServer) -> None:
+    store, cid, emails = start_campaign(pub, 8)
+    # Simulate a crash: half recorded sent, one in doubt, the rest pending.
+    from newsletter.store import deliveries
+
+    with store.begin() as conn:
+        conn.execute(
+            deliveries.update().where(deliveries.c.id <= 4).values(status=SENT, attempts=1)
+        )
+        conn.execute(deliveries.update().where(deliveries.c.id == 5).values(status=SENDING))
+    result = run(pub, store, cid)
+    assert result.in_doubt == 1 and result.sent == 4 and result.ok
+    assert sorted(smtp_server.handler.count_by_recipient()) == emails[4:]
+
+
+def test_login_failure_stops_the_campaign_and_marks_nobody_failed(
+    tmp_path: Path,
+    database_url: str,
+) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+    from smtp_fixtures import FaultyHandler, free_port
+
+    handler = FaultyHandler()
+    port = free_port()
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        auth_require_tls=False,
+        authenticator=lambda *a: AuthResult(success=False, handled=False),
+    )
+    controller.start()
+    try:
+        pub = make_publication(tmp_path, database_url, port)
+        env = {"NEWSLETTER_SMTP_USERNAME": "news", "NEWSLETTER_SMTP_PASSWORD_ENV": "SMTP_PW"}
+        os.environ["SMTP_PW"] = "wrong"
+        try:
+            store, cid, _ = start_campaign(pub, 5, **env)
+            result = run(pub, store, cid, **env)
+        finally:
+            del os.environ["SMTP_PW"]
+    finally:
+        controller.stop()
+    assert "login as 'news' refused" in result.error and "535" in result.error
+    assert "wrong" not in result.error  # the password is never shown
+    c = campaign.counts(store, cid)
+    assert c[FAILED] == 0 and c["pending"] == 5 and c[SENDING] == 0
+    assert not handler.received
+
+
+def test_starttls_required_but_not_offered_is_an_error(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    store, cid, _ = start_campaign(pub, 2)
+    result = run(pub, store, cid, NEWSLETTER_SMTP_SECURITY="starttls")
+    assert "does not offer STARTTLS" in result.error
+    assert not smtp_server.received  # never fell back to plain text
+
+
+def test_crlf_in_subscriber_name_adds_no_header(pub: Publication, smtp_server: SmtpServer) -> None:
+    config = pub.config()
+    store = Store.open(config.database_url)
+    from newsletter.store import SubscriberRow
+
+    store.upsert_subscribers(
+        [SubscriberRow("evil@example.com", "Eve\r\nBcc: victim@example.com\r\nX-Injected: 1")]
+    )
+    built = publish.build_issue(config, publish.load_issue(pub.issue))
+    campaign.run(store, config, campaign.create(store, built))
+    msg = smtp_server.received[0].parse()
+    assert msg["Bcc"] is None and msg["X-Injected"] is None
+    assert [r.rcpt_tos for r in smtp_server.received] == [["evil@example.com"]]
+
+
+def test_second_runner_on_a_live_campaign_is_refused(pub: Publication) -> None:
+    store, cid, _ = start_campaign(pub, 2)
+    # Claimed by this (live) process.
+    campaign.claim(store, cid, campaign._owner_id(), (campaign.READY,))
+    with pytest.raises(campaign.CampaignBusy, match="not sending it twice"):
+        run(pub, store, cid)
+
+
+def test_status_json_has_integer_counts(pub: Publication, smtp_server: SmtpServer) -> None:
+    store, cid, _ = start_campaign(pub, 3)
+    run(pub, store, cid)
+    from click.testing import CliRunner
+
+    from newsletter.cli import cli
+
+    out = CliRunner().invoke(
+        cli, ["--config", str(pub.config_path), "status", "--json"], env=pub.env
+    )
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    row = data["campaigns"][0]
+    assert row["id"] == cid and row["issue"] == publish.load_issue(pub.issue).slug
+    assert row["status"] == "done"
+    for key in ("sent", "failed", "deferred", "pending"):
+        assert type(row[key]) is int
+    assert row["sent"] == 3
+
+
+# --- real processes ---------------------------------------------------------------------
+
+
+def newsletter_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "newsletter", *args]
+
+
+def test_kill_9_mid_campaign_then_resume_loses_nobody(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    store = pub.store()
+    emails = add_subscribers(store, 150)
+    smtp_server.handler.delay = 0.01
+    env = {**pub.subprocess_env(), "NEWSLETTER_SMTP_CONCURRENCY": "2"}
+    proc = subprocess.Popen(
+        newsletter_cmd("send", str(pub.issue), "--all", "--yes"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while len(smtp_server.received) < 40 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert 40 <= len(smtp_server.received) < 150
+    smtp_server.handler.delay = 0
+    resumed = subprocess.run(
+        newsletter_cmd("resume", "1", "--json"), env=env, capture_output=True, timeout=60
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    counts = smtp_server.handler.count_by_recipient()
+    assert set(counts) == set(emails)  # nobody lost
+    duplicates = sum(n - 1 for n in counts.values())
+    assert duplicates <= 2  # at most the messages in flight (concurrency)
+    assert duplicates <= result["in_doubt"] <= 2
+
+
+def test_two_processes_never_both_send(pub: Publication, smtp_server: SmtpServer) -> None:
+    config = pub.config()
+    store = pub.store()
+    emails = add_subscribers(store, 60)
+    built = publish.build_issue(config, publish.load_issue(pub.issue))
+    cid = campaign.create(store, built)
+    smtp_server.handler.delay = 0.005
+    env = pub.subprocess_env()
+    procs = [
+        subprocess.Popen(
+            newsletter_cmd("resume", str(cid)),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [(p.wait(timeout=60), p.communicate()[1].decode()) for p in procs]
+    # The second either found it busy (exit 1, a clear message) or, if it came
+    # late, found nothing left to send (exit 0). Never both sending.
+    assert 0 in [code for code, _ in outcomes], outcomes
+    for code, err in outcomes:
+        assert "Traceback" not in err
+        if code != 0:
+            assert code == 1 and "not sending it twice" in err, err
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
+
+
+def test_claim_of_unknown_campaign_is_an_error(pub: Publication) -> None:
+    with pytest.raises(NewsletterError, match="no such campaign"):
+        campaign.run(pub.store(), pub.config(), 999)
+
+
+def test_smtp_error_type_is_a_newsletter_error() -> None:
+    assert issubclass(SmtpError, NewsletterError)

@@ -1,0 +1,218 @@
+"""newsletter.toml: read once, every key checked, every error names the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from newsletter import config
+from newsletter.errors import ConfigError
+
+
+def load_error(path, environ=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        config.load(path, environ={} if environ is None else environ)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def line_of(path, text: str) -> int:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    return next(n for n, line in enumerate(lines, start=1) if text in line)
+
+
+def test_sample_config_loads_into_frozen_objects(publication):
+    cfg = config.load(publication, environ={})
+    assert cfg.publication.name == "Hello Shuttle News Briefing"
+    assert cfg.publication.from_addr == "Hello Shuttle News <news@helloshuttle.com>"
+    assert cfg.smtp.port == 1025
+    assert cfg.smtp.timeout == 30.0
+    assert cfg.default_sponsor == "helloshuttle"
+    hello = cfg.sponsor("helloshuttle")
+    assert hello.phone == "(949) 800-5678"
+    assert hello.places[0] == "LAX" and len(hello.places) == 7
+    # Relative paths are relative to the file, not to the working directory.
+    assert cfg.templates_dir == publication.parent / "templates"
+    assert cfg.database_url == f"sqlite:///{publication.parent / 'newsletter.db'}"
+    with pytest.raises(AttributeError):
+        cfg.smtp.port = 25  # type: ignore[misc]
+
+
+def test_malformed_toml_names_the_file_and_line(publication, edit_file):
+    edit_file(publication, "port = 1025", "port = 1025 oops")
+    message = load_error(publication)
+    assert str(publication) in message
+    assert f"line {line_of(publication, 'port = 1025 oops')}" in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        ("port = 1025", 'port = "abc"', "[smtp] port", "expected an integer"),
+        ("port = 1025", "port = true", "[smtp] port", "expected an integer"),
+        ("timeout = 30 ", 'timeout = "slow" ', "[smtp] timeout", "expected a number"),
+        ("enabled = true ", 'enabled = "yes" ', "[utm] enabled", "expected true or false"),
+        ('name = "Hello Shuttle"', "name = 7", "[sponsors.helloshuttle] name", "a string"),
+        ('call_to_action = "Book a ride"', "call_to_action = []", "call_to_action", "a string"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_key(publication, edit_file, old, new, key, expected):
+    edit_file(publication, old, new)
+    message = load_error(publication)
+    assert str(publication) in message
+    assert key in message
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("port = 1025", "prot = 1025", "unknown key 'prot' in [smtp] (did you mean 'port'?)"),
+        ("[utm]", "[utms]", "unknown section [utms] (did you mean 'utm'?)"),
+        ("reply_to =", "replyto =", "in [publication] (did you mean 'reply_to'?)"),
+        ('phone = "(949)', 'phnoe = "(949)', "(did you mean 'phone'?)"),
+        ('default = "helloshuttle"', 'default = "heloshuttle"', "did you mean 'helloshuttle'?"),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest(publication, edit_file, old, new, expected):
+    edit_file(publication, old, new)
+    message = load_error(publication)
+    assert str(publication) in message
+    assert expected in message
+
+
+@pytest.mark.parametrize("key", ["from", "reply_to", "name", "list_id"])
+@pytest.mark.parametrize("brk", ["\\r\\n", "\\n", "\\r"])
+def test_a_line_break_in_a_header_value_is_refused(publication, edit_file, key, brk):
+    text = publication.read_text(encoding="utf-8")
+    line = next(x for x in text.split("\n") if x.startswith(f"{key} = "))
+    edit_file(publication, line, line[:-1] + brk + 'Bcc: victim@example.com"')
+    message = load_error(publication)
+    assert f"[publication] {key}: must not contain a line break" in message
+    assert str(publication) in message
+
+
+def test_environment_overrides_a_key(publication, monkeypatch):
+    monkeypatch.setenv("NEWSLETTER_SMTP_PORT", "2525")
+    monkeypatch.setenv("NEWSLETTER_UTM_ENABLED", "false")
+    monkeypatch.setenv("NEWSLETTER_SPONSORS_HELLOSHUTTLE_PHONE", "+1 555 0100")
+    monkeypatch.setenv("NEWSLETTER_PUBLICATION_NAME", "Night Edition")
+    cfg = config.load(publication)  # the default environ is os.environ
+    assert cfg.smtp.port == 2525
+    assert cfg.utm.enabled is False
+    assert cfg.sponsor("helloshuttle").phone == "+1 555 0100"
+    assert cfg.publication.name == "Night Edition"
+    # Keys without an override keep the file's value.
+    assert cfg.smtp.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("value", ["abc", "2525x", '"2525"', ""])
+def test_an_environment_override_of_the_wrong_type_is_a_clear_error(publication, value):
+    message = load_error(publication, {"NEWSLETTER_SMTP_PORT": value})
+    assert "NEWSLETTER_SMTP_PORT" in message
+    assert "[smtp] port" in message
+    assert "expected an integer" in message
+
+
+def test_a_list_can_be_overridden_as_a_toml_array(publication):
+    env = {"NEWSLETTER_SPONSORS_HELLOSHUTTLE_PLACES": '["SNA", "LGB"]'}
+    assert config.load(publication, environ=env).sponsor("helloshuttle").places == ("SNA", "LGB")
+    message = load_error(publication, {"NEWSLETTER_SPONSORS_HELLOSHUTTLE_PLACES": "3"})
+    assert "(overriding [sponsors.helloshuttle] places): expected a list of strings" in message
+
+
+def test_an_override_is_validated_like_the_file(publication):
+    message = load_error(publication, {"NEWSLETTER_SMTP_PORT": "70000"})
+    assert "[smtp] port: out of range" in message
+    message = load_error(publication, {"NEWSLETTER_PUBLICATION_FROM": "a@b.c\r\nBcc: x@y.z"})
+    assert "[publication] from: must not contain a line break" in message
+
+
+def test_missing_file(tmp_path):
+    message = load_error(tmp_path / "nope.toml")
+    assert message == f"{tmp_path / 'nope.toml'}: no such file"
+
+
+def test_a_folder_is_not_a_config_file(tmp_path):
+    assert "is a folder" in load_error(tmp_path)
+
+
+def test_not_utf8_names_the_line(publication):
+    data = publication.read_bytes().replace(b"Westminster, CA", b"Westminster, \xff CA", 1)
+    publication.write_bytes(data)
+    message = load_error(publication)
+    assert str(publication) in message
+    assert "not UTF-8" in message
+    line = data[: data.index(b"\xff")].count(b"\n") + 1
+    assert f"{publication}:{line}: not UTF-8" in message
+
+
+def test_a_byte_order_mark_is_accepted(publication):
+    publication.write_bytes(b"\xef\xbb\xbf" + publication.read_bytes().replace(b"\n", b"\r\n"))
+    assert config.load(publication, environ={}).smtp.port == 1025
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('security = "none"', 'security = "ssl"', "[smtp] security: expected one of"),
+        ("port = 1025", "port = 0", "[smtp] port: out of range"),
+        ("concurrency = 1 ", "concurrency = 0 ", "[smtp] concurrency"),
+        ('timezone = "America/Los_Angeles"', 'timezone = "Mars/Base"', "unknown time zone"),
+        ('base_url = "https://', 'base_url = "ftp://', "[publication] base_url"),
+        ('from = "Hello Shuttle News <news@helloshuttle.com>"', 'from = "nobody"', "from: not an"),
+        ('url = "https://www.helloshuttle.com"', 'url = "www.x.com"', "helloshuttle] url"),
+        ("[sponsors.helloshuttle]", "[sponsors.none]", "a sponsor id is"),
+        ('name = "Hello Shuttle News Briefing"\n', "", "missing key 'name' in [publication]"),
+    ],
+)
+def test_values_are_validated_when_read(publication, edit_file, old, new, expected):
+    if "sponsors.none" in new:
+        edit_file(publication, 'default = "helloshuttle"', 'default = "none"')
+    edit_file(publication, old, new)
+    message = load_error(publication)
+    assert str(publication) in message
+    assert expected in message
+
+
+def test_an_unknown_sponsor_id_is_an_error_with_a_suggestion(publication):
+    cfg = config.load(publication, environ={})
+    with pytest.raises(ConfigError, match="did you mean 'helloshuttle'"):
+        cfg.sponsor("helloshutle")
+
+
+def test_find_config_walks_up_and_honours_the_variable(publication, monkeypatch, tmp_path):
+    deep = publication.parent / "issues"
+    assert config.find_config(deep) == publication
+    other = tmp_path / "elsewhere.toml"
+    monkeypatch.setenv("NEWSLETTER_CONFIG", str(other))
+    assert config.find_config(deep) == other
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needles"),
+    [
+        ("port = 1025", "port = 1025 oops", ["invalid TOML", "line "]),
+        ("port = 1025", 'port = "abc"', ["[smtp] port", "expected an integer"]),
+        ("port = 1025", "prot = 1025", ["did you mean 'port'?"]),
+        ('reply_to = "editor@', 'reply_to = "x@y.z\\nBcc: editor@', ["[publication] reply_to"]),
+    ],
+)
+def test_cli_reports_config_errors_in_one_line(
+    publication, sample_issue, run_cli, edit_file, assert_user_error, old, new, needles
+):
+    edit_file(publication, old, new)
+    out = publication.parent / "out"
+    result = run_cli("build", sample_issue, "-o", out)
+    assert_user_error(result, publication.name, *needles, out_dir=out)
+    assert result.exit_code == 2
+    assert not out.exists()
+
+
+def test_cli_reports_a_bad_environment_override(
+    publication, sample_issue, run_cli, monkeypatch, assert_user_error
+):
+    monkeypatch.setenv("NEWSLETTER_SMTP_PORT", "abc")
+    out = publication.parent / "out"
+    result = run_cli("build", sample_issue, "-o", out)
+    assert_user_error(result, "NEWSLETTER_SMTP_PORT", "expected an integer", out_dir=out)
