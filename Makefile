@@ -1,4 +1,5 @@
 # Both entry points bootstrap .venv themselves on a fresh machine.
+SHELL := bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,9 +13,21 @@ $(BIN)/newsletter: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+DEMO_PORT ?= 2525
+
+# The main job end to end on embedded defaults: build and check the sample issue,
+# start the capture SMTP server, import the sample list, send the issue to it.
 demo: $(BIN)/newsletter
-	$(BIN)/newsletter build $(SAMPLE_ISSUE) -o build
 	$(BIN)/newsletter check $(SAMPLE_ISSUE)
+	$(BIN)/newsletter build $(SAMPLE_ISSUE) -o build
+	$(BIN)/newsletter subscribers import subscribers.csv
+	@set -e; \
+	$(BIN)/newsletter smtpd --port $(DEMO_PORT) --dir outbox & smtpd=$$!; \
+	trap 'kill $$smtpd 2>/dev/null; wait $$smtpd 2>/dev/null' EXIT; \
+	for i in $$(seq 100); do (echo > /dev/tcp/127.0.0.1/$(DEMO_PORT)) 2>/dev/null && break; sleep 0.1; done; \
+	NEWSLETTER_SMTP_PORT=$(DEMO_PORT) $(BIN)/newsletter send $(SAMPLE_ISSUE) --all --yes; \
+	echo "messages captured in outbox/: $$(ls outbox/*.eml | wc -l) .eml files (open one in a mail client)"; \
+	$(BIN)/newsletter status
 
 test: $(BIN)/newsletter
 	$(BIN)/ruff check newsletter tests bench
@@ -33,4 +46,4 @@ bench: $(BIN)/newsletter
 	$(BIN)/python bench/build_bench.py
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build outbox newsletter.db newsletter.db-wal newsletter.db-shm .pytest_cache
