@@ -275,7 +275,18 @@ class _Runner:
                     data = self.template.render(item.email, item.name, values, token)
                     self.rate.acquire()
                     unrecorded = self._commit(db, unrecorded, item)
-                    unrecorded = (item, smtp.send(self.sender, item.email, data))
+                    try:
+                        unrecorded = (item, smtp.send(self.sender, item.email, data))
+                    except mailer.SmtpError as exc:
+                        # The server refused us, not this recipient: stop, blame nobody.
+                        self.fatal = self.fatal or exc
+                        with db.begin():
+                            db.execute(
+                                deliveries.update()
+                                .where(deliveries.c.id == item.delivery_id)
+                                .values(status=PENDING)
+                            )
+                        self.queue.task_done()
         finally:
             smtp.close()
 

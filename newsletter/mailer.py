@@ -86,6 +86,15 @@ class SmtpSettings:
         return ssl.create_default_context(cafile=self.ca_file or None)
 
 
+class SmtpSessionRefused(smtplib.SMTPResponseException):
+    """A permanent refusal of the session or sender: no recipient is to blame."""
+
+
+# Replies that say our session is not allowed to send (RFC 4954, RFC 3207), wherever
+# they come: stopping is right, marking recipients failed is not.
+_SESSION_CODES = frozenset({530, 534, 535, 538})
+
+
 class _SMTP(smtplib.SMTP):
     def send_prepared(self, sender: str, recipient: str, data: bytes) -> tuple[int, bytes]:
         """MAIL, RCPT, DATA for one recipient with a message that is already CRLF bytes.
@@ -96,6 +105,8 @@ class _SMTP(smtplib.SMTP):
         code, resp = self.mail(sender)
         if code != 250:
             self._reset_quietly()
+            if code >= 500:  # about us (sender, auth, TLS), not about this recipient
+                raise SmtpSessionRefused(code, resp)
             return code, resp
         code, resp = self.rcpt(recipient)
         if code not in (250, 251):
@@ -165,6 +176,13 @@ class SmtpConnection:
         assert self._smtp is not None
         try:
             code, resp = self._smtp.send_prepared(sender, recipient, data)
+        except SmtpSessionRefused as exc:
+            code, resp = exc.smtp_code, exc.smtp_error
+            self._drop()
+            raise SmtpError(
+                f"SMTP server {self.settings.host}:{self.settings.port} refused to take mail"
+                f" from {sender}: {code} {resp.decode(errors='replace')}"
+            ) from None
         except smtplib.SMTPServerDisconnected as exc:
             self._drop()
             return SendResult(DEFERRED, None, f"connection dropped: {exc}", dropped=True)
@@ -180,6 +198,12 @@ class SmtpConnection:
         text = " ".join(text.split())
         if 200 <= code < 300:
             return SendResult(SENT, code, text)
+        if code in _SESSION_CODES:
+            self._drop()
+            raise SmtpError(
+                f"SMTP server {self.settings.host}:{self.settings.port} refused the session:"
+                f" {code} {text}"
+            )
         if code == 421 or code == -1:
             self._drop()
             return SendResult(DEFERRED, code, text, dropped=True)

@@ -1,0 +1,191 @@
+"""SMTP transport: rate, credentials, TLS verification against a real aiosmtpd server."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from campaign_support import make_publication
+from smtp_fixtures import FaultyHandler, SmtpServer, free_port
+
+from newsletter import mailer
+
+MESSAGE = (
+    b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\n.leading dot\r\nbody\r\n"
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_rate_limiter_spaces_messages_evenly() -> None:
+    clock = FakeClock()
+    limiter = mailer.RateLimiter(4.0, clock=clock, sleep=clock.sleep)
+    for _ in range(9):
+        limiter.acquire()
+    assert clock.slept == [0.25] * 8
+    assert clock.now == pytest.approx(102.0)
+
+
+def test_rate_limiter_does_not_bank_idle_time_into_a_burst() -> None:
+    clock = FakeClock()
+    limiter = mailer.RateLimiter(2.0, clock=clock, sleep=clock.sleep)
+    limiter.acquire()
+    clock.now += 60  # idle for a minute
+    limiter.acquire()
+    limiter.acquire()
+    assert clock.slept == [0.5]
+
+
+def test_rate_zero_is_unlimited() -> None:
+    clock = FakeClock()
+    limiter = mailer.RateLimiter(0, clock=clock, sleep=clock.sleep)
+    for _ in range(100):
+        limiter.acquire()
+    assert clock.slept == []
+
+
+def settings(port: int, **kw: object) -> mailer.SmtpSettings:
+    base: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "username": "",
+        "password": "",
+        "timeout": 5.0,
+    }
+    return mailer.SmtpSettings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_dot_stuffing_and_reuse(smtp_server: SmtpServer) -> None:
+    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    try:
+        for n in range(3):
+            result = conn.send("a@example.com", f"b{n}@example.com", MESSAGE)
+            assert result.status == mailer.SENT and result.code == 250
+    finally:
+        conn.close()
+    assert conn.connects == 1
+    assert b"\r\n.leading dot\r\n" in smtp_server.received[0].data
+
+
+def test_reply_codes_are_classified(smtp_server: SmtpServer) -> None:
+    smtp_server.handler.rcpt_replies = {
+        "temp@example.com": ["450 4.2.1 mailbox busy"],
+        "perm@example.com": ["550 5.1.1 no such user"],
+        "bye@example.com": ["421 4.3.2 shutting down"],
+    }
+    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    try:
+        temp = conn.send("a@example.com", "temp@example.com", MESSAGE)
+        perm = conn.send("a@example.com", "perm@example.com", MESSAGE)
+        bye = conn.send("a@example.com", "bye@example.com", MESSAGE)
+        after = conn.send("a@example.com", "ok@example.com", MESSAGE)
+    finally:
+        conn.close()
+    assert (temp.status, temp.code) == (mailer.DEFERRED, 450)
+    assert (perm.status, perm.code) == (mailer.FAILED, 550)
+    assert perm.error == "550 5.1.1 no such user"
+    assert (bye.status, bye.dropped) == (mailer.DEFERRED, True)
+    assert after.status == mailer.SENT
+    assert conn.connects == 2  # reconnected after the 421
+
+
+def test_password_comes_from_the_named_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pub = make_publication(tmp_path, "sqlite:///x.db", 25)
+    env = {"NEWSLETTER_SMTP_USERNAME": "news", "NEWSLETTER_SMTP_PASSWORD_ENV": "RELAY_PW"}
+    monkeypatch.delenv("RELAY_PW", raising=False)
+    with pytest.raises(mailer.SmtpError, match="environment variable RELAY_PW is not set"):
+        mailer.SmtpSettings.from_config(pub.config(**env))
+    monkeypatch.setenv("RELAY_PW", "s3cret")
+    assert mailer.SmtpSettings.from_config(pub.config(**env)).password == "s3cret"
+    with pytest.raises(mailer.SmtpError, match="password_env"):
+        mailer.SmtpSettings.from_config(pub.config(NEWSLETTER_SMTP_USERNAME="news"))
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if not shutil.which("openssl"):
+        pytest.fail("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def starttls_server(self_signed: tuple[Path, Path]) -> Iterator[tuple[int, FaultyHandler]]:
+    cert, key = self_signed
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    handler = FaultyHandler()
+    port = free_port()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True
+    )
+    controller.start()
+    try:
+        yield port, handler
+    finally:
+        controller.stop()
+
+
+def test_starttls_verifies_the_certificate(starttls_server: tuple[int, FaultyHandler]) -> None:
+    port, handler = starttls_server
+    conn = mailer.SmtpConnection(settings(port, security="starttls"))
+    with pytest.raises(mailer.SmtpError, match="TLS failed: CERTIFICATE_VERIFY_FAILED"):
+        conn.send("a@example.com", "b@example.com", MESSAGE)
+    assert not handler.received  # no fallback to plain text
+
+
+def test_starttls_with_the_named_ca_sends(
+    starttls_server: tuple[int, FaultyHandler], self_signed: tuple[Path, Path]
+) -> None:
+    port, handler = starttls_server
+    conn = mailer.SmtpConnection(settings(port, security="starttls", ca_file=str(self_signed[0])))
+    try:
+        assert conn.send("a@example.com", "b@example.com", MESSAGE).status == mailer.SENT
+    finally:
+        conn.close()
+    assert len(handler.received) == 1
+
+
+def test_a_server_refusing_the_session_is_an_error_not_a_failed_recipient(
+    starttls_server: tuple[int, FaultyHandler],
+) -> None:
+    port, handler = starttls_server
+    conn = mailer.SmtpConnection(settings(port))
+    try:
+        with pytest.raises(mailer.SmtpError, match="refused to take mail from a@example.com: 530"):
+            conn.send("a@example.com", "b@example.com", MESSAGE)
+    finally:
+        conn.close()
+    assert not handler.received
