@@ -537,7 +537,11 @@ def _heartbeat(store: Store, campaign_id: int, owner: str, done: threading.Event
             )
 
 
+AUTO_RESUME_AFTER = dt.timedelta(minutes=1)
+
+
 def _release(store: Store, campaign_id: int, owner: str, status: str, error: str | None) -> None:
+    now = utcnow()
     with store.begin() as conn:
         conn.execute(
             campaigns.update()
@@ -546,7 +550,8 @@ def _release(store: Store, campaign_id: int, owner: str, status: str, error: str
                 status=status,
                 owner=None,
                 heartbeat_at=None,
-                finished_at=utcnow() if status == DONE else None,
+                finished_at=now if status == DONE else None,
+                resume_after=now + AUTO_RESUME_AFTER if status == INCOMPLETE else None,
                 last_error=error,
             )
         )

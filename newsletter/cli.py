@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ import click
 
 from newsletter import __version__, campaign, content, publish, tokens
 from newsletter import config as config_mod
+from newsletter import schedule as schedule_mod
 from newsletter import smtpd as smtpd_mod
 from newsletter import subscribers as subscriber_ops
 from newsletter.check import Finding, has_errors
@@ -480,6 +482,159 @@ def preview(
         config_path = state.config_path or config_mod.find_config()
         shown = previews.issue_preview(config_path, issue, log=log)
     previews.serve(shown, host, port, open_browser=open_browser, announce=click.echo, log=log)
+
+
+# --- scheduling -------------------------------------------------------------------------
+
+
+class ScheduleGroup(click.Group):
+    """`schedule ISSUE --at ...` creates; `schedule list|cancel|move` manage."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+def _fold_option(f: Any) -> Any:
+    return click.option(
+        "--fold",
+        type=click.IntRange(0, 1),
+        help="For a time that happens twice (clocks go back): 0 the first, 1 the second.",
+    )(f)
+
+
+@cli.group(cls=ScheduleGroup)
+def schedule() -> None:
+    """Schedule issues: `schedule ISSUE --at "2026-12-01 09:00" [--tz ZONE]`.
+
+    Or a recurring send: `schedule --every "0 9 * * TUE"`, which at each tick
+    sends the oldest unsent issue whose date has come. `newsletter worker` or a
+    cron line calling `newsletter run-due` every minute does the sending.
+    """
+
+
+@schedule.command("create")
+@click.argument("issue", type=click.Path(path_type=Path), required=False)
+@click.option("--at", "at", help='Local time: "2026-12-01 09:00" or "2026-12-01T09:00:30".')
+@click.option("--every", help='A cron expression for a recurring send: "0 9 * * TUE".')
+@click.option("--tz", "tz", help="Time zone (default: [publication] timezone).")
+@_fold_option
+@pass_state
+def schedule_create(
+    state: State,
+    issue: Path | None,
+    at: str | None,
+    every: str | None,
+    tz: str | None,
+    fold: int | None,
+) -> None:
+    """Schedule ISSUE --at a local time, or a recurring send --every CRON."""
+    config = state.config
+    store = _store(state)
+    if every:
+        if issue or at:
+            raise click.UsageError("--every takes no ISSUE and no --at")
+        rid, first, tz_name = schedule_mod.add_recurring(store, config, every, tz, None)
+        click.echo(
+            f"recurring r{rid}: every {every!r}; next: {schedule_mod.describe(first, tz_name)}"
+        )
+        return
+    if not issue or not at:
+        raise click.UsageError('give ISSUE and --at "YYYY-MM-DD HH:MM" (or --every CRON)')
+    cid, when, tz_name = schedule_mod.schedule_issue(store, config, issue, at, tz, fold)
+    click.echo(f"campaign {cid} scheduled for {schedule_mod.describe(when, tz_name)}")
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_state
+def schedule_list(state: State, as_json: bool) -> None:
+    """List scheduled campaigns and recurring schedules with local time, UTC and status."""
+    rows = schedule_mod.listing(_store(state))
+    if as_json:
+        click.echo(json.dumps({"schedules": rows}, indent=2))
+        return
+    if not rows:
+        click.echo("nothing scheduled")
+    for r in rows:
+        local = dt.datetime.fromisoformat(r["local_time"])
+        utc = dt.datetime.fromisoformat(r["utc"])
+        click.echo(
+            f"{r['id']:>5}  {r['status']:<10} {local:%Y-%m-%d %H:%M} {r['timezone']}"
+            f"  ({utc:%Y-%m-%d %H:%M} UTC)  {r['issue']}: {r['subject']}"
+            + (f"  [{r['note']}]" if r["note"] else "")
+        )
+
+
+@schedule.command("cancel")
+@click.argument("ref")
+@pass_state
+def schedule_cancel(state: State, ref: str) -> None:
+    """Cancel scheduled campaign REF (an id) or recurring schedule REF (r1, r2, ...)."""
+    click.echo(schedule_mod.cancel(_store(state), ref))
+
+
+@schedule.command("move")
+@click.argument("campaign_id", type=int)
+@click.option("--at", "at", required=True, help='New local time: "2026-12-01 09:00".')
+@click.option("--tz", "tz", help="Time zone (default: the campaign's).")
+@_fold_option
+@pass_state
+def schedule_move(
+    state: State, campaign_id: int, at: str, tz: str | None, fold: int | None
+) -> None:
+    """Move scheduled campaign CAMPAIGN_ID to another time."""
+    when, tz_name = schedule_mod.move(_store(state), campaign_id, at, tz, fold)
+    click.echo(f"campaign {campaign_id} moved to {schedule_mod.describe(when, tz_name)}")
+
+
+@cli.command("run-due")
+@click.option("--json", "as_json", is_flag=True, help="Print what happened as JSON.")
+@pass_state
+def run_due(state: State, as_json: bool) -> None:
+    """For cron, every minute: send what is due, resume what was interrupted.
+
+    Exit 0 when everything went out, 1 when anything failed or was missed,
+    2 on usage or configuration errors. Quick when nothing is due.
+    """
+    _log_to_stderr()
+    report = schedule_mod.run_due(_store(state), state.config)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        for summary in report.sent:
+            click.echo(
+                f"campaign {summary['campaign_id']}: {summary['sent']} sent,"
+                f" {summary['deferred']} deferred, {summary['failed']} failed,"
+                f" {summary['pending']} pending [{summary['status']}]"
+            )
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@pass_state
+def worker(state: State) -> None:
+    """Run scheduled campaigns as a long-lived process (APScheduler); Ctrl-C/SIGTERM stop it.
+
+    On a stop signal the messages in flight are finished and recorded; the next
+    start resumes the rest.
+    """
+    _log_to_stderr()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    schedule_mod.Worker(_store(state), state.config).run(stop)
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _format_finding(finding: Finding) -> str:

@@ -77,6 +77,23 @@ class Smtp:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    max_late: str = "6h"  # a due campaign found later than this is marked missed, not sent
+
+    @property
+    def max_late_seconds(self) -> int:
+        return parse_duration(self.max_late)
+
+
+def parse_duration(text: str) -> int:
+    """ "90s", "30m", "6h", "1d" or plain seconds -> seconds. Raises ValueError."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(text)
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+@dataclass(frozen=True)
 class Utm:
     enabled: bool = True
     source: str = ""
@@ -113,6 +130,7 @@ class Config:
     paths: Paths
     database: Database
     smtp: Smtp
+    schedule: Schedule
     utm: Utm
     sample: Sample
     sponsors: Mapping[str, Sponsor]
@@ -160,6 +178,7 @@ _SECTIONS: dict[str, type] = {
     "paths": Paths,
     "database": Database,
     "smtp": Smtp,
+    "schedule": Schedule,
     "utm": Utm,
     "sample": Sample,
 }
@@ -374,6 +393,13 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{path}: [smtp] timeout: must be positive, got {smtp.timeout}")
     if smtp.concurrency < 1:
         raise ConfigError(f"{path}: [smtp] concurrency: must be at least 1")
+    try:
+        config.schedule.max_late_seconds  # noqa: B018 - validates the duration
+    except ValueError:
+        raise ConfigError(
+            f"{path}: [schedule] max_late: expected a duration like '6h', '30m' or '90s',"
+            f" got {config.schedule.max_late!r}"
+        ) from None
     if smtp.retries < 0 or smtp.retry_delay < 0:
         raise ConfigError(f"{path}: [smtp] retries and retry_delay: must not be negative")
     if smtp.rate < 0:

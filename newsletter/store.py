@@ -101,6 +101,8 @@ campaigns = sa.Table(
     sa.Column("owner", sa.String(200)),  # host:pid:nonce of the process sending it
     sa.Column("heartbeat_at", UTCDateTime),
     sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+    # An incomplete campaign is resumed by run-due/worker no sooner than this.
+    sa.Column("resume_after", UTCDateTime),
     sa.Column("last_error", sa.Text),
 )
 
@@ -123,6 +125,24 @@ deliveries = sa.Table(
     sa.Column("sent_at", UTCDateTime),
     sa.UniqueConstraint("campaign_id", "subscriber_id", name="uq_delivery_campaign_subscriber"),
     sa.Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
+)
+
+
+recurring = sa.Table(
+    "recurring_schedules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("cron", sa.String(100), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # active | cancelled
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("next_run_at", UTCDateTime, nullable=False),
+    sa.Column("last_run_at", UTCDateTime),
+    sa.Column("last_note", sa.Text),
+)
+
+campaigns_due_index = sa.Index(
+    "ix_campaigns_status_scheduled", campaigns.c.status, campaigns.c.scheduled_at
 )
 
 
