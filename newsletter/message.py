@@ -22,7 +22,7 @@ from email.utils import formataddr, formatdate, parseaddr
 from urllib.parse import quote
 
 from newsletter.errors import NewsletterError
-from newsletter.render import SlotTemplate
+from newsletter.render import SlotTemplate, has_slots
 
 _PERSONAL = "X-Newsletter-Personal"
 _BODY = re.compile(rb"__nlbody_(text|html)__\r?\n")
@@ -113,6 +113,8 @@ class MessageTemplate:
         self._before_text = pieces[0]
         self._before_html = pieces[2]
         self._tail = pieces[4]
+        self._text_qp = _QuotedPrintableBody(text)
+        self._html_qp = _QuotedPrintableBody(html)
 
     def render(
         self,
@@ -138,8 +140,8 @@ class MessageTemplate:
             f"Message-ID: <{uuid.uuid4().hex}@{self.domain}>\r\n"
             f"List-Unsubscribe: <{url}>,\r\n <{mailto}>\r\n"
         ).encode()
-        text = _qp(self.text.fill(values))
-        html = _qp(self.html.fill(values))
+        text = self._text_qp.fill(values)
+        html = self._html_qp.fill(values)
         return b"".join(
             (
                 self._head,
@@ -155,6 +157,37 @@ class MessageTemplate:
         )
 
 
+class _QuotedPrintableBody:
+    """A body part, quoted-printable encoded once except for the lines that hold slots.
+
+    Quoted-printable encodes each line on its own (soft breaks never cross a
+    line end), so the lines without slots are encoded here, once per issue;
+    per recipient only the few lines with slots are filled and encoded.
+    """
+
+    def __init__(self, template: SlotTemplate) -> None:
+        self.pieces: list[bytes | SlotTemplate] = []
+        plain: list[str] = []
+        lines = template.source.replace("\r\n", "\n").split("\n")
+        if lines[-1] == "":
+            lines.pop()  # the final line break is the skeleton's, before the boundary
+        for line in lines:
+            if has_slots(line):
+                if plain:
+                    self.pieces.append(_qp("\n".join(plain)))
+                    plain = []
+                self.pieces.append(template.derive(line))
+            else:
+                plain.append(line)
+        if plain:
+            self.pieces.append(_qp("\n".join(plain)))
+
+    def fill(self, values: Mapping[str, str]) -> bytes:
+        return b"\r\n".join(
+            p if isinstance(p, bytes) else _qp(p.fill(values)) for p in self.pieces
+        )
+
+
 def _qp(text: str) -> bytes:
-    data = text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
-    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False).rstrip(b"\r\n")
+    data = text.replace("\n", "\r\n").encode("utf-8")
+    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)

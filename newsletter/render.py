@@ -48,6 +48,10 @@ class SlotTemplate:
         if unknown:
             raise TemplateError(f"unknown slot marker(s) in template output: {sorted(unknown)}")
 
+    def derive(self, source: str) -> SlotTemplate:
+        """Another template (a part of this one) with the same escaping."""
+        return SlotTemplate(source, self._escape)
+
     @property
     def slots(self) -> set[str]:
         return {name for _, name in self._slot_at}
@@ -59,6 +63,10 @@ class SlotTemplate:
             value = values[name]
             parts[i] = escape(value) if escape else value
         return "".join(parts)
+
+
+def has_slots(text: str) -> bool:
+    return _MARKER.search(text) is not None
 
 
 def html_slots(source: str) -> SlotTemplate:
