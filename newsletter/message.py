@@ -189,5 +189,7 @@ class _QuotedPrintableBody:
 
 
 def _qp(text: str) -> bytes:
-    data = text.replace("\n", "\r\n").encode("utf-8")
-    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    # b2a_qp takes its soft line break (CRLF or LF) from the data's first line end,
+    # so every chunk gets one, removed again after encoding.
+    data = (text.replace("\n", "\r\n") + "\r\n").encode("utf-8")
+    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)[:-2]
