@@ -24,15 +24,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from newsletter import mailer
 from newsletter.config import Config
+from newsletter.config import load as load_config
 from newsletter.errors import NewsletterError
 from newsletter.message import Envelope, MessageTemplate
-from newsletter.publish import BuiltIssue, Personalizer, message_template
+from newsletter.publish import BuiltIssue, Personalizer, build_issue, load_issue, message_template
 from newsletter.render import html_slots, text_slots
 from newsletter.store import (
     ACTIVE,
@@ -639,6 +641,21 @@ def send_test(
     finally:
         conn.close()
     return results
+
+
+def test_sender(config_path: Path, issue_path: Path) -> Callable[[], str] | None:
+    """For the preview's "Send test" button: sends the issue as it is on disk now to
+    [preview] test_recipients; None when that setting is empty (no button)."""
+    if not load_config(config_path).preview.test_recipients:
+        return None
+
+    def send() -> str:
+        config = load_config(config_path)
+        built = build_issue(config, load_issue(issue_path))
+        results = send_test(config, built, config.preview.test_recipients)
+        return "; ".join(f"{address}: {outcome}" for address, outcome in results)
+
+    return send
 
 
 @dataclass

@@ -480,7 +480,8 @@ def preview(
     else:
         assert issue is not None
         config_path = state.config_path or config_mod.find_config()
-        shown = previews.issue_preview(config_path, issue, log=log)
+        sender = campaign.test_sender(config_path, issue)
+        shown = previews.issue_preview(config_path, issue, send_test=sender, log=log)
     previews.serve(shown, host, port, open_browser=open_browser, announce=click.echo, log=log)
 
 

@@ -109,6 +109,13 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """The preview's "Send test" button sends to these; without them it is absent."""
+
+    test_recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Sponsor:
     id: str
     name: str
@@ -133,6 +140,7 @@ class Config:
     schedule: Schedule
     utm: Utm
     sample: Sample
+    preview: Preview
     sponsors: Mapping[str, Sponsor]
     default_sponsor: str | None
 
@@ -181,6 +189,7 @@ _SECTIONS: dict[str, type] = {
     "schedule": Schedule,
     "utm": Utm,
     "sample": Sample,
+    "preview": Preview,
 }
 _SMTP_SECURITY = ("none", "starttls", "tls")
 _SPONSOR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
