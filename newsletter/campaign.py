@@ -33,8 +33,15 @@ from newsletter import mailer
 from newsletter.config import Config
 from newsletter.config import load as load_config
 from newsletter.errors import NewsletterError
-from newsletter.message import Envelope, MessageTemplate
-from newsletter.publish import BuiltIssue, Personalizer, build_issue, load_issue, message_template
+from newsletter.message import MessageTemplate
+from newsletter.publish import (
+    BuiltIssue,
+    Personalizer,
+    build_issue,
+    envelope_template,
+    load_issue,
+    message_template,
+)
 from newsletter.render import html_slots, text_slots
 from newsletter.store import (
     ACTIVE,
@@ -455,20 +462,11 @@ def run(
     owner = _owner_id()
     row = claim(store, campaign_id, owner, allowed)
     stop = stop or threading.Event()
-    pub = config.publication
-    template = MessageTemplate(
-        Envelope(
-            from_addr=pub.from_addr,
-            subject=row.subject,
-            reply_to=pub.reply_to,
-            list_id=pub.list_id,
-            list_name=pub.name,
-        ),
-        html_slots(row.html_template),
-        text_slots(row.text_template),
-    )
     before = counts(store, campaign_id)
     try:
+        template = envelope_template(
+            config, row.subject, html_slots(row.html_template), text_slots(row.text_template)
+        )
         runner = _Runner(
             store, config, campaign_id, template, row.issue_slug, progress, stop, clock, sleep
         )

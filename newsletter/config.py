@@ -109,6 +109,17 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Dkim:
+    """DKIM signing of every outgoing message; off while `domain` is empty."""
+
+    domain: str = ""
+    selector: str = ""
+    private_key: str = ""  # a PEM file, relative to newsletter.toml
+    private_key_env: str = ""  # or the variable that holds the PEM
+    algorithm: str = "rsa-sha256"
+
+
+@dataclass(frozen=True)
 class Preview:
     """The preview's "Send test" button sends to these; without them it is absent."""
 
@@ -141,6 +152,7 @@ class Config:
     utm: Utm
     sample: Sample
     preview: Preview
+    dkim: Dkim
     sponsors: Mapping[str, Sponsor]
     default_sponsor: str | None
 
@@ -190,6 +202,7 @@ _SECTIONS: dict[str, type] = {
     "utm": Utm,
     "sample": Sample,
     "preview": Preview,
+    "dkim": Dkim,
 }
 _SMTP_SECURITY = ("none", "starttls", "tls")
 _SPONSOR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -402,6 +415,15 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{path}: [smtp] timeout: must be positive, got {smtp.timeout}")
     if smtp.concurrency < 1:
         raise ConfigError(f"{path}: [smtp] concurrency: must be at least 1")
+    dkim = config.dkim
+    if dkim.domain:
+        if not dkim.selector:
+            raise ConfigError(f"{path}: [dkim] selector: required when [dkim] domain is set")
+        if dkim.algorithm not in ("rsa-sha256", "ed25519-sha256"):
+            raise ConfigError(
+                f"{path}: [dkim] algorithm: expected rsa-sha256 or ed25519-sha256,"
+                f" got {dkim.algorithm!r}"
+            )
     try:
         config.schedule.max_late_seconds  # noqa: B018 - validates the duration
     except ValueError:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, parseaddr
+from typing import Protocol
 from urllib.parse import quote
 
 from newsletter.errors import NewsletterError
@@ -55,6 +56,12 @@ def format_to(email: str, name: str) -> str:
     return f"{encoded} <{email}>"
 
 
+class Signer(Protocol):
+    """Signs a finished message (DKIM), returning it with the signature header added."""
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Envelope:
     """The per-issue header values."""
@@ -69,7 +76,13 @@ class Envelope:
 class MessageTemplate:
     """One issue's message with slots; `render` makes the bytes for one recipient."""
 
-    def __init__(self, envelope: Envelope, html: SlotTemplate, text: SlotTemplate) -> None:
+    def __init__(
+        self,
+        envelope: Envelope,
+        html: SlotTemplate,
+        text: SlotTemplate,
+        dkim: Signer | None = None,
+    ) -> None:
         for name, value in (
             ("From", envelope.from_addr),
             ("Subject", envelope.subject),
@@ -78,6 +91,7 @@ class MessageTemplate:
         ):
             check_header_value(name, value)
         self.envelope = envelope
+        self.dkim = dkim
         self.html = html
         self.text = text
         self.domain = parseaddr(envelope.from_addr)[1].rpartition("@")[2] or "localhost"
@@ -142,7 +156,7 @@ class MessageTemplate:
         ).encode()
         text = self._text_qp.fill(values)
         html = self._html_qp.fill(values)
-        return b"".join(
+        message = b"".join(
             (
                 self._head,
                 personal,
@@ -155,6 +169,7 @@ class MessageTemplate:
                 self._tail,
             )
         )
+        return self.dkim.sign(message) if self.dkim is not None else message
 
 
 class _QuotedPrintableBody:

@@ -21,6 +21,7 @@ from newsletter.content import Issue, read_issue
 from newsletter.errors import CheckFailed, NewsletterError
 from newsletter.fileio import write_files
 from newsletter.message import Envelope, MessageTemplate
+from newsletter.signing import DkimSigner
 
 
 @dataclass(frozen=True)
@@ -121,17 +122,27 @@ class Personalizer:
 def message_template(
     config: Config, built: BuiltIssue, subject_prefix: str = ""
 ) -> MessageTemplate:
+    return envelope_template(
+        config, f"{subject_prefix}{built.issue.subject}", built.html, built.text
+    )
+
+
+def envelope_template(
+    config: Config, subject: str, html: render.SlotTemplate, text: render.SlotTemplate
+) -> MessageTemplate:
+    """The message template for this publication: its headers, and DKIM when configured."""
     pub = config.publication
     return MessageTemplate(
         Envelope(
             from_addr=pub.from_addr,
-            subject=f"{subject_prefix}{built.issue.subject}",
+            subject=subject,
             reply_to=pub.reply_to,
             list_id=pub.list_id,
             list_name=pub.name,
         ),
-        built.html,
-        built.text,
+        html,
+        text,
+        dkim=DkimSigner.from_config(config),
     )
 
 

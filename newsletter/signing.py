@@ -1,0 +1,217 @@
+"""DKIM (RFC 6376): sign every outgoing message; make keys and the DNS record to publish.
+
+Signing is per message (each body differs by its personal slots), so it is on
+the send path: dkimpy signs a 24 KB message in about 7 ms with its pure-Python
+RSA, 50 times our whole per-message budget. This signer does the same
+relaxed/relaxed canonicalisation and hands RSA (or Ed25519, RFC 8463) to the
+`cryptography` package: about 0.3 ms. The tests verify its signatures with dkimpy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+from newsletter.config import Config
+from newsletter.errors import ConfigError, NewsletterError
+
+# What the signature covers (issue 6, and what Gmail and Yahoo look at). Each
+# name is listed once more than it occurs, so nobody can add a second one later.
+SIGNED_HEADERS = (
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "mime-version",
+    "content-type",
+)
+ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+
+_WSP = re.compile(rb"[ \t]+")
+_WSP_EOL = re.compile(rb"[ \t]+\r\n")
+_FOLD = re.compile(rb"\r\n(?=[ \t])")
+
+
+@dataclass(frozen=True)
+class DkimSigner:
+    domain: str
+    selector: str
+    algorithm: str
+    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+    @classmethod
+    def from_config(cls, config: Config) -> DkimSigner | None:
+        """The signer for [dkim], or None when the section is not there."""
+        d = config.dkim
+        if not d.domain:
+            return None
+        where = f"{config.path}: [dkim]"
+        if d.private_key_env and os.environ.get(d.private_key_env):
+            pem = os.environ[d.private_key_env].encode()
+            source = f"the environment variable {d.private_key_env}"
+        elif d.private_key:
+            path = config.root / d.private_key
+            try:
+                pem = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where} private_key: cannot read {path}: {exc.strerror}"
+                ) from None
+            source = str(path)
+        else:
+            hint = f" ({d.private_key_env} is not set)" if d.private_key_env else ""
+            raise ConfigError(f"{where}: set private_key (a file) or private_key_env{hint}")
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ConfigError(f"{where}: {source} is not a PEM private key: {exc}") from None
+        wanted = rsa.RSAPrivateKey if d.algorithm == "rsa-sha256" else ed25519.Ed25519PrivateKey
+        if not isinstance(key, wanted):
+            raise ConfigError(f"{where}: {source} is not a key for {d.algorithm}")
+        return cls(domain=d.domain, selector=d.selector, algorithm=d.algorithm, key=key)
+
+    def sign(self, message: bytes, now: float | None = None) -> bytes:
+        """The message with a DKIM-Signature header in front. `message` uses CRLF."""
+        head, sep, body = message.partition(b"\r\n\r\n")
+        if not sep:
+            raise NewsletterError("DKIM: the message has no body")
+        fields = _header_fields(head + b"\r\n")
+        body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest())
+
+        present: dict[str, list[bytes]] = {}
+        for name, raw in fields:
+            present.setdefault(name, []).append(raw)
+        names: list[str] = []
+        signed: list[bytes] = []
+        for name in SIGNED_HEADERS:
+            occurrences = present.get(name, [])
+            # Bottom-up, as verifiers pick them (RFC 6376 5.4.2), then once more (absent).
+            for raw in reversed(occurrences):
+                names.append(name)
+                signed.append(_relaxed_header(raw))
+            if occurrences:
+                names.append(name)
+
+        tags = (
+            f"v=1; a={self.algorithm}; c=relaxed/relaxed; d={self.domain}; s={self.selector};"
+            f" t={int(now if now is not None else time.time())}; h={':'.join(names)};"
+            f" bh={body_hash.decode()}; b="
+        )
+        unsigned = b"DKIM-Signature: " + tags.encode()
+        data = b"".join(signed) + _relaxed_header(unsigned + b"\r\n").rstrip(b"\r\n")
+        if isinstance(self.key, rsa.RSAPrivateKey):
+            signature = self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        else:  # RFC 8463: Ed25519 over the SHA-256 of the data
+            signature = self.key.sign(hashlib.sha256(data).digest())
+        b64 = base64.b64encode(signature)
+        folded = b"\r\n  ".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+        header = _fold_tags(unsigned) + folded + b"\r\n"
+        return header + message
+
+
+def _header_fields(head: bytes) -> list[tuple[str, bytes]]:
+    """(lower-case name, raw field with its continuation lines and final CRLF)."""
+    fields: list[tuple[str, bytes]] = []
+    for raw in re.split(rb"\r\n(?![ \t])", head):
+        if not raw:
+            continue
+        name = raw.split(b":", 1)[0].strip().lower().decode("ascii", "replace")
+        fields.append((name, raw + b"\r\n"))
+    return fields
+
+
+def _relaxed_header(raw: bytes) -> bytes:
+    name, _, value = raw.partition(b":")
+    value = _WSP.sub(b" ", _FOLD.sub(b"", value.rstrip(b"\r\n"))).strip()
+    return name.strip().lower() + b":" + value + b"\r\n"
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    body = _WSP_EOL.sub(b"\r\n", _WSP.sub(b" ", body))
+    body = body.rstrip(b"\r\n")
+    return body + b"\r\n" if body else b""
+
+
+def _fold_tags(unsigned: bytes) -> bytes:
+    """Fold the tag list after its semicolons so that no line gets long; the
+    signature itself follows on lines of its own."""
+    parts = unsigned.decode().split("; ")
+    lines: list[str] = []
+    line = ""
+    for n, part in enumerate(parts):
+        piece = part if n == len(parts) - 1 else part + ";"
+        if line and len(line) + 1 + len(piece) > 76:
+            lines.append(line)
+            line = "  " + piece
+        else:
+            line = f"{line} {piece}" if line else piece
+    lines.append(line)
+    return "\r\n".join(lines).encode() + b"\r\n  "
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewKey:
+    path: Path
+    dns_name: str
+    dns_value: str
+
+    def zone_record(self) -> str:
+        """The TXT record as a zone file line, split in strings of at most 255 characters."""
+        chunks = [self.dns_value[i : i + 250] for i in range(0, len(self.dns_value), 250)]
+        quoted = " ".join(f'"{c}"' for c in chunks)
+        return f"{self.dns_name}. IN TXT ( {quoted} )"
+
+
+def dns_value(public_key: rsa.RSAPublicKey | ed25519.Ed25519PublicKey) -> str:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        der = public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
+
+
+def keygen(
+    path: Path, domain: str, selector: str, algorithm: str = "rsa-sha256", bits: int = 2048
+) -> NewKey:
+    """Write a new private key (mode 0600, never over an existing file) and return the
+    DNS record to publish at <selector>._domainkey.<domain>."""
+    if algorithm not in ALGORITHMS:
+        raise NewsletterError(f"unknown DKIM algorithm {algorithm!r}: {', '.join(ALGORITHMS)}")
+    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    if algorithm == "rsa-sha256":
+        if bits < 1024:
+            raise NewsletterError("an RSA DKIM key needs at least 1024 bits (2048 recommended)")
+        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise NewsletterError(f"{path}: already exists; not overwriting a key") from None
+    except OSError as exc:
+        raise NewsletterError(f"{path}: cannot write: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    return NewKey(path, f"{selector}._domainkey.{domain}", dns_value(key.public_key()))
