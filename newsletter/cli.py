@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from newsletter import __version__, campaign, content, publish, signing, tokens
+from newsletter import __version__, campaign, content, publish, signing, sponsorship, tokens
 from newsletter import config as config_mod
 from newsletter import schedule as schedule_mod
 from newsletter import smtpd as smtpd_mod
@@ -805,6 +805,33 @@ def completion(shell: str) -> None:
     complete = get_completion_class(shell)
     assert complete is not None  # the Choice names only shells Click supports
     click.echo(complete(cli, {}, "newsletter", "_NEWSLETTER_COMPLETE").source())
+
+
+# --- sponsors ---------------------------------------------------------------------------
+
+
+@cli.group()
+def sponsors() -> None:
+    """Sponsor bookings: who appears in which issue."""
+
+
+@sponsors.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_state
+def sponsors_list(state: State, as_json: bool) -> None:
+    """Show each sponsor's booking (dates, weight) and the issues it appeared in."""
+    rows = sponsorship.bookings(state.config, _store(state))
+    if as_json:
+        click.echo(json.dumps({"sponsors": [b.as_dict() for b in rows]}, indent=2))
+        return
+    for b in rows:
+        period = f"{b.start or '...'} to {b.end or '...'}" if b.start or b.end else "no dates"
+        flags = " (default)" if b.default else ""
+        click.echo(f"{b.id}: {b.name}{flags}, {period}, weight {b.weight}")
+        for sent in b.sent_in:
+            click.echo(f"    campaign {sent['campaign']}: {sent['issue']} [{sent['status']}]")
+        for slug in b.planned:
+            click.echo(f"    planned: {slug}")
 
 
 def _format_finding(finding: Finding) -> str:

@@ -10,6 +10,7 @@ Any key can be overridden from the environment as NEWSLETTER_<SECTION>_<KEY>
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import os
 import re
@@ -139,6 +140,18 @@ class Sponsor:
     image: str = ""
     image_alt: str = ""
     image_width: int = 0
+    # A booking: issues dated within [start, end] that name no sponsor rotate among
+    # the sponsors booked for their date, by weight. No dates: not a booking.
+    start: dt.date | None = None
+    end: dt.date | None = None
+    weight: int = 1
+
+    @property
+    def is_booking(self) -> bool:
+        return self.start is not None or self.end is not None
+
+    def booked_on(self, day: dt.date) -> bool:
+        return (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
 
 
 @dataclass(frozen=True)
@@ -323,8 +336,18 @@ def _coerce(path: Path, label: str, value: Any, expected: Any) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise ConfigError(f"{path}: {label}: expected a list of strings, got {value!r}")
-    if origin in (types.UnionType, typing.Union):  # pragma: no cover - not used yet
-        return value
+    if expected is dt.date:
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: {label}: expected a date like 2026-12-01, got {value!r}")
+    if origin in (types.UnionType, typing.Union):
+        inner = [t for t in typing.get_args(expected) if t is not type(None)]
+        return _coerce(path, label, value, inner[0])
     raise AssertionError(f"unsupported config type {expected!r}")
 
 
@@ -436,6 +459,10 @@ def _validate(config: Config) -> None:
     if smtp.rate < 0:
         raise ConfigError(f"{path}: [smtp] rate: must be 0 (unlimited) or positive")
     for sponsor in config.sponsors.values():
+        if sponsor.weight < 1:
+            raise ConfigError(f"{path}: [sponsors.{sponsor.id}] weight: must be 1 or more")
+        if sponsor.start and sponsor.end and sponsor.end < sponsor.start:
+            raise ConfigError(f"{path}: [sponsors.{sponsor.id}] end: before start")
         if not re.match(r"^https?://", sponsor.url):
             raise ConfigError(
                 f"{path}: [sponsors.{sponsor.id}] url: expected an http(s) URL,"

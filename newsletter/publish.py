@@ -180,7 +180,7 @@ def sample(config: Config, built: BuiltIssue, when: dt.datetime | None = None) -
 
 
 def check_built(config: Config, built: BuiltIssue, filled: Sample) -> list[check.Finding]:
-    return check.check(
+    findings = check.check(
         check.Subject(
             subject=built.issue.subject,
             preheader=built.issue.preheader,
@@ -195,6 +195,10 @@ def check_built(config: Config, built: BuiltIssue, filled: Sample) -> list[check
             message=filled.message,
         )
     )
+    problem = sponsor.booking_problem(config, built.issue)
+    if problem:
+        findings.insert(0, check.Finding("error", "sponsor-not-booked", problem, "front matter"))
+    return findings
 
 
 def check_issue(config: Config, path: Path | str) -> list[check.Finding]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from newsletter.config import Config, Sponsor
-from newsletter.content import Issue
+from newsletter.content import Issue, read_issue
 from newsletter.errors import ContentError
 
 NO_SPONSOR = "none"
@@ -22,8 +24,16 @@ class SponsorBlock:
 
 
 def choose(config: Config, issue: Issue) -> Sponsor | None:
-    """The sponsor for this issue: `sponsor: <id>` or `none` in front matter, else the default."""
+    """The sponsor for this issue.
+
+    `sponsor: <id>` or `none` in front matter wins. Otherwise the sponsors booked
+    for the issue's date take turns by weight over the issues of their period
+    (see `rotation`), and without a booking the configured default appears.
+    """
     if issue.sponsor is None:
+        booked = rotation(config, [issue]).get(issue.path)
+        if booked is not None:
+            return booked
         return config.sponsors[config.default_sponsor] if config.default_sponsor else None
     if issue.sponsor == NO_SPONSOR:
         return None
@@ -35,6 +45,62 @@ def choose(config: Config, issue: Issue) -> Sponsor | None:
             f"{issue.path}: front matter sponsor: unknown sponsor {issue.sponsor!r}"
             f" (known: {known}; or 'none')"
         ) from None
+
+
+def rotation(config: Config, extra: Iterable[Issue] = ()) -> dict[Path, Sponsor]:
+    """Which booked sponsor each unpinned issue gets: deterministic, spread by weight.
+
+    The issues in issues/ (plus `extra`) are taken in date order; each issue that
+    names no sponsor and has bookings on its date goes to the booked sponsor with
+    the most accumulated weight (smooth weighted round-robin), so over a period
+    each sponsor appears in proportion to its weight, evenly spaced, and the same
+    issue always gets the same sponsor in `build`, `preview` and `send`. Issues
+    added later (by date) do not change the ones before them.
+    """
+    bookings = [s for s in config.sponsors.values() if s.is_booking]
+    if not bookings:
+        return {}
+    issues = {i.path.resolve(): i for i in _issues(config)}
+    for issue in extra:
+        issues[issue.path.resolve()] = issue
+    credit = {s.id: 0 for s in bookings}
+    chosen: dict[Path, Sponsor] = {}
+    for issue in sorted(issues.values(), key=lambda i: (i.date, i.slug)):
+        if issue.sponsor is not None:
+            continue
+        candidates = [s for s in bookings if s.booked_on(issue.date)]
+        if not candidates:
+            continue
+        total = sum(s.weight for s in candidates)
+        for s in candidates:
+            credit[s.id] += s.weight
+        winner = max(candidates, key=lambda s: (credit[s.id], -bookings.index(s)))
+        credit[winner.id] -= total
+        chosen[issue.path] = winner
+        chosen[issue.path.resolve()] = winner
+    return chosen
+
+
+def booking_problem(config: Config, issue: Issue) -> str | None:
+    """Why a pinned sponsor cannot appear in this issue (expired or not yet started)."""
+    if issue.sponsor in (None, NO_SPONSOR) or issue.sponsor not in config.sponsors:
+        return None
+    s = config.sponsors[issue.sponsor]
+    if not s.is_booking or s.booked_on(issue.date):
+        return None
+    if s.end is not None and issue.date > s.end:
+        return f"sponsor {s.id!r} was booked until {s.end}; this issue is dated {issue.date}"
+    return f"sponsor {s.id!r} is booked from {s.start}; this issue is dated {issue.date}"
+
+
+def _issues(config: Config) -> list[Issue]:
+    out = []
+    for path in sorted(config.issues_dir.glob("*.md")):
+        try:
+            out.append(read_issue(path))
+        except ContentError:
+            continue  # a broken issue elsewhere must not stop this one; `check` reports it
+    return out
 
 
 def block(config: Config, issue: Issue, sponsor: Sponsor) -> SponsorBlock:

@@ -1,0 +1,157 @@
+"""Sponsor bookings: deterministic rotation by dates and weights; pinned sponsors checked."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from campaign_support import Publication, add_subscribers, make_publication
+from click.testing import CliRunner
+from smtp_fixtures import SmtpServer
+
+from newsletter import campaign, publish, sponsor
+from newsletter.cli import cli
+from newsletter.content import read_issue
+
+BOOKINGS = """
+[sponsors.acme]
+name = "Acme Rockets"
+url = "https://acme.example.com"
+start = 2026-12-01
+end = 2026-12-31
+weight = 2
+
+[sponsors.bolt]
+name = "Bolt Bikes"
+url = "https://bolt.example.com"
+start = 2026-12-01
+end = 2027-01-31
+weight = 1
+"""
+
+
+@pytest.fixture
+def pub(tmp_path: Path, smtp_server: SmtpServer) -> Publication:
+    pub = make_publication(tmp_path, f"sqlite:///{tmp_path / 'r.db'}", smtp_server.port)
+    with pub.config_path.open("a", encoding="utf-8") as fh:
+        fh.write(BOOKINGS)
+    return pub
+
+
+def write_issue(pub: Publication, day: dt.date, slug: str, sponsor_line: str = "") -> Path:
+    path = pub.root / "issues" / f"{day.isoformat()}-{slug}.md"
+    path.write_text(
+        f"---\ntitle: Issue {slug}\nsubject: Issue {slug}\npreheader: News.\n{sponsor_line}---\n\n"
+        f"Body of {slug}.\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def daily(pub: Publication, start: dt.date, days: int) -> list[Path]:
+    return [write_issue(pub, start + dt.timedelta(days=n), f"day{n:02d}") for n in range(days)]
+
+
+def chosen(pub: Publication, path: Path) -> str | None:
+    picked = sponsor.choose(pub.config(), read_issue(path))
+    return picked.id if picked else None
+
+
+def test_rotation_follows_weights_and_spreads_evenly(pub: Publication) -> None:
+    paths = daily(pub, dt.date(2026, 12, 1), 30)
+    picks = [chosen(pub, p) for p in paths]
+    assert Counter(picks) == {"acme": 20, "bolt": 10}
+    # Evenly spread: never three acme in a row, never two bolt in a row.
+    run = "".join("a" if p == "acme" else "b" for p in picks)
+    assert "aaa" not in run and "bb" not in run
+
+
+def test_rotation_respects_dates(pub: Publication) -> None:
+    before = write_issue(pub, dt.date(2026, 11, 30), "before")
+    january = daily(pub, dt.date(2027, 1, 1), 3)
+    after = write_issue(pub, dt.date(2027, 2, 1), "after")
+    assert chosen(pub, before) == "helloshuttle"  # no booking: the default
+    assert [chosen(pub, p) for p in january] == ["bolt"] * 3  # acme's booking ended
+    assert chosen(pub, after) == "helloshuttle"
+
+
+def test_rotation_is_deterministic_and_stable_when_later_issues_arrive(pub: Publication) -> None:
+    first = daily(pub, dt.date(2026, 12, 1), 6)
+    picks = [chosen(pub, p) for p in first]
+    assert picks == [chosen(pub, p) for p in first]
+    write_issue(pub, dt.date(2026, 12, 20), "later")
+    assert picks == [chosen(pub, p) for p in first]
+
+
+def test_pinned_issues_keep_their_sponsor_and_stay_out_of_the_rotation(pub: Publication) -> None:
+    pinned = write_issue(pub, dt.date(2026, 12, 1), "pinned", "sponsor: bolt\n")
+    free = write_issue(pub, dt.date(2026, 12, 2), "free")
+    assert chosen(pub, pinned) == "bolt"
+    assert chosen(pub, free) == "acme"  # first turn of the rotation: the heavier weight
+
+
+@pytest.mark.parametrize(
+    ("day", "message"),
+    [
+        (dt.date(2027, 1, 5), "sponsor 'acme' was booked until 2026-12-31"),
+        (dt.date(2026, 11, 5), "sponsor 'acme' is booked from 2026-12-01"),
+    ],
+)
+def test_check_fails_a_pinned_sponsor_outside_its_booking(
+    pub: Publication, day: dt.date, message: str
+) -> None:
+    path = write_issue(pub, day, "pinned", "sponsor: acme\n")
+    result = CliRunner().invoke(
+        cli, ["--config", str(pub.config_path), "check", str(path)], env=pub.env
+    )
+    assert result.exit_code == 1
+    assert f"error: {message}; this issue is dated {day}" in result.stdout
+
+
+def test_build_and_send_agree_on_the_sponsor(pub: Publication, smtp_server: SmtpServer) -> None:
+    paths = daily(pub, dt.date(2026, 12, 1), 3)
+    target = paths[1]
+    expected = chosen(pub, target)
+    assert expected == "bolt"
+    config = pub.config()
+    built = publish.build_issue(config, publish.load_issue(target))
+    assert "Bolt Bikes" in publish.sample(config, built).html
+    store = pub.store()
+    add_subscribers(store, 1)
+    campaign.run(store, config, campaign.create(store, built))
+    body = smtp_server.received[0].parse().get_body(("html",)).get_content()
+    assert "Bolt Bikes" in body and "Acme Rockets" not in body
+
+
+def test_sponsors_list_shows_bookings_and_issues(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    paths = daily(pub, dt.date(2026, 12, 1), 3)
+    config = pub.config()
+    store = pub.store()
+    add_subscribers(store, 1)
+    built = publish.build_issue(config, publish.load_issue(paths[0]))
+    campaign.run(store, config, campaign.create(store, built))
+    result = CliRunner().invoke(
+        cli, ["--config", str(pub.config_path), "sponsors", "list", "--json"], env=pub.env
+    )
+    assert result.exit_code == 0, result.output
+    rows = {b["id"]: b for b in json.loads(result.stdout)["sponsors"]}
+    assert rows["acme"]["start"] == "2026-12-01" and rows["acme"]["weight"] == 2
+    assert [s["issue"] for s in rows["acme"]["sent_in"]] == ["day00"]
+    assert rows["bolt"]["planned"] == ["day01"] and rows["acme"]["planned"] == ["day02"]
+    assert rows["helloshuttle"]["default"] is True
+
+
+def test_bad_booking_config_is_a_clear_error(pub: Publication) -> None:
+    text = pub.config_path.read_text().replace("weight = 2", "weight = 0")
+    pub.config_path.write_text(text)
+    result = CliRunner().invoke(cli, ["--config", str(pub.config_path), "sponsors", "list"])
+    assert result.exit_code == 2 and "[sponsors.acme] weight: must be 1 or more" in result.stderr
+    pub.config_path.write_text(text.replace("weight = 0", "weight = 1").replace(
+        "end = 2026-12-31", 'end = "soon"'))  # fmt: skip
+    result = CliRunner().invoke(cli, ["--config", str(pub.config_path), "sponsors", "list"])
+    assert result.exit_code == 2 and "expected a date like 2026-12-01" in result.stderr
