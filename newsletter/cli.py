@@ -834,6 +834,46 @@ def sponsors_list(state: State, as_json: bool) -> None:
             click.echo(f"    planned: {slug}")
 
 
+@sponsors.command("report")
+@click.argument("sponsor_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the report as CSV.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a self-contained HTML report (with a chart) to this file.",
+)
+@pass_state
+def sponsors_report(
+    state: State, sponsor_id: str, as_json: bool, as_csv: bool, html_file: Path | None
+) -> None:
+    """What SPONSOR_ID's placements delivered: per issue and in total (bots left out)."""
+    if sum((as_json, as_csv, html_file is not None)) > 1:
+        raise click.UsageError("choose one of --json, --csv and --html")
+    rep = sponsorship.report(state.config, _store(state), sponsor_id)
+    if as_json:
+        click.echo(json.dumps(rep.as_dict(), indent=2))
+    elif as_csv:
+        click.echo(sponsorship.report_csv(rep), nl=False)
+    elif html_file is not None:
+        page = sponsorship.report_html(rep, state.config.publication.name)
+        write_files({html_file: page.encode("utf-8")})
+        click.echo(str(html_file))
+    else:
+        for i in rep.issues:
+            click.echo(
+                f"{i.issue}: {i.delivered:,} delivered, {i.unique_clickers:,} unique clickers,"
+                f" {i.clicks:,} clicks, {i.click_rate:.2%}"
+            )
+        t = rep.totals
+        click.echo(
+            f"total ({t['issues']} issues): {t['delivered']:,} delivered,"
+            f" {t['unique_clickers']:,} unique clickers, {t['clicks']:,} clicks,"
+            f" {t['click_rate']:.2%}"
+        )
+
+
 def _format_finding(finding: Finding) -> str:
     where = f" [{finding.where}]" if finding.where else ""
     return f"{finding.level}: {finding.message}{where}"

@@ -121,10 +121,33 @@ class Dkim:
 
 
 @dataclass(frozen=True)
+class Tracking:
+    clicks: str = "sponsor"  # "sponsor" links, "all" links, or "off"
+    bot_seconds: int = 10  # a click this soon after delivery is a link scanner, not a reader
+
+
+@dataclass(frozen=True)
 class Preview:
     """The preview's "Send test" button sends to these; without them it is absent."""
 
     test_recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Signup:
+    """The signup form of `newsletter serve`: double opt-in, throttled per address."""
+
+    enabled: bool = True
+    throttle: str = "10m"  # at most one confirmation message per address this often
+    confirm_within: str = "7d"  # how long a confirmation link works
+
+    @property
+    def throttle_seconds(self) -> int:
+        return parse_duration(self.throttle)
+
+    @property
+    def confirm_within_seconds(self) -> int:
+        return parse_duration(self.confirm_within)
 
 
 @dataclass(frozen=True)
@@ -165,7 +188,9 @@ class Config:
     utm: Utm
     sample: Sample
     preview: Preview
+    tracking: Tracking
     dkim: Dkim
+    signup: Signup
     sponsors: Mapping[str, Sponsor]
     default_sponsor: str | None
 
@@ -215,7 +240,9 @@ _SECTIONS: dict[str, type] = {
     "utm": Utm,
     "sample": Sample,
     "preview": Preview,
+    "tracking": Tracking,
     "dkim": Dkim,
+    "signup": Signup,
 }
 _SMTP_SECURITY = ("none", "starttls", "tls")
 _SPONSOR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -438,6 +465,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{path}: [smtp] timeout: must be positive, got {smtp.timeout}")
     if smtp.concurrency < 1:
         raise ConfigError(f"{path}: [smtp] concurrency: must be at least 1")
+    if config.tracking.clicks not in ("sponsor", "all", "off"):
+        raise ConfigError(
+            f"{path}: [tracking] clicks: expected sponsor, all or off,"
+            f" got {config.tracking.clicks!r}"
+        )
     dkim = config.dkim
     if dkim.domain:
         if not dkim.selector:
@@ -454,6 +486,14 @@ def _validate(config: Config) -> None:
             f"{path}: [schedule] max_late: expected a duration like '6h', '30m' or '90s',"
             f" got {config.schedule.max_late!r}"
         ) from None
+    for key in ("throttle", "confirm_within"):
+        try:
+            parse_duration(getattr(config.signup, key))
+        except ValueError:
+            raise ConfigError(
+                f"{path}: [signup] {key}: expected a duration like '10m', '7d' or '90s',"
+                f" got {getattr(config.signup, key)!r}"
+            ) from None
     if smtp.retries < 0 or smtp.retry_delay < 0:
         raise ConfigError(f"{path}: [smtp] retries and retry_delay: must not be negative")
     if smtp.rate < 0:

@@ -29,7 +29,8 @@ def marker(slot: str) -> str:
     return f"__nlslot_{slot}__"
 
 
-_MARKER = re.compile(r"__nlslot_([a-z_]+?)__")
+_MARKER = re.compile(r"__nlslot_([a-z0-9_]+?)__")
+_LINK_SLOT = re.compile(r"link\d+")
 
 
 class SlotTemplate:
@@ -44,7 +45,11 @@ class SlotTemplate:
         # split() alternates literal text and slot names: even indexes are text.
         self._parts = pieces
         self._slot_at = [(i, pieces[i]) for i in range(1, len(pieces), 2)]
-        unknown = {name for _, name in self._slot_at} - set(SLOTS)
+        unknown = {
+            name
+            for _, name in self._slot_at
+            if name not in SLOTS and not _LINK_SLOT.fullmatch(name)
+        }
         if unknown:
             raise TemplateError(f"unknown slot marker(s) in template output: {sorted(unknown)}")
 

@@ -25,8 +25,9 @@ SCHEMA_VERSION = 1
 
 # Subscriber statuses
 ACTIVE = "active"
+PENDING_CONFIRMATION = "pending"  # signed up on the web, confirmation link not yet followed
 UNSUBSCRIBED = "unsubscribed"
-SUBSCRIBER_STATUSES = (ACTIVE, UNSUBSCRIBED)
+SUBSCRIBER_STATUSES = (ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED)
 
 # Delivery statuses
 PENDING = "pending"
@@ -78,6 +79,8 @@ subscribers = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, server_default=ACTIVE),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("unsubscribed_at", UTCDateTime),
+    # When the last signup confirmation went to this address: repeated signups are throttled.
+    sa.Column("confirm_sent_at", UTCDateTime),
     sa.Index("ix_subscribers_status", "status", "id"),
 )
 
@@ -143,6 +146,31 @@ recurring = sa.Table(
 
 campaigns_due_index = sa.Index(
     "ix_campaigns_status_scheduled", campaigns.c.status, campaigns.c.scheduled_at
+)
+
+
+# Click tracking: the links a campaign tracks, and each click on one.
+campaign_links = sa.Table(
+    "campaign_links",
+    metadata,
+    sa.Column("campaign_id", sa.Integer, sa.ForeignKey("campaigns.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("in_sponsor_block", sa.Boolean, nullable=False),
+)  # fmt: skip
+
+clicks = sa.Table(
+    "clicks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("campaign_id", sa.Integer, nullable=False),
+    sa.Column("subscriber_id", sa.Integer, nullable=False),
+    sa.Column("link_idx", sa.Integer, nullable=False),
+    sa.Column("clicked_at", UTCDateTime, nullable=False),
+    sa.Column("suspected_bot", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.String(64)),
+    sa.Index("ix_clicks_campaign", "campaign_id", "link_idx"),
 )
 
 

@@ -1,0 +1,202 @@
+"""Click tracking: sponsor links (or all links) become signed `<base_url>/c/<token>` links at
+send time; `newsletter serve` records the click and redirects to the original URL.
+
+The token carries only numbers (campaign, subscriber, link) and an HMAC; the URL
+it leads to comes from the campaign's own link table. So a forged or altered
+token, or one with a URL smuggled into it, leads nowhere: never an open redirect.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import html
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import lxml.html
+import sqlalchemy as sa
+
+from newsletter.config import Config
+from newsletter.render import has_slots, marker
+from newsletter.store import Store, campaign_links, clicks, deliveries, utcnow
+
+_HREF = re.compile(r'href="([^"]*)"')
+_SIG_BYTES = 12
+
+
+@dataclass(frozen=True)
+class Link:
+    idx: int
+    url: str
+    in_sponsor_block: bool
+
+
+@dataclass(frozen=True)
+class Tracked:
+    html: str  # the HTML snapshot with tracked hrefs replaced by link slots
+    text: str
+    links: tuple[Link, ...]
+
+
+def rewrite(html_source: str, text_source: str, mode: str) -> Tracked:
+    """Replace the tracked links of an issue's snapshot with per-recipient link slots."""
+    if mode == "off":
+        return Tracked(html_source, text_source, ())
+    doc = lxml.html.document_fromstring(html_source)
+    in_block = {
+        a.get("href", "")
+        for block in doc.xpath('//*[@data-block="sponsor"]')
+        for a in block.iter("a")
+    }
+    ordered: list[str] = []
+    for a in doc.iter("a"):
+        url = a.get("href", "")
+        if url in ordered or not url.startswith(("https://", "http://")) or has_slots(url):
+            continue
+        if mode == "all" or url in in_block:
+            ordered.append(url)
+    links = tuple(Link(n, url, url in in_block) for n, url in enumerate(ordered))
+    slot_for = {link.url: marker(f"link{link.idx}") for link in links}
+
+    def replace(match: re.Match[str]) -> str:
+        slot = slot_for.get(html.unescape(match.group(1)))
+        return f'href="{slot}"' if slot else match.group(0)
+
+    new_html = _HREF.sub(replace, html_source)
+    new_text = text_source
+    for url in sorted(slot_for, key=len, reverse=True):
+        new_text = new_text.replace(url, slot_for[url])
+    return Tracked(new_html, new_text, links)
+
+
+class ClickSigner:
+    def __init__(self, secret: bytes) -> None:
+        self._mac = hmac.new(secret, b"click:", hashlib.sha256)
+
+    def sign(self, campaign_id: int, subscriber_id: int, idx: int) -> str:
+        data = struct.pack(">III", campaign_id, subscriber_id, idx)
+        mac = self._mac.copy()
+        mac.update(data)
+        return _b64(data) + "." + _b64(mac.digest()[:_SIG_BYTES])
+
+    def verify(self, token: str) -> tuple[int, int, int] | None:
+        head, _, sig = token.partition(".")
+        try:
+            data, given = _unb64(head), _unb64(sig)
+        except (binascii.Error, ValueError):
+            return None
+        if len(data) != 12:
+            return None
+        mac = self._mac.copy()
+        mac.update(data)
+        if not hmac.compare_digest(mac.digest()[:_SIG_BYTES], given):
+            return None
+        return struct.unpack(">III", data)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError(text)
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class LinkSlots:
+    """Per-recipient values of the link slots of one campaign."""
+
+    def __init__(self, config: Config, signer: ClickSigner, campaign_id: int, count: int) -> None:
+        self.base = f"{config.publication.base_url.rstrip('/')}/c/"
+        self.signer = signer
+        self.campaign_id = campaign_id
+        self.count = count
+
+    def values(self, subscriber_id: int) -> Mapping[str, str]:
+        sign = self.signer.sign
+        cid = self.campaign_id
+        return {f"link{n}": self.base + sign(cid, subscriber_id, n) for n in range(self.count)}
+
+
+def save_links(store: Store, campaign_id: int, links: tuple[Link, ...]) -> None:
+    """Record the campaign's tracked links once; a resume finds the same ones."""
+    with store.begin() as conn:
+        known = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(campaign_links)
+            .where(campaign_links.c.campaign_id == campaign_id)
+        ).scalar_one()
+        if not known and links:
+            conn.execute(
+                campaign_links.insert(),
+                [
+                    {
+                        "campaign_id": campaign_id,
+                        "idx": link.idx,
+                        "url": link.url,
+                        "in_sponsor_block": link.in_sponsor_block,
+                    }
+                    for link in links
+                ],
+            )
+
+
+@dataclass(frozen=True)
+class Click:
+    url: str
+    suspected_bot: bool
+    reason: str
+
+
+def record_click(
+    store: Store,
+    signer: ClickSigner,
+    token: str,
+    *,
+    head: bool,
+    bot_seconds: int,
+    now: dt.datetime | None = None,
+) -> Click | None:
+    """Record a click and return where it leads; None for a token that is not ours."""
+    ids = signer.verify(token)
+    if ids is None:
+        return None
+    campaign_id, subscriber_id, idx = ids
+    now = now or utcnow()
+    with store.begin() as conn:
+        url = conn.execute(
+            sa.select(campaign_links.c.url).where(
+                campaign_links.c.campaign_id == campaign_id, campaign_links.c.idx == idx
+            )
+        ).scalar_one_or_none()
+        if url is None:
+            return None
+        sent_at = conn.execute(
+            sa.select(deliveries.c.sent_at).where(
+                deliveries.c.campaign_id == campaign_id,
+                deliveries.c.subscriber_id == subscriber_id,
+            )
+        ).scalar_one_or_none()
+        reason = ""
+        if head:
+            reason = "HEAD request"
+        elif sent_at is None or (now - sent_at).total_seconds() < bot_seconds:
+            reason = f"within {bot_seconds} s of delivery"
+        conn.execute(
+            clicks.insert().values(
+                campaign_id=campaign_id,
+                subscriber_id=subscriber_id,
+                link_idx=idx,
+                clicked_at=now,
+                suspected_bot=bool(reason),
+                reason=reason or None,
+            )
+        )
+    return Click(url, bool(reason), reason)

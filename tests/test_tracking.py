@@ -1,0 +1,163 @@
+"""Click tracking: which links are tracked, signed tokens, bot rules, the sponsor report."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from campaign_support import SECRET, Publication, add_subscribers, make_publication
+from click.testing import CliRunner
+from smtp_fixtures import SmtpServer
+
+from newsletter import campaign, publish, sponsorship, tracking
+from newsletter.cli import cli
+from newsletter.render import html_slots, text_slots
+from newsletter.store import deliveries
+
+UTC = dt.UTC
+
+
+@pytest.fixture
+def pub(tmp_path: Path, smtp_server: SmtpServer) -> Publication:
+    return make_publication(tmp_path, f"sqlite:///{tmp_path / 't.db'}", smtp_server.port)
+
+
+def built(pub: Publication) -> publish.BuiltIssue:
+    return publish.build_issue(pub.config(), publish.load_issue(pub.issue))
+
+
+def test_sponsor_mode_tracks_only_sponsor_links(pub: Publication) -> None:
+    b = built(pub)
+    tracked = tracking.rewrite(b.html.source, b.text.source, "sponsor")
+    urls = {link.url for link in tracked.links}
+    assert urls and all(u.startswith("https://www.helloshuttle.com/?utm_source=") for u in urls)
+    assert all(link.in_sponsor_block for link in tracked.links)
+    assert "utm_campaign=" + b.issue.slug in next(iter(urls))
+    # The hrefs became slots, in HTML and in text; unsubscribe/view links are untouched.
+    assert "www.helloshuttle.com/?utm" not in tracked.html
+    assert "www.helloshuttle.com/?utm" not in tracked.text
+    assert "__nlslot_link0__" in tracked.html and "__nlslot_link0__" in tracked.text
+    assert "__nlslot_unsubscribe_url__" in tracked.html
+    assert 'href="tel:' in tracked.html
+    # Filling the slots gives working documents.
+    values = {"name": "A", "email": "a@x.org", "unsubscribe_url": "u", "view_online_url": "v"}
+    values |= {"link0": "https://news.helloshuttle.com/c/TOKEN"}
+    assert 'href="https://news.helloshuttle.com/c/TOKEN"' in html_slots(tracked.html).fill(values)
+    assert "https://news.helloshuttle.com/c/TOKEN" in text_slots(tracked.text).fill(values)
+
+
+def test_all_mode_tracks_article_links_too_and_off_tracks_nothing(pub: Publication) -> None:
+    b = built(pub)
+    everything = tracking.rewrite(b.html.source, b.text.source, "all")
+    assert "https://news.helloshuttle.com" in {link.url for link in everything.links}
+    assert any(not link.in_sponsor_block for link in everything.links)
+    off = tracking.rewrite(b.html.source, b.text.source, "off")
+    assert off.links == () and off.html == b.html.source
+
+
+def test_tokens_are_signed_and_carry_no_url() -> None:
+    signer = tracking.ClickSigner(b"secret")
+    token = signer.sign(7, 42, 1)
+    assert signer.verify(token) == (7, 42, 1)
+    head, sig = token.split(".")
+    other = base64.urlsafe_b64encode(struct.pack(">III", 7, 43, 1)).rstrip(b"=").decode()
+    assert signer.verify(f"{other}.{sig}") is None  # altered subscriber
+    assert signer.verify(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert tracking.ClickSigner(b"other").verify(token) is None
+    smuggled = base64.urlsafe_b64encode(b"https://evil.example/").rstrip(b"=").decode()
+    assert signer.verify(f"{smuggled}.{sig}") is None
+    assert signer.verify("https://evil.example/") is None
+    assert signer.verify("") is None
+
+
+def sent_campaign(pub: Publication, n: int = 3) -> tuple[int, list[str]]:
+    store = pub.store()
+    emails = add_subscribers(store, n)
+    cid = campaign.create(store, built(pub))
+    with store.begin() as conn:  # as if sent an hour ago
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.campaign_id == cid)
+            .values(status="sent", sent_at=dt.datetime(2026, 12, 1, 17, 0, tzinfo=UTC))
+        )
+    b = built(pub)
+    tracking.save_links(
+        store, cid, tracking.rewrite(b.html.source, b.text.source, "sponsor").links
+    )
+    return cid, emails
+
+
+def test_clicks_are_recorded_and_bots_kept_out_of_the_report(pub: Publication) -> None:
+    cid, _ = sent_campaign(pub)
+    store = pub.store()
+    signer = tracking.ClickSigner(SECRET.encode())
+    later = dt.datetime(2026, 12, 1, 18, 0, tzinfo=UTC)
+    too_soon = dt.datetime(2026, 12, 1, 17, 0, 3, tzinfo=UTC)
+
+    def click(subscriber: int, *, head: bool = False, now: dt.datetime = later):
+        return tracking.record_click(
+            store, signer, signer.sign(cid, subscriber, 0), head=head, bot_seconds=10, now=now
+        )
+
+    first = click(1)
+    assert first is not None and not first.suspected_bot
+    assert first.url.startswith("https://www.helloshuttle.com/?utm_source=")
+    assert click(1).url == first.url  # a second click by the same reader
+    assert click(2).suspected_bot is False
+    assert click(3, head=True).reason == "HEAD request"
+    assert click(3, now=too_soon).reason == "within 10 s of delivery"
+    assert tracking.record_click(store, signer, "forged.token", head=False, bot_seconds=10) is None
+
+    rep = sponsorship.report(pub.config(), store, "helloshuttle")
+    [line] = rep.issues
+    assert (line.delivered, line.clicks, line.unique_clickers) == (3, 3, 2)
+    assert line.click_rate == pytest.approx(2 / 3)
+    assert line.links[0]["clicks"] == 3 and line.links[0]["unique_clickers"] == 2
+    assert rep.totals == {
+        "issues": 1,
+        "delivered": 3,
+        "unique_clickers": 2,
+        "clicks": 3,
+        "click_rate": 0.6667,
+    }
+
+
+def test_report_formats(pub: Publication, tmp_path: Path) -> None:
+    cid, _ = sent_campaign(pub, 2)
+    signer = tracking.ClickSigner(SECRET.encode())
+    tracking.record_click(
+        pub.store(), signer, signer.sign(cid, 1, 0), head=False, bot_seconds=10,
+        now=dt.datetime(2026, 12, 2, tzinfo=UTC),
+    )  # fmt: skip
+
+    def invoke(*args: str):  # noqa: ANN202
+        return CliRunner().invoke(
+            cli, ["--config", str(pub.config_path), "sponsors", "report", "helloshuttle", *args],
+            env=pub.env,
+        )  # fmt: skip
+
+    import json
+
+    data = json.loads(invoke("--json").stdout)
+    assert data["totals"]["clicks"] == 1 and data["issues"][0]["delivered"] == 2
+    csv_lines = invoke("--csv").stdout.splitlines()
+    assert csv_lines[0].startswith("campaign,issue,sent,delivered,unique_clickers,clicks")
+    assert csv_lines[-1] == "total,,,2,1,1,0.5000"
+    page = tmp_path / "report.html"
+    result = invoke("--html", str(page))
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert "<svg" in text and "Hello Shuttle" in text
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert 'src="' not in text and "<link" not in text  # self-contained
+    svg = text[text.index("<svg") : text.index("</svg>") + 6]
+    ET.fromstring(svg)  # the chart is well-formed XML
+    assert invoke("--json", "--csv").exit_code == 2
+    unknown = CliRunner().invoke(
+        cli, ["--config", str(pub.config_path), "sponsors", "report", "nobody"], env=pub.env
+    )
+    assert unknown.exit_code == 2 and "unknown sponsor 'nobody'" in unknown.stderr
