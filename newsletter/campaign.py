@@ -10,11 +10,22 @@ Exactly once, as far as SMTP allows:
 - after a crash, rows still `sending` are the ones in doubt (at most one per
   connection): a resume reports them and sends them again, and sends nothing
   that is marked `sent`.
+
+With `[workers] broker` set, the same per-message code runs in Celery workers on
+any number of machines (`send_batch`): the campaign belongs to "the workers", and
+each task claims a batch of rows with row locks that skip rows others hold, leased
+to it for `[workers] lease` seconds and renewed while it sends. A worker that dies
+stops renewing; its rows go to the next batch once the lease runs out, so nobody is
+lost and only the rows it had in flight (one per connection) can get a second copy.
+The task that finds nothing left to send marks the campaign finished.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import logging
+import math
 import os
 import queue
 import random
@@ -29,7 +40,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter import mailer
+from newsletter import distributed, mailer, tokens, tracking
 from newsletter.config import Config
 from newsletter.config import load as load_config
 from newsletter.errors import NewsletterError
@@ -55,9 +66,12 @@ from newsletter.store import (
     Store,
     campaigns,
     deliveries,
+    rate_buckets,
     subscribers,
     utcnow,
 )
+
+log = logging.getLogger("newsletter.campaign")
 
 # Campaign statuses
 READY = "ready"  # created, not started
@@ -71,6 +85,11 @@ MISSED = "missed"
 LEASE = dt.timedelta(seconds=120)  # a heartbeat older than this means the owner is gone
 HEARTBEAT_EVERY = 10.0
 BATCH = 500
+
+# The owner of a campaign that Celery workers send. Not a host name, so only the
+# heartbeat (renewed by every batch) says whether the workers still have it.
+WORKERS = "[workers]"
+FOLLOW_EVERY = 0.5  # seconds between looks at the ledger while the workers send
 
 
 class CampaignBusy(NewsletterError):
@@ -87,6 +106,7 @@ class RunResult:
     skipped: int = 0
     pending: int = 0
     in_doubt: int = 0  # rows found `sending` at start: a crashed run may have delivered them
+    queued: int = 0  # handed to the workers, not finished when this returned
     error: str = ""
     errors: list[str] = field(default_factory=list)
 
@@ -185,6 +205,11 @@ def claim(store: Store, campaign_id: int, owner: str, allowed: Iterable[str]) ->
         if row is None:
             raise NewsletterError(f"campaign {campaign_id}: no such campaign")
         if row.status == RUNNING and _owner_alive(row.owner, row.heartbeat_at, now):
+            if row.owner == WORKERS:
+                raise CampaignBusy(
+                    f"campaign {campaign_id} is being sent by the workers ([workers] broker);"
+                    f" follow it with `newsletter status {campaign_id}`; not sending it twice"
+                )
             host, _, rest = (row.owner or "?").partition(":")
             raise CampaignBusy(
                 f"campaign {campaign_id} is being sent by process {rest.partition(':')[0]}"
@@ -208,7 +233,25 @@ def claim(store: Store, campaign_id: int, owner: str, allowed: Iterable[str]) ->
     return row
 
 
-# --- sending ----------------------------------------------------------------------------
+def campaign_template(
+    store: Store, config: Config, row: Any
+) -> tuple[MessageTemplate, tracking.LinkSlots | None]:
+    """The message template of a campaign's snapshot, its tracked links made into
+    per-recipient slots (`[tracking] clicks`; the links are saved for the redirects)."""
+    html, text = row.html_template, row.text_template
+    links = None
+    if config.tracking.clicks != "off" and config.publication.base_url:
+        tracked = tracking.rewrite(html, text, config.tracking.clicks)
+        if tracked.links:
+            tracking.save_links(store, row.id, tracked.links)
+            html, text = tracked.html, tracked.text
+            signer = tracking.ClickSigner(tokens.load_secret(config))
+            links = tracking.LinkSlots(config, signer, row.id, len(tracked.links))
+    template = envelope_template(config, row.subject, html_slots(html), text_slots(text))
+    return template, links
+
+
+# --- sending: the per-message ledger discipline, in-process and in a worker's batch ------
 
 
 @dataclass
@@ -216,9 +259,119 @@ class _Item:
     delivery_id: int
     email: str
     name: str
+    subscriber_id: int = 0
 
 
 _STOP = object()
+
+
+def _lease_free(now: dt.datetime) -> sa.ColumnElement[bool]:
+    """No live worker holds the row (never leased, or its lease has run out)."""
+    return sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now)
+
+
+class _Rows:
+    """What a runner sends: every unsent row of the campaign, in id order (in-process)."""
+
+    def __init__(self, store: Store, campaign_id: int) -> None:
+        self.store = store
+        self.campaign_id = campaign_id
+
+    def fetch(self, last_id: int) -> list[_Item]:
+        query = (
+            sa.select(
+                deliveries.c.id,
+                subscribers.c.email,
+                subscribers.c.name,
+                subscribers.c.id.label("sid"),
+            )
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(
+                deliveries.c.campaign_id == self.campaign_id,
+                deliveries.c.status.in_(UNSENT),
+                deliveries.c.id > last_id,
+                subscribers.c.status == ACTIVE,
+                _lease_free(utcnow()),
+            )
+            .order_by(deliveries.c.id)
+            .limit(BATCH)
+        )
+        with self.store.engine.connect() as conn:
+            return [_Item(r.id, r.email, r.name, r.sid) for r in conn.execute(query)]
+
+    def mine(self) -> sa.ColumnElement[bool]:
+        """The condition for marking a row `sending`: no worker has leased it meanwhile."""
+        return _lease_free(utcnow())
+
+    def sending(self) -> dict[str, Any]:
+        """The values that mark a row `sending`."""
+        return {"status": SENDING}
+
+    def skip_unsubscribed(self) -> None:
+        """An unsubscribe during the campaign stops later messages to that address."""
+        self._skip(deliveries.c.campaign_id == self.campaign_id)
+
+    def _skip(self, which: sa.ColumnElement[bool]) -> None:
+        gone = sa.select(subscribers.c.id).where(subscribers.c.status != ACTIVE)
+        with self.store.begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(
+                    which,
+                    deliveries.c.status.in_((PENDING, DEFERRED)),
+                    deliveries.c.subscriber_id.in_(gone),
+                )
+                .values(status=SKIPPED)
+            )
+
+
+class _LeasedRows(_Rows):
+    """What a worker's batch sends: the rows it claimed, leased to it (`owner`)."""
+
+    def __init__(
+        self, store: Store, campaign_id: int, owner: str, items: list[_Item], lease: float
+    ) -> None:
+        super().__init__(store, campaign_id)
+        self.owner = owner
+        self.items = items
+        self.lease = dt.timedelta(seconds=lease)
+
+    def fetch(self, last_id: int) -> list[_Item]:
+        return [i for i in self.items if i.delivery_id > last_id][:BATCH]
+
+    def mine(self) -> sa.ColumnElement[bool]:
+        # A lease that ran out (this worker stalled) may have passed the row to another.
+        return deliveries.c.lease_owner == self.owner
+
+    def sending(self) -> dict[str, Any]:
+        # The row in flight keeps a fresh lease even if a renewal skipped it (_renew).
+        return {"status": SENDING, "lease_until": utcnow() + self.lease}
+
+    def skip_unsubscribed(self) -> None:
+        self._skip(deliveries.c.lease_owner == self.owner)
+
+
+@dataclass(frozen=True)
+class _Lane:
+    """One SMTP connection of a runner: its server and that server's rate limiter."""
+
+    server: str
+    settings: mailer.SmtpSettings
+    rate: mailer.RateLimiter | mailer.SharedRateLimiter
+
+
+def _lanes(
+    config: Config,
+    limiters: dict[str, mailer.RateLimiter | mailer.SharedRateLimiter],
+    only: str | None = None,
+) -> list[_Lane]:
+    """`concurrency` connections to each configured server (or to `only`)."""
+    lanes = []
+    for name, smtp in mailer.servers(config):
+        if only is None or name == only:
+            settings = mailer.SmtpSettings.from_config(config, name)
+            lanes += [_Lane(name, settings, limiters[name])] * smtp.concurrency
+    return lanes
 
 
 class _Runner:
@@ -233,6 +386,8 @@ class _Runner:
         stop: threading.Event,
         clock: Callable[[], float],
         sleep: Callable[[float], None],
+        rows: _Rows,
+        lanes: list[_Lane],
     ) -> None:
         self.store = store
         self.config = config
@@ -243,20 +398,39 @@ class _Runner:
         self.stop = stop
         self.sleep = sleep
         self.clock = clock
-        self.settings = mailer.SmtpSettings.from_config(config)
-        self.rate = mailer.RateLimiter(config.smtp.rate, clock=clock, sleep=sleep)
+        self.rows = rows
+        self.lanes = lanes
+        self._lane_numbers = itertools.count()
         self.personalizer = Personalizer(config, slug)
+        self.links: tracking.LinkSlots | None = None  # set when the campaign tracks clicks
         self.sender = template.from_address
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=config.smtp.concurrency * 64)
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=len(lanes) * 64)
         self.lock = threading.Lock()
         self.result = RunResult(campaign_id)
         self.fatal: NewsletterError | None = None
+        self.broken: Exception | None = None  # a sender thread died (the database failed it)
         self.retry: dict[int, tuple[_Item, int, float]] = {}  # deferred this run
 
     # worker side --------------------------------------------------------------------------
 
     def work(self) -> None:
-        smtp = mailer.SmtpConnection(self.settings)
+        """One SMTP connection: send what the producer queues, recording every reply."""
+        try:
+            self._work()
+        except Exception as exc:
+            # Nothing can be recorded (the database went away): stop rather than send
+            # unrecorded messages, and let the producer stop waiting for this thread.
+            log.exception("campaign %s: a sender stopped", self.campaign_id)
+            with self.lock:
+                self.broken = self.broken or exc
+                self.fatal = self.fatal or NewsletterError(
+                    f"campaign {self.campaign_id}: cannot record deliveries: {exc}"
+                )
+
+    def _work(self) -> None:
+        with self.lock:
+            lane = self.lanes[next(self._lane_numbers) % len(self.lanes)]
+        smtp = mailer.SmtpConnection(lane.settings)
         unrecorded: tuple[_Item, mailer.SendResult] | None = None
         try:
             with self.store.writer() as db:
@@ -265,10 +439,11 @@ class _Runner:
                         item = self.queue.get_nowait()
                     except queue.Empty:
                         # Nothing queued: record the last reply now rather than wait.
-                        unrecorded = self._commit(db, unrecorded, None)
+                        self._commit(db, unrecorded, None)
+                        unrecorded = None
                         item = self.queue.get()
                     if item is _STOP:
-                        unrecorded = self._commit(db, unrecorded, None)
+                        self._commit(db, unrecorded, None)
                         self.queue.task_done()
                         return
                     if self.fatal is not None or self.stop.is_set():
@@ -281,9 +456,15 @@ class _Runner:
                         self.queue.task_done()
                         continue
                     values, token = self.personalizer.values(item.email, item.name)
+                    if self.links is not None:
+                        values.update(self.links.values(item.subscriber_id))
                     data = self.template.render(item.email, item.name, values, token)
-                    self.rate.acquire()
-                    unrecorded = self._commit(db, unrecorded, item)
+                    lane.rate.acquire()
+                    marked = self._commit(db, unrecorded, item)
+                    unrecorded = None
+                    if not marked:  # another worker holds the row now: it is theirs to send
+                        self.queue.task_done()
+                        continue
                     try:
                         unrecorded = (item, smtp.send(self.sender, item.email, data))
                     except mailer.SmtpError as exc:
@@ -304,24 +485,31 @@ class _Runner:
         db: sa.Connection,
         unrecorded: tuple[_Item, mailer.SendResult] | None,
         next_item: _Item | None,
-    ) -> None:
-        """One transaction: record the last reply and mark the next message `sending`."""
+    ) -> bool:
+        """One transaction: record the last reply and mark the next message `sending`.
+
+        True when the next message is marked (it is still this runner's to send).
+        """
         if unrecorded is None and next_item is None:
-            return None
+            return False
         retry_at = 0.0
+        marked = False
         with db.begin():
             if unrecorded is not None:
                 retry_at = self._record(db, *unrecorded)
             if next_item is not None:
-                db.execute(
-                    deliveries.update()
-                    .where(deliveries.c.id == next_item.delivery_id)
-                    .values(status=SENDING)
+                marked = (
+                    db.execute(
+                        deliveries.update()
+                        .where(deliveries.c.id == next_item.delivery_id, self.rows.mine())
+                        .values(self.rows.sending())
+                    ).rowcount
+                    == 1
                 )
         if unrecorded is not None:
             self._account(*unrecorded, retry_at)
             self.queue.task_done()
-        return None
+        return marked
 
     def _record(self, db: sa.Connection, item: _Item, res: mailer.SendResult) -> float:
         now = utcnow()
@@ -359,19 +547,25 @@ class _Runner:
         if self.progress:
             self.progress(self.result)
 
+    def given_up(self) -> list[int]:
+        """Deliveries deferred more often this run than [smtp] retries allows."""
+        with self.lock:
+            limit = self.config.smtp.retries
+            return [i for i, (_, tries, _) in self.retry.items() if tries > limit]
+
     # producer side ------------------------------------------------------------------------
 
     def produce(self) -> None:
         last_id = 0
         while self.fatal is None and not self.stop.is_set():
-            self._skip_unsubscribed()
-            batch = self._fetch(last_id)
+            self.rows.skip_unsubscribed()
+            batch = self.rows.fetch(last_id)
             for item in batch:
                 self._put(item)
             if len(batch) < BATCH:
                 break
             last_id = batch[-1].delivery_id
-        self.queue.join()
+        self._join()
         # Temporary failures get a few more tries in this run, with backoff and jitter.
         while self.fatal is None and not self.stop.is_set():
             with self.lock:
@@ -386,11 +580,17 @@ class _Runner:
             if wait > 0:
                 self.sleep(wait)
             now = self.clock()
-            self._skip_unsubscribed()
+            self.rows.skip_unsubscribed()
             for item, at in due:
                 if at <= now:
                     self._put(item)
-            self.queue.join()
+            self._join()
+
+    def _join(self) -> None:
+        """Wait until every queued message is sent and recorded, or a sender broke down."""
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks and self.broken is None:
+                self.queue.all_tasks_done.wait(0.2)
 
     def _put(self, item: _Item) -> None:
         while self.fatal is None and not self.stop.is_set():
@@ -400,35 +600,27 @@ class _Runner:
             except queue.Full:
                 continue
 
-    def _fetch(self, last_id: int) -> list[_Item]:
-        query = (
-            sa.select(deliveries.c.id, subscribers.c.email, subscribers.c.name)
-            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-            .where(
-                deliveries.c.campaign_id == self.campaign_id,
-                deliveries.c.status.in_(UNSENT),
-                deliveries.c.id > last_id,
-                subscribers.c.status == ACTIVE,
-            )
-            .order_by(deliveries.c.id)
-            .limit(BATCH)
-        )
-        with self.store.engine.connect() as conn:
-            return [_Item(r.id, r.email, r.name) for r in conn.execute(query)]
-
-    def _skip_unsubscribed(self) -> None:
-        """An unsubscribe during the campaign stops later messages to that address."""
-        gone = sa.select(subscribers.c.id).where(subscribers.c.status != ACTIVE)
-        with self.store.begin() as conn:
-            conn.execute(
-                deliveries.update()
-                .where(
-                    deliveries.c.campaign_id == self.campaign_id,
-                    deliveries.c.status.in_((PENDING, DEFERRED)),
-                    deliveries.c.subscriber_id.in_(gone),
-                )
-                .values(status=SKIPPED)
-            )
+    def drive(self) -> bool:
+        """Run the producer and one thread per lane until done; True if interrupted."""
+        threads = [
+            threading.Thread(target=self.work, name=f"smtp-{n}", daemon=True)
+            for n in range(len(self.lanes))
+        ]
+        for t in threads:
+            t.start()
+        interrupted = False
+        try:
+            self.produce()
+        except KeyboardInterrupt:
+            interrupted = True
+            self.stop.set()
+        finally:
+            _drain(self.queue)
+            for _ in threads:
+                self.queue.put(_STOP)
+            for t in threads:
+                t.join()
+        return interrupted
 
 
 def counts(store: Store, campaign_id: int, conn: sa.Connection | None = None) -> dict[str, int]:
@@ -457,19 +649,40 @@ def run(
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    wait: bool = True,
 ) -> RunResult:
-    """Send every delivery of the campaign that is not yet sent; return what happened."""
+    """Send every delivery of the campaign that is not yet sent; return what happened.
+
+    With `[workers] broker` set, the campaign is handed to the Celery workers instead;
+    then `wait` follows the ledger until it is finished (reporting progress as the
+    workers send), and `wait=False` returns as soon as the batches are queued.
+    """
+    stop = stop or threading.Event()
+    if config.workers.broker:
+        return _run_on_workers(store, config, campaign_id, allowed, progress, stop, sleep, wait)
     owner = _owner_id()
     row = claim(store, campaign_id, owner, allowed)
-    stop = stop or threading.Event()
     before = counts(store, campaign_id)
     try:
-        template = envelope_template(
-            config, row.subject, html_slots(row.html_template), text_slots(row.text_template)
-        )
+        template, links = campaign_template(store, config, row)
+        limiters: dict[str, mailer.RateLimiter | mailer.SharedRateLimiter] = {
+            name: mailer.RateLimiter(smtp.rate, clock=clock, sleep=sleep)
+            for name, smtp in mailer.servers(config)
+        }
         runner = _Runner(
-            store, config, campaign_id, template, row.issue_slug, progress, stop, clock, sleep
+            store,
+            config,
+            campaign_id,
+            template,
+            row.issue_slug,
+            progress,
+            stop,
+            clock,
+            sleep,
+            _Rows(store, campaign_id),
+            _lanes(config, limiters),
         )
+        runner.links = links
     except NewsletterError as exc:
         _release(store, campaign_id, owner, INCOMPLETE, str(exc))
         raise
@@ -481,24 +694,9 @@ def run(
         target=_heartbeat, args=(store, campaign_id, owner, done_beating), daemon=True
     )
     beat.start()
-    workers = [
-        threading.Thread(target=runner.work, name=f"smtp-{n}", daemon=True)
-        for n in range(config.smtp.concurrency)
-    ]
-    for w in workers:
-        w.start()
-    interrupted = False
     try:
-        runner.produce()
-    except KeyboardInterrupt:
-        interrupted = True
-        stop.set()
+        interrupted = runner.drive()
     finally:
-        _drain(runner.queue)
-        for _ in workers:
-            runner.queue.put(_STOP)
-        for w in workers:
-            w.join()
         done_beating.set()
         beat.join()
 
@@ -553,21 +751,536 @@ def _release(store: Store, campaign_id: int, owner: str, status: str, error: str
                 finished_at=now if status == DONE else None,
                 resume_after=now + AUTO_RESUME_AFTER if status == INCOMPLETE else None,
                 last_error=error,
+                sweep_at=None,
             )
         )
+
+
+# --- sending on Celery workers ----------------------------------------------------------
+
+
+def _claimable(now: dt.datetime) -> sa.ColumnElement[bool]:
+    """Unsent, held by nobody, and due: pending, in doubt, or deferred and its retry time come.
+
+    A deferred row whose retries ran out in a batch is parked (no next_attempt_at)
+    until the campaign is dispatched again (resume, run-due), as in-process."""
+    return sa.and_(
+        deliveries.c.status.in_(UNSENT),
+        _lease_free(now),
+        sa.or_(
+            deliveries.c.status.in_((PENDING, SENDING)),
+            deliveries.c.next_attempt_at <= now,
+        ),
+    )
+
+
+def _run_on_workers(
+    store: Store,
+    config: Config,
+    campaign_id: int,
+    allowed: Iterable[str],
+    progress: Callable[[RunResult], None] | None,
+    stop: threading.Event,
+    sleep: Callable[[float], None],
+    wait: bool,
+) -> RunResult:
+    result = RunResult(campaign_id)
+    result.in_doubt = _dispatch(store, config, campaign_id, tuple(allowed))
+    base = counts(store, campaign_id)
+    if not wait:
+        result.failed = base[FAILED]
+        result.skipped = base[SKIPPED]
+        result.queued = base[PENDING] + base[SENDING] + base[DEFERRED]
+        return result
+    while True:
+        with store.engine.connect() as conn:
+            row = conn.execute(sa.select(campaigns).where(campaigns.c.id == campaign_id)).one()
+            now = counts(store, campaign_id, conn)
+        result.sent = now[SENT] - base[SENT]
+        result.failed = now[FAILED] - base[FAILED]
+        if progress:
+            progress(result)
+        if row.status != RUNNING or row.owner != WORKERS or stop.is_set():
+            break
+        if not _owner_alive(row.owner, row.heartbeat_at, utcnow()):
+            # No batch has renewed the campaign for a while: its tasks are gone (the
+            # broker lost them, or every worker died). Hand it out again.
+            log.warning(
+                "campaign %s: no worker has sent a batch for %s s; queueing it again"
+                " (is `newsletter workers start` running?)",
+                campaign_id,
+                int(LEASE.total_seconds()),
+            )
+            try:
+                _dispatch(store, config, campaign_id, tuple(allowed))
+            except CampaignBusy:
+                pass  # run-due or another follower got there first
+        sleep(FOLLOW_EVERY)
+    result.status = row.status
+    result.failed = now[FAILED]
+    result.skipped = now[SKIPPED]
+    result.error = row.last_error or ""
+    if row.status == RUNNING:  # stopped following: the workers go on
+        result.queued = now[PENDING] + now[SENDING] + now[DEFERRED]
+    else:
+        result.deferred = now[DEFERRED]
+        result.pending = now[PENDING] + now[SENDING]
+    return result
+
+
+def _dispatch(store: Store, config: Config, campaign_id: int, allowed: tuple[str, ...]) -> int:
+    """Give the campaign to the workers and queue a task per batch; the rows in doubt.
+
+    A campaign the workers already have (heartbeat fresh) is left to them."""
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            sa.select(campaigns.c.status, campaigns.c.owner, campaigns.c.heartbeat_at).where(
+                campaigns.c.id == campaign_id
+            )
+        ).one_or_none()
+    if row is not None and row.status == RUNNING and row.owner == WORKERS:
+        if _owner_alive(row.owner, row.heartbeat_at, utcnow()):
+            return 0
+    claim(store, campaign_id, WORKERS, allowed)
+    now = utcnow()
+    try:
+        with store.begin() as conn:
+            # A new round: what an earlier round gave up on (retries used up) is tried again.
+            conn.execute(
+                deliveries.update()
+                .where(
+                    deliveries.c.campaign_id == campaign_id,
+                    deliveries.c.status == DEFERRED,
+                    deliveries.c.next_attempt_at.is_(None),
+                )
+                .values(next_attempt_at=now)
+            )
+            conn.execute(
+                campaigns.update().where(campaigns.c.id == campaign_id).values(sweep_at=None)
+            )
+            in_doubt, claimable = conn.execute(
+                sa.select(
+                    sa.func.count().filter(deliveries.c.status == SENDING),
+                    sa.func.count(),
+                ).where(deliveries.c.campaign_id == campaign_id, _claimable(now))
+            ).one()
+        # At least one task: it finishes a campaign with nothing left, or waits for rows
+        # a worker still holds.
+        tasks = max(1, math.ceil(claimable / config.workers.batch_size))
+        distributed.enqueue(config, campaign_id, tasks)
+    except NewsletterError as exc:
+        _release(store, campaign_id, WORKERS, INCOMPLETE, str(exc))
+        raise
+    log.info(
+        "campaign %s: %s deliveries in %s batch(es) queued for the workers",
+        campaign_id,
+        claimable,
+        tasks,
+    )
+    return int(in_doubt)
+
+
+def send_batch(
+    store: Store,
+    config: Config,
+    campaign_id: int,
+    enqueue: Callable[[float], None],
+    *,
+    sweep: bool = False,
+    stop: threading.Event | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RunResult:
+    """A worker's task: claim a batch of the campaign's deliveries and send it.
+
+    Every message is marked `sending` before it goes out and recorded right after the
+    reply, exactly as in-process. What the batch does not send (stopped, or retries
+    used up) is released. Then the batch finishes the campaign if the ledger has
+    nothing left, or makes sure a task comes back (`enqueue(countdown)`) for rows that
+    are due later or held by a worker that may have died. `sweep` says this task is
+    that one.
+    """
+    stop = stop or threading.Event()
+    owner = _owner_id()
+    result = RunResult(campaign_id)
+    claimed = _claim_batch(store, config, campaign_id, owner, sweep)
+    if claimed is None:
+        result.status = "not ours"
+        return result
+    row, items, number = claimed
+    if items:
+        _send_claimed(store, config, row, items, number, owner, stop, clock, sleep, result)
+    result.status = _settle(store, config, campaign_id, enqueue)
+    return result
+
+
+def _claim_batch(
+    store: Store, config: Config, campaign_id: int, owner: str, sweep: bool
+) -> tuple[Any, list[_Item], int] | None:
+    """Lease up to batch_size claimable rows to `owner`: (campaign, items, batch number)."""
+    now = utcnow()
+    with store.begin() as conn:
+        row = conn.execute(
+            sa.select(campaigns).where(campaigns.c.id == campaign_id).with_for_update()
+        ).one_or_none()
+        if row is None or row.status != RUNNING or row.owner != WORKERS:
+            return None  # finished, cancelled, or taken over in-process: not ours to send
+        if sweep and row.sweep_at is not None and row.sweep_at <= now:
+            conn.execute(
+                campaigns.update().where(campaigns.c.id == campaign_id).values(sweep_at=None)
+            )
+        taken = conn.execute(
+            sa.select(deliveries.c.id, deliveries.c.status)
+            .where(deliveries.c.campaign_id == campaign_id, _claimable(now))
+            .order_by(deliveries.c.id)
+            .limit(config.workers.batch_size)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not taken:
+            return row, [], row.batches
+        ids = [r.id for r in taken]
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id.in_(ids))
+            .values(
+                lease_owner=owner,
+                lease_until=now + dt.timedelta(seconds=config.workers.lease),
+            )
+        )
+        conn.execute(
+            campaigns.update()
+            .where(campaigns.c.id == campaign_id)
+            .values(batches=campaigns.c.batches + 1, heartbeat_at=now)
+        )
+        items = [
+            _Item(r.id, r.email, r.name, r.sid)
+            for r in conn.execute(
+                sa.select(
+                    deliveries.c.id,
+                    subscribers.c.email,
+                    subscribers.c.name,
+                    subscribers.c.id.label("sid"),
+                )
+                .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.id)
+            )
+        ]
+    in_doubt = sum(r.status == SENDING for r in taken)
+    if in_doubt:
+        log.warning(
+            "campaign %s: %s deliveries were in flight on a worker that stopped;"
+            " sending them again (they may get a second copy)",
+            campaign_id,
+            in_doubt,
+        )
+    return row, items, row.batches
+
+
+def _send_claimed(
+    store: Store,
+    config: Config,
+    row: Any,
+    items: list[_Item],
+    number: int,
+    owner: str,
+    stop: threading.Event,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    result: RunResult,
+) -> None:
+    campaign_id = row.id
+    # Batches take the servers in turn: [smtp], then each [smtp.<name>], round-robin.
+    names = [name for name, _ in mailer.servers(config)]
+    server = names[number % len(names)]
+    halt = threading.Event()
+    runner: _Runner | None = None
+    close_limiters = _nothing
+    try:
+        limiters, close_limiters = _shared_limiters(store, config, sleep)
+        template, links = campaign_template(store, config, row)
+        runner = _Runner(
+            store,
+            config,
+            campaign_id,
+            template,
+            row.issue_slug,
+            None,
+            halt,
+            clock,
+            sleep,
+            _LeasedRows(store, campaign_id, owner, items, config.workers.lease),
+            _lanes(config, limiters, only=server),
+        )
+        runner.links = links
+        done = threading.Event()
+        renew = threading.Thread(
+            target=_renew,
+            args=(store, config, campaign_id, owner, stop, halt, done),
+            daemon=True,
+        )
+        renew.start()
+        try:
+            runner.drive()
+        finally:
+            done.set()
+            renew.join()
+    except NewsletterError as exc:
+        # Settings no batch can send with (a password variable not set...), as in-process.
+        _stop_campaign(store, campaign_id, str(exc))
+        raise
+    finally:
+        close_limiters()
+        _release_batch(store, campaign_id, owner, runner.given_up() if runner else [])
+    assert runner is not None  # made in the try, or it raised
+    if runner.broken is not None:
+        raise runner.broken  # the task fails; the rows are free again for another batch
+    result.sent = runner.result.sent
+    result.failed = runner.result.failed
+    result.errors = runner.result.errors
+    if runner.fatal is not None:
+        # The server refused us (login, TLS, connection): stop the campaign, as in-process.
+        result.error = str(runner.fatal)
+        _stop_campaign(store, campaign_id, result.error)
+    log.info(
+        "campaign %s: batch %s via [%s]: %s of %s sent, %s failed",
+        campaign_id,
+        number + 1,
+        server,
+        result.sent,
+        len(items),
+        result.failed,
+    )
+
+
+def _nothing() -> None:
+    pass
+
+
+def _renew(
+    store: Store,
+    config: Config,
+    campaign_id: int,
+    owner: str,
+    stop: threading.Event,
+    halt: threading.Event,
+    done: threading.Event,
+) -> None:
+    """Keep the batch's lease and the campaign's heartbeat fresh; halt the batch when the
+    worker stops or the campaign is no longer the workers' (finished, cancelled, failed)."""
+    lease = dt.timedelta(seconds=config.workers.lease)
+    every = min(config.workers.lease / 3, HEARTBEAT_EVERY)
+    last = time.monotonic()
+    while not done.wait(0.2):
+        if stop.is_set():
+            halt.set()
+        if time.monotonic() - last < every:
+            continue
+        last = time.monotonic()
+        now = utcnow()
+        # Rows a sender has locked right now are skipped, not waited for: its transaction
+        # marks or records them (marking renews the lease too), and waiting could deadlock.
+        held = (
+            sa.select(deliveries.c.id)
+            .where(deliveries.c.lease_owner == owner, deliveries.c.status.in_(UNSENT))
+            .with_for_update(skip_locked=True)
+        )
+        try:
+            with store.begin() as conn:
+                conn.execute(
+                    deliveries.update()
+                    .where(deliveries.c.id.in_(held.scalar_subquery()))
+                    .values(lease_until=now + lease)
+                )
+            with store.begin() as conn:
+                ours = conn.execute(
+                    campaigns.update()
+                    .where(
+                        campaigns.c.id == campaign_id,
+                        campaigns.c.status == RUNNING,
+                        campaigns.c.owner == WORKERS,
+                    )
+                    .values(heartbeat_at=now)
+                ).rowcount
+        except sa.exc.OperationalError as exc:
+            log.warning("campaign %s: cannot renew the batch's lease: %s", campaign_id, exc)
+            continue
+        if not ours:
+            halt.set()
+
+
+def _release_batch(store: Store, campaign_id: int, owner: str, given_up: list[int]) -> None:
+    """Hand back what the batch did not send; park what used up its retries."""
+    with store.begin() as conn:
+        if given_up:
+            conn.execute(
+                deliveries.update()
+                .where(
+                    deliveries.c.id.in_(given_up),
+                    deliveries.c.lease_owner == owner,
+                    deliveries.c.status == DEFERRED,
+                )
+                .values(next_attempt_at=None)
+            )
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.lease_owner == owner, deliveries.c.status.in_(UNSENT))
+            .values(lease_until=None)
+        )
+
+
+def _stop_campaign(store: Store, campaign_id: int, error: str) -> None:
+    _release(store, campaign_id, WORKERS, INCOMPLETE, error)
+
+
+def _settle(
+    store: Store, config: Config, campaign_id: int, enqueue: Callable[[float], None]
+) -> str:
+    """After a batch: the campaign is finished when the ledger says so; otherwise one
+    task (the sweep) is queued for when the next rows become claimable."""
+    now = utcnow()
+    with store.begin() as conn:
+        row = conn.execute(
+            sa.select(campaigns).where(campaigns.c.id == campaign_id).with_for_update()
+        ).one_or_none()
+        if row is None or row.status != RUNNING or row.owner != WORKERS:
+            return row.status if row is not None else "gone"
+        unsent = deliveries.c.status.in_(UNSENT)
+        left, claimable, held_until, retry_at = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.count().filter(_claimable(now)),
+                sa.func.min(deliveries.c.lease_until).filter(deliveries.c.lease_until >= now),
+                sa.func.min(deliveries.c.next_attempt_at).filter(
+                    _lease_free(now), deliveries.c.next_attempt_at > now
+                ),
+            ).where(deliveries.c.campaign_id == campaign_id, unsent)
+        ).one()
+        if not left:
+            conn.execute(
+                campaigns.update()
+                .where(campaigns.c.id == campaign_id)
+                .values(
+                    status=DONE,
+                    owner=None,
+                    heartbeat_at=None,
+                    finished_at=now,
+                    resume_after=None,
+                    sweep_at=None,
+                )
+            )
+            log.info("campaign %s: done", campaign_id)
+            return DONE
+        if not claimable and held_until is None and retry_at is None:
+            # Only deliveries whose retries ran out are left: incomplete, as in-process.
+            conn.execute(
+                campaigns.update()
+                .where(campaigns.c.id == campaign_id)
+                .values(
+                    status=INCOMPLETE,
+                    owner=None,
+                    heartbeat_at=None,
+                    resume_after=now + AUTO_RESUME_AFTER,
+                    sweep_at=None,
+                )
+            )
+            log.info("campaign %s: incomplete, %s deferred", campaign_id, left)
+            return INCOMPLETE
+        due = now if claimable else min(t for t in (held_until, retry_at) if t is not None)
+        grace = dt.timedelta(seconds=config.workers.lease)
+        pending = row.sweep_at
+        if pending is not None and now - grace <= pending <= due + dt.timedelta(seconds=1):
+            return RUNNING  # a sweep is already on its way in time
+        conn.execute(
+            campaigns.update()
+            .where(campaigns.c.id == campaign_id)
+            .values(sweep_at=due, heartbeat_at=now)
+        )
+    # A little after the lease ends, so that the sweep finds it ended.
+    enqueue(0.0 if due <= now else (due - now).total_seconds() + 0.5)
+    return RUNNING
+
+
+def _shared_limiters(
+    store: Store, config: Config, sleep: Callable[[float], None]
+) -> tuple[dict[str, mailer.RateLimiter | mailer.SharedRateLimiter], Callable[[], None]]:
+    """Each server's [smtp] rate as one budget for every worker: kept in the broker's
+    Redis, or (RabbitMQ) in the database."""
+    limiters: dict[str, mailer.RateLimiter | mailer.SharedRateLimiter] = {}
+    closers: list[Callable[[], None]] = []
+    redis = config.workers.broker.startswith(("redis://", "rediss://"))
+    for name, smtp in mailer.servers(config):
+        if smtp.rate <= 0:
+            limiters[name] = mailer.RateLimiter(0)
+            continue
+        # The relay account is what the limit is about.
+        key = f"newsletter:rate:{smtp.host}:{smtp.port}:{smtp.username}"
+        reserve: Callable[[float], float]
+        if redis:
+            client = mailer.RedisReserve(config.workers.broker, key)
+            closers.append(client.close)
+            reserve = client
+        else:
+            reserve = _DatabaseReserve(store, key)
+        limiters[name] = mailer.SharedRateLimiter(smtp.rate, reserve, sleep=sleep)
+
+    def close() -> None:
+        for c in closers:
+            c()
+
+    return limiters, close
+
+
+class _DatabaseReserve:
+    """`reserve` for SharedRateLimiter in the ledger's database: one row per relay account.
+
+    One UPDATE takes the next slot; the row lock orders the workers. Clocks of the
+    machines are assumed in step (NTP), as for every timestamp in the ledger."""
+
+    def __init__(self, store: Store, key: str) -> None:
+        self.store = store
+        self.key = key
+        with store.begin() as conn:
+            exists = conn.execute(
+                sa.select(rate_buckets.c.name).where(rate_buckets.c.name == key)
+            ).first()
+            if exists is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(rate_buckets.insert().values(name=key, next_at=0.0))
+                except sa.exc.IntegrityError:
+                    pass  # another worker made it first
+
+    def __call__(self, interval: float, tolerance: float = 0.0) -> float:
+        earliest = time.time() - tolerance
+        slot = sa.case((rate_buckets.c.next_at > earliest, rate_buckets.c.next_at), else_=earliest)
+        with self.store.begin() as conn:
+            next_at = conn.execute(
+                rate_buckets.update()
+                .where(rate_buckets.c.name == self.key)
+                .values(next_at=slot + interval)
+                .returning(rate_buckets.c.next_at)
+            ).scalar_one()
+        # From now, not from before the transaction: its own time is part of the wait.
+        return float(next_at) - interval - time.time()
 
 
 # --- status -----------------------------------------------------------------------------
 
 
 def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> list[dict[str, Any]]:
-    """Counts per campaign (newest first), with the most recent errors."""
+    """Counts per campaign (newest first), with the most recent errors.
+
+    The ledger is shared, so this is the progress of every worker sending it; rows
+    `sending` under a live lease are in flight on a worker, the others are in doubt.
+    """
     query = sa.select(campaigns).order_by(campaigns.c.id.desc())
     if campaign_id is not None:
         query = query.where(campaigns.c.id == campaign_id)
     else:
         query = query.limit(limit)
     out = []
+    now = utcnow()
     with store.engine.connect() as conn:
         rows = conn.execute(query).all()
         if campaign_id is not None and not rows:
@@ -585,6 +1298,19 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
                 .order_by(deliveries.c.id.desc())
                 .limit(5)
             ).all()
+            held = conn.execute(
+                sa.select(
+                    deliveries.c.lease_owner,
+                    sa.func.count().filter(deliveries.c.status == SENDING),
+                )
+                .where(
+                    deliveries.c.campaign_id == row.id,
+                    deliveries.c.status.in_(UNSENT),
+                    deliveries.c.lease_until >= now,
+                )
+                .group_by(deliveries.c.lease_owner)
+            ).all()
+            in_flight = sum(int(n) for _, n in held)
             out.append(
                 {
                     "id": row.id,
@@ -596,8 +1322,13 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
                     "failed": c[FAILED],
                     "deferred": c[DEFERRED],
                     "pending": c[PENDING],
-                    "in_doubt": c[SENDING],
+                    "in_doubt": c[SENDING] - in_flight,
+                    "in_flight": in_flight,
                     "skipped": c[SKIPPED],
+                    # Sent by Celery workers: batches claimed so far, and what holds rows now.
+                    "batches": row.batches,
+                    "batches_sending": len(held),
+                    "workers_sending": len({owner.rsplit(":", 1)[0] for owner, _ in held}),
                     "created_at": _iso(row.created_at),
                     "scheduled_at": _iso(row.scheduled_at),
                     "started_at": _iso(row.started_at),

@@ -609,6 +609,7 @@ def run_due(state: State, as_json: bool) -> None:
                 f"campaign {summary['campaign_id']}: {summary['sent']} sent,"
                 f" {summary['deferred']} deferred, {summary['failed']} failed,"
                 f" {summary['pending']} pending [{summary['status']}]"
+                + (f", {summary['queued']} queued for the workers" if summary["queued"] else "")
             )
     if not report.ok:
         raise SystemExit(1)
@@ -758,6 +759,8 @@ def init(
             " change them in newsletter.toml (or pass --name, --from, --postal-address)",
             err=True,
         )
+    if created.overwritten:
+        click.echo(f"overwrote {len(created.overwritten)} existing file(s) (--force)", err=True)
     click.echo(f"Created {created.publication.name!r} in {created.folder.resolve()}:")
     click.echo(f"  {created.summary()}")
     click.echo("Next:")
@@ -872,6 +875,103 @@ def sponsors_report(
             f" {t['unique_clickers']:,} unique clickers, {t['clicks']:,} clicks,"
             f" {t['click_rate']:.2%}"
         )
+
+
+# --- the public site: serve, archive export ---------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (the reverse proxy's upstream).",
+)
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
+@pass_state
+def serve(state: State, host: str, port: int) -> None:
+    """Serve the public pages behind a reverse proxy at [publication] base_url.
+
+    One-click unsubscribe (the link in every message), signup with a
+    confirmation email, and the archive of sent issues with its Atom feed.
+    """
+    # Imported here so that the web stack loads only for this command.
+    from newsletter import site
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    site.serve(state.config, host, port, announce=click.echo, log=log)
+
+
+@cli.group()
+def archive() -> None:
+    """The archive of sent issues: the pages `newsletter serve` shows, as static files."""
+
+
+@archive.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@pass_state
+def archive_export(state: State, directory: Path) -> None:
+    """Write the archive into DIRECTORY for any static host (all files or none).
+
+    index.html, feed.xml, site.css and issues/<slug>/index.html: the same bytes
+    `newsletter serve` answers for /, /feed.xml, /site.css and /issues/<slug>.
+    """
+    from newsletter import archive as archive_mod
+
+    written = archive_mod.export(_store(state), state.config, directory)
+    issues = sum(1 for path in written if path.name == "index.html") - 1
+    click.echo(f"{issues} issue(s), {len(written)} files written to {directory}")
+
+
+# --- Celery workers: sending on several machines -----------------------------------------
+
+
+@cli.group()
+def workers() -> None:
+    """Celery workers that send campaigns in batches ([workers] broker in newsletter.toml).
+
+    With a broker set, `send --all`, `resume`, `run-due` and `worker` queue a
+    campaign's batches; workers on any machine sharing the database send them.
+    """
+
+
+@workers.command("start")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Batches this process sends at once (each over [smtp] concurrency connections).",
+)
+@click.option(
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="How much the worker logs on stderr.",
+)
+@pass_state
+def workers_start(state: State, concurrency: int, loglevel: str) -> None:
+    """Run a worker until SIGTERM or Ctrl-C, which finish the messages in flight.
+
+    Start one per machine (or several); each reads this newsletter.toml, takes
+    batches from the broker and records every message in the shared ledger.
+    """
+    try:
+        from newsletter import tasks
+    except ImportError:
+        from newsletter.distributed import NO_CELERY
+
+        raise click.ClickException(NO_CELERY) from None
+    tasks.start_worker(state.config, concurrency, loglevel.upper())
 
 
 def _format_finding(finding: Finding) -> str:

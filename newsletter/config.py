@@ -78,6 +78,16 @@ class Smtp:
 
 
 @dataclass(frozen=True)
+class Workers:
+    """Celery workers: with a broker, a campaign is sent in batches by workers on any machine."""
+
+    broker: str = ""  # redis://... or amqp://...; empty: every campaign is sent in-process
+    queue: str = "newsletter"  # the broker queue; one per publication sharing a broker
+    batch_size: int = 500  # deliveries one task claims and sends
+    lease: float = 60.0  # seconds a batch stays with a worker that stops renewing it
+
+
+@dataclass(frozen=True)
 class Schedule:
     max_late: str = "6h"  # a due campaign found later than this is marked missed, not sent
 
@@ -193,6 +203,9 @@ class Config:
     signup: Signup
     sponsors: Mapping[str, Sponsor]
     default_sponsor: str | None
+    workers: Workers = Workers()
+    # [smtp.<name>] tables: more servers sharing the sending; unset keys are [smtp]'s.
+    smtp_servers: Mapping[str, Smtp] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -243,6 +256,7 @@ _SECTIONS: dict[str, type] = {
     "tracking": Tracking,
     "dkim": Dkim,
     "signup": Signup,
+    "workers": Workers,
 }
 _SMTP_SECURITY = ("none", "starttls", "tls")
 _SPONSOR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -258,7 +272,10 @@ def find_config(start: Path | None = None) -> Path:
         candidate = folder / CONFIG_NAME
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"no {CONFIG_NAME} here or above {here}; pass --config PATH")
+    raise ConfigError(
+        f"no {CONFIG_NAME} here or above {here}; run `newsletter init` to create one,"
+        " or pass --config PATH"
+    )
 
 
 def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
@@ -286,14 +303,36 @@ def _build(path: Path, data: dict[str, Any], environ: Mapping[str, str]) -> Conf
     if "publication" not in data:
         raise ConfigError(f"{path}: missing section [publication]")
 
+    smtp_tables = {k: v for k, v in data.get("smtp", {}).items() if isinstance(v, dict)}
+    data = {
+        **data,
+        "smtp": {k: v for k, v in data.get("smtp", {}).items() if k not in smtp_tables},
+    }
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         sections[name] = _section(path, name, cls, data.get(name, {}), environ)
+    servers = _smtp_servers(path, sections["smtp"], smtp_tables, environ)
 
     sponsors, default = _sponsors(path, data.get("sponsors", {}), environ)
-    config = Config(path=path, sponsors=sponsors, default_sponsor=default, **sections)
+    config = Config(
+        path=path, sponsors=sponsors, default_sponsor=default, smtp_servers=servers, **sections
+    )
     _validate(config)
     return config
+
+
+def _smtp_servers(
+    path: Path, base: Smtp, tables: dict[str, Any], environ: Mapping[str, str]
+) -> dict[str, Smtp]:
+    inherited = {key: getattr(base, f.name) for key, f in _fields(Smtp).items()}
+    servers = {}
+    for name, values in tables.items():
+        if not _SPONSOR_ID.match(name):
+            raise ConfigError(
+                f"{path}: [smtp.{name}]: a server name is lowercase letters, digits, '-' or '_'"
+            )
+        servers[name] = _section(path, f"smtp.{name}", Smtp, {**inherited, **values}, environ)
+    return servers
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
@@ -453,18 +492,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"{path}: [publication] timezone: unknown time zone {pub.timezone!r}"
         ) from None
-    smtp = config.smtp
-    if smtp.security not in _SMTP_SECURITY:
-        raise ConfigError(
-            f"{path}: [smtp] security: expected one of {', '.join(_SMTP_SECURITY)},"
-            f" got {smtp.security!r}"
-        )
-    if not 0 < smtp.port < 65536:
-        raise ConfigError(f"{path}: [smtp] port: out of range: {smtp.port}")
-    if smtp.timeout <= 0:
-        raise ConfigError(f"{path}: [smtp] timeout: must be positive, got {smtp.timeout}")
-    if smtp.concurrency < 1:
-        raise ConfigError(f"{path}: [smtp] concurrency: must be at least 1")
+    _validate_smtp(path, "smtp", config.smtp)
+    for name, server in config.smtp_servers.items():
+        _validate_smtp(path, f"smtp.{name}", server)
+    _validate_workers(path, config.workers)
     if config.tracking.clicks not in ("sponsor", "all", "off"):
         raise ConfigError(
             f"{path}: [tracking] clicks: expected sponsor, all or off,"
@@ -494,10 +525,6 @@ def _validate(config: Config) -> None:
                 f"{path}: [signup] {key}: expected a duration like '10m', '7d' or '90s',"
                 f" got {getattr(config.signup, key)!r}"
             ) from None
-    if smtp.retries < 0 or smtp.retry_delay < 0:
-        raise ConfigError(f"{path}: [smtp] retries and retry_delay: must not be negative")
-    if smtp.rate < 0:
-        raise ConfigError(f"{path}: [smtp] rate: must be 0 (unlimited) or positive")
     for sponsor in config.sponsors.values():
         if sponsor.weight < 1:
             raise ConfigError(f"{path}: [sponsors.{sponsor.id}] weight: must be 1 or more")
@@ -508,6 +535,42 @@ def _validate(config: Config) -> None:
                 f"{path}: [sponsors.{sponsor.id}] url: expected an http(s) URL,"
                 f" got {sponsor.url!r}"
             )
+
+
+def _validate_smtp(path: Path, where: str, smtp: Smtp) -> None:
+    if smtp.security not in _SMTP_SECURITY:
+        raise ConfigError(
+            f"{path}: [{where}] security: expected one of {', '.join(_SMTP_SECURITY)},"
+            f" got {smtp.security!r}"
+        )
+    if not 0 < smtp.port < 65536:
+        raise ConfigError(f"{path}: [{where}] port: out of range: {smtp.port}")
+    if smtp.timeout <= 0:
+        raise ConfigError(f"{path}: [{where}] timeout: must be positive, got {smtp.timeout}")
+    if smtp.concurrency < 1:
+        raise ConfigError(f"{path}: [{where}] concurrency: must be at least 1")
+    if smtp.retries < 0 or smtp.retry_delay < 0:
+        raise ConfigError(f"{path}: [{where}] retries and retry_delay: must not be negative")
+    if smtp.rate < 0:
+        raise ConfigError(f"{path}: [{where}] rate: must be 0 (unlimited) or positive")
+
+
+_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+
+
+def _validate_workers(path: Path, workers: Workers) -> None:
+    scheme = workers.broker.partition("://")[0]
+    if workers.broker and scheme not in _BROKER_SCHEMES:
+        raise ConfigError(
+            f"{path}: [workers] broker: expected a redis://... or amqp://... URL,"
+            f" got {scheme + '://...' if '://' in workers.broker else repr(workers.broker)}"
+        )
+    if not workers.queue.strip():
+        raise ConfigError(f"{path}: [workers] queue: must not be empty")
+    if workers.batch_size < 1:
+        raise ConfigError(f"{path}: [workers] batch_size: must be at least 1")
+    if workers.lease < 1:
+        raise ConfigError(f"{path}: [workers] lease: must be at least 1 second")
 
 
 def _did_you_mean(word: str, choices: Any) -> str:

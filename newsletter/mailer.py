@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from newsletter.config import Config, Smtp
 from newsletter.errors import NewsletterError
@@ -44,6 +45,18 @@ class SendResult:
         return f"{self.code} {self.text}".strip() if self.code else self.text
 
 
+DEFAULT_SERVER = "smtp"  # the [smtp] section; [smtp.<name>] tables add servers
+
+
+def servers(config: Config) -> list[tuple[str, Smtp]]:
+    """Every configured SMTP server: [smtp] first, then each [smtp.<name>] table."""
+    return [(DEFAULT_SERVER, config.smtp), *config.smtp_servers.items()]
+
+
+def _section(server: str) -> str:
+    return server if server == DEFAULT_SERVER else f"smtp.{server}"
+
+
 @dataclass(frozen=True)
 class SmtpSettings:
     host: str
@@ -55,20 +68,22 @@ class SmtpSettings:
     ca_file: str = ""
 
     @classmethod
-    def from_config(cls, config: Config) -> SmtpSettings:
-        smtp: Smtp = config.smtp
+    def from_config(cls, config: Config, server: str = DEFAULT_SERVER) -> SmtpSettings:
+        """The settings of [smtp], or of the [smtp.<server>] table."""
+        smtp: Smtp = config.smtp if server == DEFAULT_SERVER else config.smtp_servers[server]
+        where = _section(server)
         password = ""
         if smtp.username:
             if not smtp.password_env:
                 raise SmtpError(
-                    f"{config.path}: [smtp] password_env: name the environment variable"
+                    f"{config.path}: [{where}] password_env: name the environment variable"
                     f" that holds the password for {smtp.username!r}"
                 )
             password = os.environ.get(smtp.password_env, "")
             if not password:
                 raise SmtpError(
                     f"SMTP password: the environment variable {smtp.password_env} is not set"
-                    f" ([smtp] password_env in {config.path})"
+                    f" ([{where}] password_env in {config.path})"
                 )
         ca_file = str(config.root / smtp.ca_file) if smtp.ca_file else ""
         return cls(
@@ -278,3 +293,65 @@ class RateLimiter:
             self._next = slot + 1.0 / self.rate
         if slot > now:
             self._sleep(slot - now)
+
+
+class SharedRateLimiter:
+    """`rate` messages per second in total over every process that shares `reserve`.
+
+    The same schedule as RateLimiter, kept in a store the processes share (the
+    broker's Redis, or the database): `reserve(interval, tolerance)` atomically takes
+    the next free slot, moves the schedule on by `interval`, and says how long to wait
+    for it. Relays limit the account, not the machine.
+
+    A slot left unused because every sender paused (a busy machine deschedules a
+    process for tens of milliseconds) may be taken up to `TOLERANCE` seconds late, so
+    the rate holds on average: at most rate x (T + TOLERANCE) messages in any T seconds.
+    """
+
+    TOLERANCE = 0.1
+
+    def __init__(
+        self,
+        rate: float,
+        reserve: Callable[[float, float], float],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self._reserve = reserve
+        self._sleep = sleep
+
+    def acquire(self) -> None:
+        if self.rate <= 0:
+            return
+        wait = self._reserve(1.0 / self.rate, self.TOLERANCE)
+        if wait > 0:
+            self._sleep(wait)
+
+
+# The schedule lives in one key; the server's clock is the clock of every worker.
+_RESERVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+local earliest = now - tonumber(ARGV[2])
+if slot < earliest then slot = earliest end
+redis.call('SET', KEYS[1], string.format('%.6f', slot + tonumber(ARGV[1])), 'EX', 3600)
+return string.format('%.6f', slot - now)
+"""
+
+
+class RedisReserve:
+    """`reserve` for SharedRateLimiter in a Redis server (the broker's): one Lua call a message."""
+
+    def __init__(self, url: str, key: str) -> None:
+        import redis  # only with a Redis broker configured
+
+        self.key = key
+        self._client: Any = redis.Redis.from_url(url)
+        self._script = self._client.register_script(_RESERVE_LUA)
+
+    def __call__(self, interval: float, tolerance: float = 0.0) -> float:
+        return float(self._script(keys=[self.key], args=[repr(interval), repr(tolerance)]))
+
+    def close(self) -> None:
+        self._client.close()

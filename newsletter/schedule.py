@@ -366,11 +366,19 @@ def run_due(
             .where(campaigns.c.status == campaign.SCHEDULED, campaigns.c.scheduled_at <= now)
             .order_by(campaigns.c.scheduled_at)
         ).all()
+        # Interrupted: a runner died mid-send (still "sending"), or a run stopped with
+        # deliveries left (deferred, server down): retried at most once a minute.
         interrupted = conn.execute(
             sa.select(
                 campaigns.c.id, campaigns.c.status, campaigns.c.owner, campaigns.c.heartbeat_at
             )
-            .where(campaigns.c.status.in_((campaign.RUNNING, campaign.INCOMPLETE)))
+            .where(
+                (campaigns.c.status == campaign.RUNNING)
+                | (
+                    (campaigns.c.status == campaign.INCOMPLETE)
+                    & (campaigns.c.resume_after.is_(None) | (campaigns.c.resume_after <= now))
+                )
+            )
             .order_by(campaigns.c.id)
         ).all()
 
@@ -409,7 +417,8 @@ def _send(
     stop: threading.Event | None,
 ) -> None:
     try:
-        result = campaign.run(store, config, campaign_id, allowed=allowed, stop=stop)
+        # With [workers] broker set, this queues the campaign's batches and returns.
+        result = campaign.run(store, config, campaign_id, allowed=allowed, stop=stop, wait=False)
     except campaign.CampaignBusy:
         return  # another runner claimed it first: it is being sent once
     except NewsletterError as exc:
@@ -420,6 +429,9 @@ def _send(
         return
     summary = {**result.as_dict(), "ok": result.ok}
     report.sent.append(summary)
+    if result.queued:
+        log.info("campaign %s: %s message(s) queued for the workers", campaign_id, result.queued)
+        return
     level = logging.INFO if result.ok else logging.ERROR
     log.log(
         level,

@@ -106,6 +106,10 @@ campaigns = sa.Table(
     sa.Column("total", sa.Integer, nullable=False, server_default="0"),
     # An incomplete campaign is resumed by run-due/worker no sooner than this.
     sa.Column("resume_after", UTCDateTime),
+    # Sent by Celery workers: batches claimed so far, and when the one pending sweep
+    # task (which picks up rows of a stopped worker once their lease ends) is due.
+    sa.Column("batches", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sweep_at", UTCDateTime),
     sa.Column("last_error", sa.Text),
 )
 
@@ -126,8 +130,22 @@ deliveries = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("next_attempt_at", UTCDateTime),
     sa.Column("sent_at", UTCDateTime),
+    # Sent by Celery workers: the batch that holds the row, and until when. A row whose
+    # lease has run out belongs to nobody and is claimed by the next batch.
+    sa.Column("lease_owner", sa.String(200)),
+    sa.Column("lease_until", UTCDateTime),
     sa.UniqueConstraint("campaign_id", "subscriber_id", name="uq_delivery_campaign_subscriber"),
     sa.Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
+    sa.Index("ix_deliveries_lease_owner", "lease_owner"),
+)
+
+# The shared token buckets of [smtp] rate when workers on several machines send and the
+# broker has no Redis: the "theoretical arrival time" of the next message, per server.
+rate_buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    sa.Column("name", sa.String(300), primary_key=True),
+    sa.Column("next_at", sa.Float, nullable=False),
 )
 
 
@@ -198,10 +216,10 @@ def _sqlite_begin(conn: Connection) -> None:
 _WRITE = "newsletter_write"
 
 
-def connect(url: str) -> Engine:
+def connect(url: str, **engine_options: Any) -> Engine:
     """An engine for the configured URL, with SQLite tuned for one writer at a time."""
     try:
-        engine = sa.create_engine(url, future=True)
+        engine = sa.create_engine(url, future=True, **engine_options)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise NewsletterError(f"[database] url: cannot use {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
@@ -217,8 +235,8 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str, create: bool = True) -> Store:
-        store = cls(connect(url))
+    def open(cls, url: str, create: bool = True, **engine_options: Any) -> Store:
+        store = cls(connect(url, **engine_options))
         try:
             store.ensure_schema(create=create)
         except sa.exc.OperationalError as exc:

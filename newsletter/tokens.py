@@ -1,4 +1,9 @@
-"""Signed tokens for unsubscribe links: HMAC-SHA256 over the address, no expiry.
+"""Signed tokens for the links in messages: HMAC-SHA256 over the address.
+
+Each token has a purpose (unsubscribe, confirm a signup) that is part of the MAC, so a
+token made for one purpose is refused for another. Unsubscribe tokens carry only the
+address and never expire: an old issue's link keeps working. A signup confirmation
+token also carries the time it was made; signup.py decides how long it is good for.
 
 The secret comes from the environment variable named by [publication] secret_env;
 without it, a random secret is created once in `.newsletter-secret` beside
@@ -53,20 +58,28 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-class Signer:
-    """Signs and checks unsubscribe tokens. One per process; cheap per recipient."""
+UNSUBSCRIBE = "unsubscribe"
+CONFIRM = "confirm"
 
-    def __init__(self, secret: bytes) -> None:
-        self._mac = hmac.new(secret, b"unsubscribe:", hashlib.sha256)
+
+class Signer:
+    """Signs and checks tokens for one purpose. One per process; cheap per recipient."""
+
+    def __init__(self, secret: bytes, purpose: str = UNSUBSCRIBE) -> None:
+        if ":" in purpose:
+            raise ValueError(f"a token purpose has no ':' ({purpose!r})")
+        self._mac = hmac.new(secret, f"{purpose}:".encode(), hashlib.sha256)
 
     def sign(self, email: str) -> str:
+        """A token for `email` (lower-cased; any text without a purpose of its own)."""
         mac = self._mac.copy()
         data = email.lower().encode()
         mac.update(data)
         return f"{_b64(data)}.{_b64(mac.digest()[:_SIG_BYTES])}"
 
     def verify(self, token: str) -> str | None:
-        """The address a token was made for, or None when it is forged or altered."""
+        """What a token was made for, or None when it is forged, altered or for another
+        purpose."""
         head, _, sig = token.partition(".")
         try:
             data = _unb64(head)
@@ -87,3 +100,7 @@ def unsubscribe_url(config: Config, token: str) -> str:
 
 def view_online_url(config: Config, slug: str) -> str:
     return f"{config.publication.base_url.rstrip('/')}/issues/{slug}"
+
+
+def confirm_url(config: Config, token: str) -> str:
+    return f"{config.publication.base_url.rstrip('/')}/confirm/{token}"

@@ -225,14 +225,17 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 0,
         on_exit: Callable[[], None] = lambda: None,
+        extra_hosts: Sequence[str] = (),
     ) -> None:
+        """`extra_hosts`: Host header values to accept besides those `allowed_hosts` gives,
+        e.g. the public name a reverse proxy passes on."""
         self._socket = _bind(host, port)
         self.host = host
         self.port = self._socket.getsockname()[1]
         self.url = url_for(host, self.port)
         self._on_exit = on_exit
         config = uvicorn.Config(
-            TrustedHostMiddleware(app, allowed_hosts=allowed_hosts(host)),
+            TrustedHostMiddleware(app, allowed_hosts=[*allowed_hosts(host), *extra_hosts]),
             log_level="warning",
             access_log=False,
             lifespan="on",

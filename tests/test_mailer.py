@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import ssl
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
+import tls_fixtures
 from campaign_support import make_publication
-from smtp_fixtures import FaultyHandler, SmtpServer, free_port
+from smtp_fixtures import FaultyHandler, SmtpServer
 
 from newsletter import mailer
 
@@ -123,39 +119,9 @@ def test_password_comes_from_the_named_environment_variable(
 # --- TLS ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if not shutil.which("openssl"):
-        pytest.fail("openssl is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
-@pytest.fixture
-def starttls_server(self_signed: tuple[Path, Path]) -> Iterator[tuple[int, FaultyHandler]]:
-    cert, key = self_signed
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    handler = FaultyHandler()
-    port = free_port()
-    controller = Controller(
-        handler, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True
-    )
-    controller.start()
-    try:
-        yield port, handler
-    finally:
-        controller.stop()
+# The certificate and the STARTTLS server live in tls_fixtures.py (test_doctor uses them too).
+self_signed = tls_fixtures.self_signed
+starttls_server = tls_fixtures.starttls_server
 
 
 def test_starttls_verifies_the_certificate(starttls_server: tuple[int, FaultyHandler]) -> None:

@@ -173,6 +173,11 @@ def test_preview_in_chromium(browser_ready: None, tmp_path: Path) -> None:
             """() => [...document.querySelectorAll("iframe[data-frame]")]
                 .every(f => f.src.includes("images=off") && f.dataset.loaded)"""
         )
+        # The iframe's src changes before its document does: wait for the navigation too.
+        for _ in range(50):
+            if "images=off" in frame(page, "phone").url:
+                break
+            page.wait_for_timeout(100)
         assert "images=off" in frame(page, "phone").url
 
 

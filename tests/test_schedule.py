@@ -353,10 +353,9 @@ def test_two_concurrent_run_due_processes_send_once(
         )
         for _ in range(2)
     ]
-    codes = [p.wait(timeout=60) for p in procs]
-    for p in procs:
-        p.communicate()
-    assert codes == [0, 0]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [0, 0], outputs
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
 
 
@@ -402,3 +401,25 @@ def test_worker_picks_up_new_campaign_survives_kill_and_stops_on_sigterm(
     counts = smtp_server.handler.count_by_recipient()
     assert sum(n - 1 for n in counts.values()) <= 2  # duplicates within the in-flight bound
     assert campaign.status(pub.store(), cid)[0]["status"] == "done"
+
+
+def test_incomplete_campaign_is_retried_at_most_once_a_minute(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    from newsletter import publish
+    from newsletter.store import campaigns
+
+    store = pub.store()
+    add_subscribers(store, 2)
+    cid = campaign.create(store, publish.build_issue(pub.config(), publish.load_issue(pub.issue)))
+    now = dt.datetime.now(UTC)
+    with store.begin() as conn:
+        conn.execute(
+            campaigns.update()
+            .where(campaigns.c.id == cid)
+            .values(status=campaign.INCOMPLETE, resume_after=now + dt.timedelta(seconds=60))
+        )
+    soon = schedule.run_due(store, pub.config(), now=now + dt.timedelta(seconds=30))
+    assert soon.sent == [] and not smtp_server.received
+    later = schedule.run_due(store, pub.config(), now=now + dt.timedelta(seconds=61))
+    assert [r["campaign_id"] for r in later.sent] == [cid] and len(smtp_server.received) == 2

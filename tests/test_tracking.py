@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
+import re
 import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import httpx
 import pytest
+import site_support
 from campaign_support import SECRET, Publication, add_subscribers, make_publication
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
@@ -161,3 +165,99 @@ def test_report_formats(pub: Publication, tmp_path: Path) -> None:
         cli, ["--config", str(pub.config_path), "sponsors", "report", "nobody"], env=pub.env
     )
     assert unknown.exit_code == 2 and "unknown sponsor 'nobody'" in unknown.stderr
+
+
+# --- end to end: a received message, the served redirect, the report ----------------------
+
+
+def tracked_links_in(received_html: str) -> list[str]:
+    return re.findall(r'href="(https://news\.helloshuttle\.com/c/[^"]+)"', received_html)
+
+
+def test_received_tracked_link_redirects_with_utm_and_counts(
+    pub: Publication, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    config = pub.config()
+    store = pub.store()
+    add_subscribers(store, 2)
+    b = built(pub)
+    cid = campaign.run(store, config, campaign.create(store, b)).campaign_id
+    messages = [r.parse() for r in smtp_server.received]
+    htmls = [m.get_body(("html",)).get_content() for m in messages]
+    texts = [m.get_body(("plain",)).get_content() for m in messages]
+    links = [tracked_links_in(h) for h in htmls]
+    assert all(links) and links[0] != links[1]  # per-recipient tokens
+    assert links[0][0].split("/c/")[1] in texts[0]  # the text part is tracked too
+    assert "utm_source" not in htmls[0].split('data-block="sponsor"')[1].split("</table>")[0]
+    # The web version and the sample build carry the original links.
+    assert "/c/" not in publish.sample(config, b).html
+
+    with site_support.running(config) as site:
+        head = httpx.head(site.local(links[0][0]), timeout=10, follow_redirects=False)
+        # Clicks at once after delivery are scanners: age the deliveries by an hour.
+        with store.begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.campaign_id == cid)
+                .values(sent_at=dt.datetime.now(UTC) - dt.timedelta(hours=1))
+            )
+        first = site.get(links[0][0], follow_redirects=False)
+        again = site.get(links[0][0], follow_redirects=False)
+        other = site.get(links[1][0], follow_redirects=False)
+        token = links[0][0].split("/c/")[1]
+        forged = site.get(f"/c/{token[:-2]}xy", follow_redirects=False)
+        smuggled = site.get("/c/https://evil.example/", follow_redirects=False)
+        encoded = site.get("/c/aHR0cHM6Ly9ldmlsLmV4YW1wbGUv.AAAA", follow_redirects=False)
+    assert head.status_code == 302
+    for response in (first, again, other):
+        assert response.status_code == 302
+        location = response.headers["location"]
+        assert location.startswith("https://www.helloshuttle.com/?utm_source=")
+        assert "utm_medium=email" in location and f"utm_campaign={b.issue.slug}" in location
+    for response in (forged, smuggled, encoded):
+        assert response.status_code == 404 and "location" not in response.headers
+    rep = sponsorship.report(config, store, "helloshuttle")
+    assert (rep.issues[0].clicks, rep.issues[0].unique_clickers) == (3, 2)  # HEAD left out
+    assert rep.issues[0].delivered == 2
+
+    page = tmp_path / "report.html"
+    page.write_text(sponsorship.report_html(rep, config.publication.name), encoding="utf-8")
+    shot = screenshot(page, tmp_path)
+    if shot is not None:
+        assert shot.stat().st_size > 5_000
+
+
+def screenshot(page: Path, tmp_path: Path) -> Path | None:
+    """The HTML report rendered in headless Chromium, saved with the test output."""
+    chromium = Path("/usr/bin/chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None  # type: ignore[assignment]
+    if sync_playwright is None or not chromium.exists():
+        if os.environ.get("CI"):
+            pytest.fail("the report's browser check needs playwright and /usr/bin/chromium")
+        return None
+    out = Path(__file__).resolve().parents[1] / "test-output" / "sponsor-report.png"
+    out.parent.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(chromium),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],
+            headless=True,
+            viewport={"width": 900, "height": 900},
+        )  # fmt: skip
+        try:
+            tab = context.pages[0] if context.pages else context.new_page()
+            requests: list[str] = []
+            tab.on("request", lambda r: requests.append(r.url))
+            tab.goto(page.as_uri())
+            assert tab.locator("svg rect").count() == 1
+            assert tab.get_by_text("unique clickers").first.is_visible()
+            tab.screenshot(path=str(out), full_page=True)
+            assert requests == [page.as_uri()]  # self-contained: nothing else loaded
+        finally:
+            context.close()
+    return out

@@ -1,0 +1,373 @@
+"""Signup with double opt-in: a request sends a confirmation link; only that link activates.
+
+    request  -> the address is stored as pending, a confirmation message goes out
+    confirm  -> a pending address becomes active
+
+What a signup answers never depends on the address: an active address, a throttled
+one and a bot (the honeypot field filled in) get the same answer as a new address,
+and the message goes out from a thread of its own (`Outbox`), so not even the time
+the answer takes says whether one was sent. At most one confirmation goes to an
+address per [signup] throttle; the time of the last one is in the database, so the
+limit holds across processes and restarts.
+
+A confirmation token is signed for its own purpose (an unsubscribe token does not
+confirm anything) and carries the time it was made: it works for [signup]
+confirm_within, and never for an address that has unsubscribed since.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.policy
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parseaddr
+
+import jinja2
+import sqlalchemy as sa
+
+from newsletter import mailer, render, tokens
+from newsletter.config import Config
+from newsletter.errors import NewsletterError
+from newsletter.message import clean_display_name
+from newsletter.signing import DkimSigner
+from newsletter.store import (
+    ACTIVE,
+    PENDING_CONFIRMATION,
+    Store,
+    subscribers,
+    utcnow,
+)
+from newsletter.subscribers import normalize_email
+
+TEXT_TEMPLATE = "confirm.txt"
+HTML_TEMPLATE = "confirm.html"
+
+# What a signup request came to; the visitor sees the same page for all but INVALID.
+SEND = "send"  # new, pending or unsubscribed: a confirmation goes out
+THROTTLED = "throttled"  # a confirmation went to this address less than [signup] throttle ago
+ALREADY_ACTIVE = "active"  # subscribed already: nothing is sent, nothing changes
+BOT = "bot"  # the honeypot field was filled in: nothing is stored or sent
+INVALID = "invalid"  # not an email address: the form says so
+
+# What following a confirmation link came to.
+CONFIRMED = "confirmed"
+ALREADY_CONFIRMED = "already"
+EXPIRED = "expired"
+STALE = "stale"  # the address is not pending (unsubscribed since, or gone)
+FORGED = "forged"
+
+Log = Callable[[str], None]
+_POLICY = email.policy.SMTP
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Request:
+    outcome: str
+    email: str = ""
+    token: str = ""  # the confirmation token, when outcome is SEND
+    at: dt.datetime | None = None  # when the right to send was taken, when outcome is SEND
+    problem: str = ""  # why the address was refused, when outcome is INVALID
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    outcome: str
+    email: str = ""
+
+
+def confirm_signer(config: Config) -> tokens.Signer:
+    return tokens.Signer(tokens.load_secret(config), tokens.CONFIRM)
+
+
+def make_token(signer: tokens.Signer, email: str, when: dt.datetime) -> str:
+    """A confirmation token for `email`, made at `when` (a confirm_signer's)."""
+    return signer.sign(f"{email}\n{int(when.timestamp())}")
+
+
+def read_token(signer: tokens.Signer, token: str) -> tuple[str, dt.datetime] | None:
+    """(address, when the token was made), or None for a forged or altered token."""
+    payload = signer.verify(token)
+    if payload is None:
+        return None
+    email, _, stamp = payload.rpartition("\n")
+    if not email or not stamp.isdigit():
+        return None
+    return email, dt.datetime.fromtimestamp(int(stamp), dt.UTC)
+
+
+def request(
+    store: Store,
+    config: Config,
+    signer: tokens.Signer,
+    address: str,
+    name: str = "",
+    honeypot: str = "",
+    now: dt.datetime | None = None,
+) -> Request:
+    """Record a signup and say whether a confirmation is to be sent (see `Outbox`)."""
+    if honeypot.strip():
+        return Request(BOT)
+    try:
+        email = normalize_email(address)
+    except ValueError as exc:
+        return Request(INVALID, problem=str(exc))
+    now = now or utcnow()
+    outcome = _claim(store, email, clean_display_name(name), now, config.signup.throttle_seconds)
+    if outcome != SEND:
+        return Request(outcome, email)
+    return Request(outcome, email, make_token(signer, email, now), now)
+
+
+def _claim(store: Store, email: str, name: str, now: dt.datetime, throttle: int) -> str:
+    """One transaction: store the address as pending and take the right to send, unless
+    it is active or was sent a confirmation less than `throttle` seconds ago."""
+    cutoff = now - dt.timedelta(seconds=throttle)
+    for attempt in range(2):
+        try:
+            with store.begin() as conn:
+                row = conn.execute(
+                    sa.select(
+                        subscribers.c.id, subscribers.c.status, subscribers.c.confirm_sent_at
+                    )
+                    .where(subscribers.c.email == email)
+                    .with_for_update()
+                ).one_or_none()
+                if row is None:
+                    conn.execute(
+                        subscribers.insert().values(
+                            email=email,
+                            name=name,
+                            attributes="{}",
+                            status=PENDING_CONFIRMATION,
+                            created_at=now,
+                            confirm_sent_at=now,
+                        )
+                    )
+                    return SEND
+                if row.status == ACTIVE:
+                    # Nothing changes, not even the name: the form is open to anyone.
+                    return ALREADY_ACTIVE
+                if row.confirm_sent_at is not None and row.confirm_sent_at > cutoff:
+                    return THROTTLED
+                values: dict[str, object] = {
+                    "status": PENDING_CONFIRMATION,
+                    "confirm_sent_at": now,
+                }
+                if name:
+                    values["name"] = name
+                conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(values))
+                return SEND
+        except sa.exc.IntegrityError:
+            if attempt:
+                raise
+            # Another process added the address between our read and insert: read it again.
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def release(store: Store, email: str, sent_at: dt.datetime) -> None:
+    """The confirmation could not be sent: let the next signup of the address try again."""
+    with store.begin() as conn:
+        conn.execute(
+            subscribers.update()
+            .where(subscribers.c.email == email, subscribers.c.confirm_sent_at == sent_at)
+            .values(confirm_sent_at=None)
+        )
+
+
+def confirm(
+    store: Store,
+    config: Config,
+    signer: tokens.Signer,
+    token: str,
+    now: dt.datetime | None = None,
+) -> Confirmation:
+    """Follow a confirmation link: a pending address becomes active."""
+    read = read_token(signer, token)
+    if read is None:
+        return Confirmation(FORGED)
+    email, made = read
+    now = now or utcnow()
+    if now - made > dt.timedelta(seconds=config.signup.confirm_within_seconds):
+        return Confirmation(EXPIRED, email)
+    with store.begin() as conn:
+        row = conn.execute(
+            sa.select(subscribers.c.id, subscribers.c.status, subscribers.c.unsubscribed_at)
+            .where(subscribers.c.email == email)
+            .with_for_update()
+        ).one_or_none()
+        if row is None:
+            return Confirmation(STALE, email)
+        if row.status == ACTIVE:
+            return Confirmation(ALREADY_CONFIRMED, email)
+        # A link asked for before the address last unsubscribed does not bring it back.
+        # (The token keeps whole seconds, the store more: allow for the cut.)
+        left = row.unsubscribed_at
+        if row.status != PENDING_CONFIRMATION or (
+            left is not None and left >= made + dt.timedelta(seconds=1)
+        ):
+            return Confirmation(STALE, email)
+        conn.execute(
+            subscribers.update()
+            .where(subscribers.c.id == row.id)
+            .values(status=ACTIVE, unsubscribed_at=None)
+        )
+    return Confirmation(CONFIRMED, email)
+
+
+# --- the confirmation message ---------------------------------------------------------------
+
+
+def describe_duration(seconds: int) -> str:
+    """3600 -> "1 hour", 604800 -> "7 days": for people, in the largest whole unit."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} second{'' if seconds == 1 else 's'}"
+
+
+class Composer:
+    """Builds confirmation messages from templates/confirm.txt and confirm.html."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        env = render.environment(config.templates_dir)
+        for name in (TEXT_TEMPLATE, HTML_TEMPLATE):
+            try:
+                env.get_template(name)
+            except jinja2.TemplateNotFound:
+                raise NewsletterError(
+                    f"{config.templates_dir / name}: template not found (the signup form"
+                    " sends it; copy it from the sample publication, or set"
+                    " [signup] enabled = false)"
+                ) from None
+            except jinja2.TemplateSyntaxError as exc:
+                raise NewsletterError(
+                    f"{config.templates_dir / name}:{exc.lineno}: template syntax error:"
+                    f" {exc.message}"
+                ) from None
+        self._env = env
+        self._dkim = DkimSigner.from_config(config)
+        self.sender = parseaddr(config.publication.from_addr)[1]
+
+    def message(self, email: str, token: str, when: dt.datetime | None = None) -> bytes:
+        """The confirmation message for `email`, CRLF line ends, signed when [dkim] is set."""
+        pub = self.config.publication
+        context = {
+            "publication": pub,
+            "email": email,
+            "confirm_url": tokens.confirm_url(self.config, token),
+            "confirm_within": describe_duration(self.config.signup.confirm_within_seconds),
+        }
+        text = render.render(self._env, TEXT_TEMPLATE, context)
+        html = render.render(self._env, HTML_TEMPLATE, context)
+        msg = EmailMessage(policy=_POLICY)
+        msg["From"] = pub.from_addr
+        msg["To"] = email
+        if pub.reply_to:
+            msg["Reply-To"] = pub.reply_to
+        msg["Subject"] = f"Confirm your subscription to {pub.name}"
+        msg["Date"] = format_datetime(when or utcnow())
+        msg["Message-ID"] = make_msgid(domain=self.sender.rpartition("@")[2] or "localhost")
+        # RFC 3834: an automatic message; auto-responders should not answer it.
+        msg["Auto-Submitted"] = "auto-generated"
+        msg.set_content(text, subtype="plain", charset="utf-8")
+        msg.add_alternative(html, subtype="html", charset="utf-8")
+        for part in msg.iter_parts():  # add_alternative gives the new part one of its own
+            del part["MIME-Version"]
+        data = msg.as_bytes()
+        return self._dkim.sign(data) if self._dkim is not None else data
+
+
+@dataclass(frozen=True)
+class _Job:
+    email: str
+    token: str
+    claimed_at: dt.datetime
+
+
+class Outbox:
+    """Sends confirmation messages from a thread of its own, one SMTP session each.
+
+    The page that answers a signup never waits for SMTP. A message that cannot be
+    sent is logged, and the throttle is lifted so that the person can try again.
+    """
+
+    def __init__(self, store: Store, config: Config, log: Log = _quiet) -> None:
+        self._store = store
+        self._config = config
+        self._composer = Composer(config)
+        self._settings = mailer.SmtpSettings.from_config(config)
+        self._log = log
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._idle = threading.Condition()
+        self._waiting = 0
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="newsletter-signup", daemon=True)
+        self._thread.start()
+
+    def submit(self, signup: Request) -> None:
+        """Send the confirmation for a request whose outcome is SEND."""
+        assert signup.outcome == SEND and signup.at is not None
+        with self._idle:
+            self._waiting += 1
+        self._queue.put(_Job(signup.email, signup.token, signup.at))
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every submitted message has been handed over (or given up on)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._waiting == 0, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued, then stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                self._send(job)
+            finally:
+                with self._idle:
+                    self._waiting -= 1
+                    self._idle.notify_all()
+
+    def _send(self, job: _Job) -> None:
+        try:
+            data = self._composer.message(job.email, job.token, job.claimed_at)
+            conn = mailer.SmtpConnection(self._settings)
+            try:
+                result = conn.send(self._composer.sender, job.email, data)
+            finally:
+                conn.close()
+            problem = "" if result.status == mailer.SENT else result.error
+        except NewsletterError as exc:
+            problem = str(exc)
+        except Exception as exc:  # a bug must not end the thread: the next signup still works
+            problem = f"unexpected error: {type(exc).__name__}: {exc}"
+        if not problem:
+            self.sent += 1
+            self._log(f"signup: confirmation sent to {job.email}")
+            return
+        self._log(f"signup: could not send the confirmation to {job.email}: {problem}")
+        try:
+            release(self._store, job.email, job.claimed_at)
+        except Exception as exc:  # noqa: BLE001 - logged; the throttle then just runs out
+            self._log(f"signup: could not lift the throttle for {job.email}: {exc}")
