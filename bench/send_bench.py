@@ -835,6 +835,7 @@ def main() -> None:
         print(f"  sink: {' '.join(sink.cmd)}")
         bench.run()
     bench.summary()
+    dkim_cost()
     print(
         f"\ntotal bench time {time.perf_counter() - started:.0f} s; load average now"
         f" {load_average()} (other work on the machine lowers every figure)"
@@ -1133,6 +1134,51 @@ class Bench:
         for target, got, ok in rows:
             verdict = "" if ok is None else ("met" if ok else "NOT met")
             print(f"  {target:<30} {got:<52} {verdict}")
+
+
+def dkim_cost(n: int = 300) -> None:
+    """What DKIM signing adds per message ([dkim] set): our signer, and dkimpy's own."""
+    import statistics
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    from newsletter import config as config_mod
+    from newsletter import publish
+    from newsletter.signing import DkimSigner
+
+    config = config_mod.load(ROOT / "newsletter.toml", {"NEWSLETTER_SECRET": "bench"})
+    built = publish.build_issue(config, publish.load_issue(SAMPLE))
+    message = publish.sample(config, built).message
+    print(f"\nDKIM signing cost per message ({kib(len(message))} message, median of {n}):")
+    keys = {
+        "rsa-sha256 (2048 bit)": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ed25519-sha256": ed25519.Ed25519PrivateKey.generate(),
+    }
+    for label, key in keys.items():
+        algorithm = "rsa-sha256" if label.startswith("rsa") else "ed25519-sha256"
+        signer = DkimSigner("helloshuttle.com", "s1", algorithm, key)
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            signer.sign(message)
+            times.append(time.perf_counter() - t)
+        print(f"  {label:<24} {statistics.median(times) * 1e6:8.0f} µs  (newsletter.signing)")
+    try:
+        import dkim
+    except ImportError:
+        return
+    pem = keys["rsa-sha256 (2048 bit)"].private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    times = []
+    for _ in range(min(n, 50)):
+        t = time.perf_counter()
+        dkim.sign(message, b"s1", b"helloshuttle.com", pem)
+        times.append(time.perf_counter() - t)
+    print(f"  {'rsa-sha256 (2048 bit)':<24} {statistics.median(times) * 1e6:8.0f} µs  (dkimpy)")
 
 
 if __name__ == "__main__":

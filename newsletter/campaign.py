@@ -22,13 +22,16 @@ The task that finds nothing left to send marks the campaign finished.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import itertools
 import logging
 import math
 import os
 import queue
 import random
+import re
 import socket
 import threading
 import time
@@ -299,13 +302,15 @@ class _Rows:
         with self.store.engine.connect() as conn:
             return [_Item(r.id, r.email, r.name, r.sid) for r in conn.execute(query)]
 
-    def mine(self) -> sa.ColumnElement[bool]:
-        """The condition for marking a row `sending`: no worker has leased it meanwhile."""
-        return _lease_free(utcnow())
+    # Marking a row `sending` runs once per message (see _Ledger).
+    MARK = (
+        "UPDATE deliveries SET status = 'sending'"
+        " WHERE id = :did AND (lease_until IS NULL OR lease_until < :now)"
+    )
 
-    def sending(self) -> dict[str, Any]:
-        """The values that mark a row `sending`."""
-        return {"status": SENDING}
+    def mark_params(self) -> dict[str, Any]:
+        """MARK's parameters: no worker has leased the row meanwhile."""
+        return {"now": utcnow()}
 
     def skip_unsubscribed(self) -> None:
         """An unsubscribe during the campaign stops later messages to that address."""
@@ -339,13 +344,15 @@ class _LeasedRows(_Rows):
     def fetch(self, last_id: int) -> list[_Item]:
         return [i for i in self.items if i.delivery_id > last_id][:BATCH]
 
-    def mine(self) -> sa.ColumnElement[bool]:
-        # A lease that ran out (this worker stalled) may have passed the row to another.
-        return deliveries.c.lease_owner == self.owner
+    # A lease that ran out (this worker stalled) may have passed the row to another;
+    # the row in flight keeps a fresh lease even if a renewal skipped it (_renew).
+    MARK = (
+        "UPDATE deliveries SET status = 'sending', lease_until = :until"
+        " WHERE id = :did AND lease_owner = :owner"
+    )
 
-    def sending(self) -> dict[str, Any]:
-        # The row in flight keeps a fresh lease even if a renewal skipped it (_renew).
-        return {"status": SENDING, "lease_until": utcnow() + self.lease}
+    def mark_params(self) -> dict[str, Any]:
+        return {"owner": self.owner, "until": utcnow() + self.lease}
 
     def skip_unsubscribed(self) -> None:
         self._skip(deliveries.c.lease_owner == self.owner)
@@ -372,6 +379,84 @@ def _lanes(
             settings = mailer.SmtpSettings.from_config(config, name)
             lanes += [_Lane(name, settings, limiters[name])] * smtp.concurrency
     return lanes
+
+
+class _Ledger:
+    """The two writes every message makes, in one transaction, straight through the
+    driver (sqlite3 or psycopg) of the runner's own connection.
+
+    Through SQLAlchemy Core the pair cost ~330 µs a message, most of it building
+    and executing statements; the driver does the same work in a few tens of µs.
+    The SQL is plain and the same on both databases; times are stored as the
+    store's UTCDateTime stores them (naive UTC; ISO text on SQLite).
+    """
+
+    RECORD = (
+        "UPDATE deliveries SET status = :new_status, attempts = attempts + 1,"
+        " last_code = :code, last_error = :error, sent_at = :when_sent,"
+        " next_attempt_at = :retry_at WHERE id = :did"
+    )
+
+    def __init__(self, dialect: str, mark_sql: str) -> None:
+        self.dialect = dialect
+        if self.dialect == "postgresql":
+            record, mark = (re.sub(r":(\w+)", r"%(\1)s", q) for q in (self.RECORD, mark_sql))
+        else:
+            record, mark = self.RECORD, mark_sql
+        self.record_sql, self.mark_sql = record, mark
+
+    @classmethod
+    @functools.cache
+    def of(cls, dialect: str, mark_sql: str) -> _Ledger:
+        return cls(dialect, mark_sql)
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, dt.datetime):
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+            if self.dialect == "sqlite":
+                return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return value
+
+    def _params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {k: self._value(v) for k, v in params.items()}
+
+    def commit(
+        self, db: sa.Connection, record: dict[str, Any] | None, mark: dict[str, Any] | None
+    ) -> bool:
+        """Record a reply and/or mark the next row `sending`; True when the row was marked."""
+        if self.dialect not in ("sqlite", "postgresql"):
+            with db.begin():
+                if record is not None:
+                    db.execute(sa.text(self.RECORD), self._params(record))
+                if mark is None:
+                    return False
+                return db.execute(sa.text(self.mark_sql), self._params(mark)).rowcount == 1
+        raw = db.connection.dbapi_connection
+        assert raw is not None
+        cur = raw.cursor()
+        try:
+            if self.dialect == "sqlite":
+                cur.execute("BEGIN IMMEDIATE")
+            if record is not None:
+                cur.execute(self.record_sql, self._params(record))
+            marked = False
+            if mark is not None:
+                cur.execute(self.mark_sql, self._params(mark))
+                marked = cur.rowcount == 1
+            if self.dialect == "sqlite":
+                cur.execute("COMMIT")
+            else:
+                raw.commit()
+            return marked
+        except BaseException:
+            if self.dialect == "sqlite":
+                with contextlib.suppress(Exception):
+                    cur.execute("ROLLBACK")
+            else:
+                raw.rollback()
+            raise
+        finally:
+            cur.close()
 
 
 class _Runner:
@@ -493,42 +578,40 @@ class _Runner:
         if unrecorded is None and next_item is None:
             return False
         retry_at = 0.0
-        marked = False
-        with db.begin():
-            if unrecorded is not None:
-                retry_at = self._record(db, *unrecorded)
-            if next_item is not None:
-                marked = (
-                    db.execute(
-                        deliveries.update()
-                        .where(deliveries.c.id == next_item.delivery_id, self.rows.mine())
-                        .values(self.rows.sending())
-                    ).rowcount
-                    == 1
-                )
+        record = None
+        if unrecorded is not None:
+            record, retry_at = self._record_params(*unrecorded)
+        mark = None
+        if next_item is not None:
+            mark = {"did": next_item.delivery_id, **self.rows.mark_params()}
+        marked = _Ledger.of(db.dialect.name, self.rows.MARK).commit(db, record, mark)
         if unrecorded is not None:
             self._account(*unrecorded, retry_at)
             self.queue.task_done()
         return marked
 
-    def _record(self, db: sa.Connection, item: _Item, res: mailer.SendResult) -> float:
+    def _record_params(self, item: _Item, res: mailer.SendResult) -> tuple[dict[str, Any], float]:
+        """The ledger's record of one reply (see _Ledger.RECORD), and when to retry it."""
         now = utcnow()
-        values: dict[str, Any] = {
-            "status": res.status,
-            "attempts": deliveries.c.attempts + 1,
-            "last_code": res.code,
-            "last_error": None if res.status == mailer.SENT else res.error[:500],
+        params: dict[str, Any] = {
+            "did": item.delivery_id,
+            "new_status": res.status,
+            "code": res.code,
+            "error": None,
+            "when_sent": None,
+            "retry_at": None,
         }
         retry_at = 0.0
         if res.status == mailer.SENT:
-            values["sent_at"] = now
-        elif res.status == mailer.DEFERRED:
+            params["when_sent"] = now
+        else:
+            params["error"] = res.error[:500]
+        if res.status == mailer.DEFERRED:
             tries = self.retry.get(item.delivery_id, (item, 0, 0.0))[1] + 1
             delay = self.config.smtp.retry_delay * (2 ** (tries - 1)) * random.uniform(0.8, 1.2)
             retry_at = self.clock() + delay
-            values["next_attempt_at"] = now + dt.timedelta(seconds=delay)
-        db.execute(deliveries.update().where(deliveries.c.id == item.delivery_id).values(values))
-        return retry_at
+            params["retry_at"] = now + dt.timedelta(seconds=delay)
+        return params, retry_at
 
     def _account(self, item: _Item, res: mailer.SendResult, retry_at: float) -> None:
         with self.lock:

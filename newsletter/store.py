@@ -218,6 +218,9 @@ _WRITE = "newsletter_write"
 
 def connect(url: str, **engine_options: Any) -> Engine:
     """An engine for the configured URL, with SQLite tuned for one writer at a time."""
+    # Each sending thread holds a connection for the whole run, so the pool must not
+    # cap them (the default 5 + 10 made [smtp] concurrency above ~14 time out).
+    engine_options.setdefault("max_overflow", -1)
     try:
         engine = sa.create_engine(url, future=True, **engine_options)
     except (sa.exc.ArgumentError, ImportError) as exc:

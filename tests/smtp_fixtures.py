@@ -50,6 +50,7 @@ class FaultyHandler:
     data_replies: dict[str, list[str]] = field(default_factory=dict)
     drop_at_data: set[int] = field(default_factory=set)
     delay: float = 0.0
+    pipelining: bool = True  # advertise PIPELINING (aiosmtpd reads commands in order anyway)
     auth_ok: tuple[str, str] | None = None
     received: list[Received] = field(default_factory=list)
     ehlos: int = 0
@@ -62,6 +63,8 @@ class FaultyHandler:
         session.host_name = hostname
         with self.lock:
             self.ehlos += 1
+        if self.pipelining:
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_RCPT(

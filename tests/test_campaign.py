@@ -333,3 +333,12 @@ def test_claim_of_unknown_campaign_is_an_error(pub: Publication) -> None:
 
 def test_smtp_error_type_is_a_newsletter_error() -> None:
     assert issubclass(SmtpError, NewsletterError)
+
+
+def test_high_concurrency_does_not_exhaust_the_connection_pool(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    store, cid, emails = start_campaign(pub, 60)
+    result = run(pub, store, cid, NEWSLETTER_SMTP_CONCURRENCY="20")
+    assert result.ok and result.sent == 60
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}

@@ -409,11 +409,15 @@ def test_a_sender_that_cannot_record_stops_the_run_instead_of_hanging(
     cid = new_campaign(pub, store)
     calls = []
 
-    def failing_record(self: object, db: object, item: object, res: object) -> float:
-        calls.append(item)
+    original = campaign._Ledger.commit
+
+    def failing_commit(self: campaign._Ledger, db: object, record: object, mark: object) -> bool:
+        if record is None:  # marking the first message works; recording its reply fails
+            return original(self, db, record, mark)  # type: ignore[arg-type]
+        calls.append(record)
         raise sa.exc.OperationalError("UPDATE deliveries", {}, Exception("server closed"))
 
-    monkeypatch.setattr(campaign._Runner, "_record", failing_record)
+    monkeypatch.setattr(campaign._Ledger, "commit", failing_commit)
     result = campaign.run(store, pub.config(NEWSLETTER_SMTP_CONCURRENCY="2"), cid)
     assert result.status == campaign.INCOMPLETE
     assert "cannot record deliveries" in result.error and "server closed" in result.error

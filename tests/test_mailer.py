@@ -68,7 +68,9 @@ def settings(port: int, **kw: object) -> mailer.SmtpSettings:
     return mailer.SmtpSettings(**{**base, **kw})  # type: ignore[arg-type]
 
 
-def test_dot_stuffing_and_reuse(smtp_server: SmtpServer) -> None:
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_dot_stuffing_and_reuse(smtp_server: SmtpServer, pipelining: bool) -> None:
+    smtp_server.handler.pipelining = pipelining
     conn = mailer.SmtpConnection(settings(smtp_server.port))
     try:
         for n in range(3):
@@ -80,7 +82,9 @@ def test_dot_stuffing_and_reuse(smtp_server: SmtpServer) -> None:
     assert b"\r\n.leading dot\r\n" in smtp_server.received[0].data
 
 
-def test_reply_codes_are_classified(smtp_server: SmtpServer) -> None:
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_reply_codes_are_classified(smtp_server: SmtpServer, pipelining: bool) -> None:
+    smtp_server.handler.pipelining = pipelining
     smtp_server.handler.rcpt_replies = {
         "temp@example.com": ["450 4.2.1 mailbox busy"],
         "perm@example.com": ["550 5.1.1 no such user"],

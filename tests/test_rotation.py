@@ -155,3 +155,15 @@ def test_bad_booking_config_is_a_clear_error(pub: Publication) -> None:
         "end = 2026-12-31", 'end = "soon"'))  # fmt: skip
     result = CliRunner().invoke(cli, ["--config", str(pub.config_path), "sponsors", "list"])
     assert result.exit_code == 2 and "expected a date like 2026-12-01" in result.stderr
+
+
+def test_preview_shows_the_same_sponsor_as_build_and_send(pub: Publication) -> None:
+    from newsletter import preview
+
+    paths = daily(pub, dt.date(2026, 12, 1), 3)
+    assert chosen(pub, paths[1]) == "bolt"
+    source = preview.IssueSource(pub.config_path, paths[1])
+    source.refresh()
+    rendering = source.snapshot(preview.ISSUE_KEY).rendering
+    assert rendering is not None
+    assert "Bolt Bikes" in rendering.html and "Acme Rockets" not in rendering.html
