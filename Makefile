@@ -14,20 +14,24 @@ $(BIN)/newsletter: pyproject.toml
 	touch $@
 
 DEMO_PORT ?= 2525
+# The demo keeps its list, ledger and captured mail under build/, fresh each run.
+DEMO_ENV := NEWSLETTER_DATABASE_URL=sqlite:///build/demo.db NEWSLETTER_SMTP_PORT=$(DEMO_PORT)
 
-# The main job end to end on embedded defaults: build and check the sample issue,
+# The main job end to end on embedded defaults: check and build the sample issue,
 # start the capture SMTP server, import the sample list, send the issue to it.
 demo: $(BIN)/newsletter
 	$(BIN)/newsletter check $(SAMPLE_ISSUE)
 	$(BIN)/newsletter build $(SAMPLE_ISSUE) -o build
-	$(BIN)/newsletter subscribers import subscribers.csv
+	rm -rf build/demo.db build/demo.db-wal build/demo.db-shm build/outbox
+	$(DEMO_ENV) $(BIN)/newsletter subscribers import subscribers.csv
 	@set -e; \
-	$(BIN)/newsletter smtpd --port $(DEMO_PORT) --dir outbox & smtpd=$$!; \
+	$(BIN)/newsletter smtpd --port $(DEMO_PORT) --dir build/outbox & smtpd=$$!; \
 	trap 'kill $$smtpd 2>/dev/null; wait $$smtpd 2>/dev/null' EXIT; \
 	for i in $$(seq 100); do (echo > /dev/tcp/127.0.0.1/$(DEMO_PORT)) 2>/dev/null && break; sleep 0.1; done; \
-	NEWSLETTER_SMTP_PORT=$(DEMO_PORT) $(BIN)/newsletter send $(SAMPLE_ISSUE) --all --yes; \
-	echo "messages captured in outbox/: $$(ls outbox/*.eml | wc -l) .eml files (open one in a mail client)"; \
-	$(BIN)/newsletter status
+	$(DEMO_ENV) $(BIN)/newsletter send $(SAMPLE_ISSUE) --all --yes; \
+	echo "messages captured in build/outbox/: $$(ls build/outbox/*.eml | wc -l) .eml files (open one in a mail client,"; \
+	echo "or look at them with: $(BIN)/newsletter preview --outbox build/outbox)"; \
+	$(DEMO_ENV) $(BIN)/newsletter status
 
 test: $(BIN)/newsletter
 	$(BIN)/ruff check newsletter tests bench
