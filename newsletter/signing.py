@@ -42,7 +42,6 @@ SIGNED_HEADERS = (
 ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
 
 _WSP = re.compile(rb"[ \t]+")
-_WSP_EOL = re.compile(rb"[ \t]+\r\n")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 
 
@@ -141,7 +140,18 @@ def _relaxed_header(raw: bytes) -> bytes:
 
 
 def _relaxed_body(body: bytes) -> bytes:
-    body = _WSP_EOL.sub(b"\r\n", _WSP.sub(b" ", body))
+    """RFC 6376 3.4.4. Per message, so it only touches the lines that change: a regular
+    expression over the whole 25 KB body cost ~1 ms, more than the RSA signature."""
+    if b"  " in body or b"\t" in body or b" \r\n" in body:
+        lines = body.split(b"\r\n")
+        last = len(lines) - 1  # after the final CRLF: not a line end, nothing to strip
+        for n, line in enumerate(lines):
+            if b"  " in line or b"\t" in line:
+                line = _WSP.sub(b" ", line)
+            if n < last and line.endswith((b" ", b"\t")):
+                line = line.rstrip(b" \t")
+            lines[n] = line
+        body = b"\r\n".join(lines)
     body = body.rstrip(b"\r\n")
     return body + b"\r\n" if body else b""
 

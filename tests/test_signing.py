@@ -132,3 +132,22 @@ def test_keygen_never_overwrites(pub: Publication) -> None:
 def test_unknown_algorithm() -> None:
     with pytest.raises(NewsletterError, match="unknown DKIM algorithm"):
         signing.keygen(Path("/nonexistent/x.pem"), "d", "s", "rsa-md5")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\r\n\r\n",
+        b"plain\r\n",
+        b"a  b\t c \r\n d\t\r\n\r\n\r\n",
+        b"x \t",
+        b"a \r\nb  \r\n c",
+    ],
+)
+def test_relaxed_body_canonicalisation_follows_rfc_6376(body: bytes) -> None:
+    import re
+
+    # RFC 6376 3.4.4 written out literally: the fast version must agree with it.
+    expected = re.sub(rb"[ \t]+\r\n", b"\r\n", re.sub(rb"[ \t]+", b" ", body)).rstrip(b"\r\n")
+    assert signing._relaxed_body(body) == (expected + b"\r\n" if expected else b"")
