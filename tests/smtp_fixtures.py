@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import socket
@@ -112,8 +113,9 @@ class SmtpServer:
         return self.handler.received
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
+@contextlib.contextmanager
+def running_smtp_server() -> Iterator[SmtpServer]:
+    """An aiosmtpd server with a FaultyHandler on a free port of 127.0.0.1."""
     handler = FaultyHandler()
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=10)
@@ -122,6 +124,12 @@ def smtp_server() -> Iterator[SmtpServer]:
         yield SmtpServer("127.0.0.1", port, handler)
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    with running_smtp_server() as server:
+        yield server
 
 
 @pytest.fixture

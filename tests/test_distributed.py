@@ -24,10 +24,9 @@ from typing import IO
 
 import pytest
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
 from campaign_support import Publication, add_subscribers, make_publication, postgres_url
 from click.testing import CliRunner
-from smtp_fixtures import FaultyHandler, SmtpServer, free_port
+from smtp_fixtures import SmtpServer, running_smtp_server
 
 from newsletter import campaign, config, mailer, publish, schedule
 from newsletter.cli import cli
@@ -139,14 +138,8 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
 @pytest.fixture
 def second_smtp() -> Iterator[SmtpServer]:
     """Another relay, for [smtp.backup]."""
-    handler = FaultyHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=10)
-    controller.start()
-    try:
-        yield SmtpServer("127.0.0.1", port, handler)
-    finally:
-        controller.stop()
+    with running_smtp_server() as server:
+        yield server
 
 
 @pytest.fixture
