@@ -411,7 +411,7 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     config = config_mod.load(spec["config"], spec["env"])
     if spec.get("pool"):
         # Bench-only workaround, labelled as such in the report: a connection pool large
-        # enough for one writer connection per SMTP worker plus the producer and heartbeat.
+        # enough for one writer connection per SMTP worker plus the reader and heartbeat.
         import sqlalchemy as sa
 
         create_engine = sa.create_engine
@@ -437,7 +437,7 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
             (message.MessageTemplate, "render", "MessageTemplate.render"),
             (campaign._Runner, "_commit", "ledger transaction (_commit)"),
             (mailer.SmtpConnection, "send", "SMTP transaction (send)"),
-            (campaign._Runner, "produce", "producer thread (fetch, queue)"),
+            (campaign._Runner, "_fetch", "fetching rows (skip + select, per 500)"),
         ):
             phases[key] = 0.0
             setattr(cls, name, _thread_cpu(getattr(cls, name), phases, key))
@@ -1090,7 +1090,7 @@ class Bench:
         for key, us in steps.items():
             print(f"  {us:7.0f} µs  {key}")
         rest = total - sum(steps.values())
-        print(f"  {rest:7.0f} µs  the rest (worker loop, queue, threads, GC, startup)")
+        print(f"  {rest:7.0f} µs  the rest (sender loop, threads, GC, startup)")
         print(f"  {total:7.0f} µs  process CPU per message")
 
     def profile(self) -> None:

@@ -22,6 +22,7 @@ The task that finds nothing left to send marks the campaign finished.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import functools
@@ -29,7 +30,6 @@ import itertools
 import logging
 import math
 import os
-import queue
 import random
 import re
 import socket
@@ -88,6 +88,7 @@ MISSED = "missed"
 LEASE = dt.timedelta(seconds=120)  # a heartbeat older than this means the owner is gone
 HEARTBEAT_EVERY = 10.0
 BATCH = 500
+WAKE_EVERY = 0.2  # seconds: how soon a waiting sender, or a nap, notices a stop
 
 # The owner of a campaign that Celery workers send. Not a host name, so only the
 # heartbeat (renewed by every batch) says whether the workers still have it.
@@ -265,9 +266,6 @@ class _Item:
     subscriber_id: int = 0
 
 
-_STOP = object()
-
-
 def _lease_free(now: dt.datetime) -> sa.ColumnElement[bool]:
     """No live worker holds the row (never leased, or its lease has run out)."""
     return sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now)
@@ -302,10 +300,12 @@ class _Rows:
         with self.store.engine.connect() as conn:
             return [_Item(r.id, r.email, r.name, r.sid) for r in conn.execute(query)]
 
-    # Marking a row `sending` runs once per message (see _Ledger).
+    # Marking a row `sending` runs once per message (see _Ledger); a row skipped since
+    # it was fetched (its subscriber left) is not marked, so not sent.
     MARK = (
         "UPDATE deliveries SET status = 'sending'"
         " WHERE id = :did AND (lease_until IS NULL OR lease_until < :now)"
+        " AND status IN ('pending', 'sending', 'deferred')"
     )
 
     def mark_params(self) -> dict[str, Any]:
@@ -346,9 +346,11 @@ class _LeasedRows(_Rows):
 
     # A lease that ran out (this worker stalled) may have passed the row to another;
     # the row in flight keeps a fresh lease even if a renewal skipped it (_renew).
+    # A row skipped since the batch was claimed (its subscriber left) is not marked.
     MARK = (
         "UPDATE deliveries SET status = 'sending', lease_until = :until"
         " WHERE id = :did AND lease_owner = :owner"
+        " AND status IN ('pending', 'sending', 'deferred')"
     )
 
     def mark_params(self) -> dict[str, Any]:
@@ -460,6 +462,15 @@ class _Ledger:
 
 
 class _Runner:
+    """Sends a campaign's rows on one thread per lane, every reply recorded in the ledger.
+
+    The senders pull their work (`_take`); there is no producer thread and no queue,
+    so with one connection a single thread fetches, renders, records and sends.
+    Whoever finds nothing left to take fetches the next batch of rows. After the
+    first pass the deferred rows come back, with backoff and jitter, until they are
+    sent or their tries run out.
+    """
+
     def __init__(
         self,
         store: Store,
@@ -489,28 +500,115 @@ class _Runner:
         self.personalizer = Personalizer(config, slug)
         self.links: tracking.LinkSlots | None = None  # set when the campaign tracks clicks
         self.sender = template.from_address
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=len(lanes) * 64)
+        # One lock for all the shared state below; the condition wakes senders that
+        # wait for the others (the retry rounds) or for a nap to end.
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
         self.result = RunResult(campaign_id)
         self.fatal: NewsletterError | None = None
         self.broken: Exception | None = None  # a sender thread died (the database failed it)
         self.retry: dict[int, tuple[_Item, int, float]] = {}  # deferred this run
+        self.ready: collections.deque[_Item] = collections.deque()  # fetched, not yet taken
+        self.last_id = 0  # the first pass has fetched every row up to this delivery id
+        self.fetched_all = False  # the first pass is over
+        self.busy = 0  # rows taken and not yet settled (recorded, or given back)
+        self.napping = False  # a sender sleeps until the next retry is due
 
-    # worker side --------------------------------------------------------------------------
+    # taking work --------------------------------------------------------------------------
+
+    def _take(self, idle: bool) -> _Item | None:
+        """The next row to send; None when there is nothing to send now.
+
+        A sender still holding an unrecorded reply (`idle` False) gets None as soon
+        as no row is at hand; it records its reply and asks again, idle. An idle
+        sender waits for the retry rounds, and gets None only when the run is over:
+        every row settled and no retry left, or a stop, or a fatal error.
+        """
+        with self.lock:
+            while True:
+                if self.fatal is not None or self.stop.is_set():
+                    return None
+                if self.ready:
+                    self.busy += 1
+                    return self.ready.popleft()
+                if not self.fetched_all:
+                    self._fetch()
+                    continue
+                if not idle:
+                    return None
+                if self.busy or self.napping:
+                    # Retries go out in rounds, once every row taken is settled (a
+                    # deferral adds one), and one sender at a time waits for them.
+                    self.changed.wait(WAKE_EVERY)
+                    continue
+                due = [
+                    (item, at)
+                    for item, tries, at in self.retry.values()
+                    if tries <= self.config.smtp.retries
+                ]
+                if not due:
+                    self.changed.notify_all()
+                    return None
+                wait = min(at for _, at in due) - self.clock()
+                if wait > 0:
+                    self._nap(wait)
+                    continue
+                now = self.clock()
+                self.rows.skip_unsubscribed()
+                self.ready.extend(item for item, at in due if at <= now)
+                self.changed.notify_all()
+
+    def _fetch(self) -> None:
+        """The next batch of the first pass (under the lock)."""
+        self.rows.skip_unsubscribed()
+        batch = self.rows.fetch(self.last_id)
+        self.ready.extend(batch)
+        if len(batch) < BATCH:
+            self.fetched_all = True
+        else:
+            self.last_id = batch[-1].delivery_id
+
+    def _nap(self, seconds: float) -> None:
+        """Sleep until a retry is due (under the lock, which is let go meanwhile);
+        short naps, so that a stop is noticed soon."""
+        self.napping = True
+        self.lock.release()
+        try:
+            self.sleep(min(seconds, WAKE_EVERY))
+        finally:
+            self.lock.acquire()
+            self.napping = False
+            self.changed.notify_all()
+
+    def _settled(self) -> None:
+        """A row taken is given back without a reply to record (under the lock)."""
+        self.busy -= 1
+        if not self.busy:
+            self.changed.notify_all()
+
+    def _drop(self, item: _Item) -> None:
+        """A row that is not this runner's to send after all (skipped since it was
+        fetched, or another worker holds it): settled, and not retried."""
+        with self.lock:
+            self.retry.pop(item.delivery_id, None)
+            self._settled()
+
+    # sending ------------------------------------------------------------------------------
 
     def work(self) -> None:
-        """One SMTP connection: send what the producer queues, recording every reply."""
+        """One SMTP connection: take rows and send them, recording every reply."""
         try:
             self._work()
         except Exception as exc:
             # Nothing can be recorded (the database went away): stop rather than send
-            # unrecorded messages, and let the producer stop waiting for this thread.
+            # unrecorded messages, and wake the senders that wait for this one.
             log.exception("campaign %s: a sender stopped", self.campaign_id)
             with self.lock:
                 self.broken = self.broken or exc
                 self.fatal = self.fatal or NewsletterError(
                     f"campaign {self.campaign_id}: cannot record deliveries: {exc}"
                 )
+                self.changed.notify_all()
 
     def _work(self) -> None:
         with self.lock:
@@ -520,25 +618,18 @@ class _Runner:
         try:
             with self.store.writer() as db:
                 while True:
-                    try:
-                        item = self.queue.get_nowait()
-                    except queue.Empty:
-                        # Nothing queued: record the last reply now rather than wait.
+                    item = self._take(idle=unrecorded is None)
+                    if item is None:
+                        # Nothing to send next: record the last reply now rather than wait.
+                        if unrecorded is None:
+                            return
                         self._commit(db, unrecorded, None)
                         unrecorded = None
-                        item = self.queue.get()
-                    if item is _STOP:
-                        self._commit(db, unrecorded, None)
-                        self.queue.task_done()
-                        return
-                    if self.fatal is not None or self.stop.is_set():
-                        self.queue.task_done()
                         continue
                     try:
                         smtp.connect()
                     except mailer.SmtpError as exc:
-                        self.fatal = self.fatal or exc
-                        self.queue.task_done()
+                        self._stop_on(exc)
                         continue
                     values, token = self.personalizer.values(item.email, item.name)
                     if self.links is not None:
@@ -547,23 +638,29 @@ class _Runner:
                     lane.rate.acquire()
                     marked = self._commit(db, unrecorded, item)
                     unrecorded = None
-                    if not marked:  # another worker holds the row now: it is theirs to send
-                        self.queue.task_done()
+                    if not marked:
+                        self._drop(item)
                         continue
                     try:
                         unrecorded = (item, smtp.send(self.sender, item.email, data))
                     except mailer.SmtpError as exc:
                         # The server refused us, not this recipient: stop, blame nobody.
-                        self.fatal = self.fatal or exc
                         with db.begin():
                             db.execute(
                                 deliveries.update()
                                 .where(deliveries.c.id == item.delivery_id)
                                 .values(status=PENDING)
                             )
-                        self.queue.task_done()
+                        self._stop_on(exc)
         finally:
             smtp.close()
+
+    def _stop_on(self, exc: mailer.SmtpError) -> None:
+        """The server refused the session: the run stops; the row taken goes back."""
+        with self.lock:
+            self.fatal = self.fatal or exc
+            self._settled()
+            self.changed.notify_all()
 
     def _commit(
         self,
@@ -587,7 +684,6 @@ class _Runner:
         marked = _Ledger.of(db.dialect.name, self.rows.MARK).commit(db, record, mark)
         if unrecorded is not None:
             self._account(*unrecorded, retry_at)
-            self.queue.task_done()
         return marked
 
     def _record_params(self, item: _Item, res: mailer.SendResult) -> tuple[dict[str, Any], float]:
@@ -614,6 +710,7 @@ class _Runner:
         return params, retry_at
 
     def _account(self, item: _Item, res: mailer.SendResult, retry_at: float) -> None:
+        """Count a recorded reply; the row is settled."""
         with self.lock:
             r = self.result
             if res.status == mailer.SENT:
@@ -627,6 +724,7 @@ class _Runner:
                 self.retry[item.delivery_id] = (item, tries, retry_at)
                 r.errors.append(f"{item.email}: deferred: {res.error}")
             del r.errors[:-20]
+            self._settled()
         if self.progress:
             self.progress(self.result)
 
@@ -636,55 +734,8 @@ class _Runner:
             limit = self.config.smtp.retries
             return [i for i, (_, tries, _) in self.retry.items() if tries > limit]
 
-    # producer side ------------------------------------------------------------------------
-
-    def produce(self) -> None:
-        last_id = 0
-        while self.fatal is None and not self.stop.is_set():
-            self.rows.skip_unsubscribed()
-            batch = self.rows.fetch(last_id)
-            for item in batch:
-                self._put(item)
-            if len(batch) < BATCH:
-                break
-            last_id = batch[-1].delivery_id
-        self._join()
-        # Temporary failures get a few more tries in this run, with backoff and jitter.
-        while self.fatal is None and not self.stop.is_set():
-            with self.lock:
-                due = [
-                    (item, at)
-                    for item, tries, at in self.retry.values()
-                    if tries <= self.config.smtp.retries
-                ]
-            if not due:
-                break
-            wait = min(at for _, at in due) - self.clock()
-            if wait > 0:
-                self.sleep(wait)
-            now = self.clock()
-            self.rows.skip_unsubscribed()
-            for item, at in due:
-                if at <= now:
-                    self._put(item)
-            self._join()
-
-    def _join(self) -> None:
-        """Wait until every queued message is sent and recorded, or a sender broke down."""
-        with self.queue.all_tasks_done:
-            while self.queue.unfinished_tasks and self.broken is None:
-                self.queue.all_tasks_done.wait(0.2)
-
-    def _put(self, item: _Item) -> None:
-        while self.fatal is None and not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
     def drive(self) -> bool:
-        """Run the producer and one thread per lane until done; True if interrupted."""
+        """Run one sender thread per lane until done; True if interrupted (Ctrl-C)."""
         threads = [
             threading.Thread(target=self.work, name=f"smtp-{n}", daemon=True)
             for n in range(len(self.lanes))
@@ -693,14 +744,14 @@ class _Runner:
             t.start()
         interrupted = False
         try:
-            self.produce()
+            for t in threads:
+                while t.is_alive():  # a join with a timeout lets Ctrl-C through
+                    t.join(WAKE_EVERY)
         except KeyboardInterrupt:
             interrupted = True
             self.stop.set()
-        finally:
-            _drain(self.queue)
-            for _ in threads:
-                self.queue.put(_STOP)
+            with self.lock:
+                self.changed.notify_all()
             for t in threads:
                 t.join()
         return interrupted
@@ -797,15 +848,6 @@ def run(
     if interrupted:
         raise KeyboardInterrupt
     return result
-
-
-def _drain(q: queue.Queue[Any]) -> None:
-    while True:
-        try:
-            q.get_nowait()
-        except queue.Empty:
-            return
-        q.task_done()
 
 
 def _heartbeat(store: Store, campaign_id: int, owner: str, done: threading.Event) -> None:

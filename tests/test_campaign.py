@@ -155,6 +155,25 @@ def test_unsubscribe_during_campaign_stops_later_messages(
     assert campaign.counts(store, cid)[SKIPPED] == 1
 
 
+def test_unsubscribe_before_a_retry_skips_the_deferred_message(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    config = pub.config()
+    store, cid, emails = start_campaign(pub, 5)
+    leaving = emails[1]
+    smtp_server.handler.rcpt_replies[leaving] = ["451 4.7.1 greylisted"]
+
+    def progress(result: campaign.RunResult) -> None:
+        if result.errors and leaving in result.errors[-1]:  # just deferred
+            store.set_subscriber_status(leaving, "unsubscribed")
+
+    result = campaign.run(store, config, cid, progress=progress)
+    assert result.ok and result.skipped == 1, result
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails if e != leaving}
+    assert smtp_server.handler.rcpt_replies[leaving] == []  # asked once, never again
+    assert campaign.counts(store, cid)[SKIPPED] == 1
+
+
 def test_resume_sends_only_what_is_not_sent(pub: Publication, smtp_server: SmtpServer) -> None:
     store, cid, emails = start_campaign(pub, 8)
     # Simulate a crash: half recorded sent, one in doubt, the rest pending.
