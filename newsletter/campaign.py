@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
-import functools
 import itertools
 import logging
 import math
@@ -308,9 +307,9 @@ class _Rows:
         " AND status IN ('pending', 'sending', 'deferred')"
     )
 
-    def mark_params(self) -> dict[str, Any]:
-        """MARK's parameters: no worker has leased the row meanwhile."""
-        return {"now": utcnow()}
+    def mark_params(self, time: Callable[[dt.datetime], Any], now: dt.datetime) -> dict[str, Any]:
+        """MARK's parameters but the row's id: no worker has leased the row meanwhile."""
+        return {"now": time(now)}
 
     def skip_unsubscribed(self) -> None:
         """An unsubscribe during the campaign stops later messages to that address."""
@@ -353,8 +352,8 @@ class _LeasedRows(_Rows):
         " AND status IN ('pending', 'sending', 'deferred')"
     )
 
-    def mark_params(self) -> dict[str, Any]:
-        return {"owner": self.owner, "until": utcnow() + self.lease}
+    def mark_params(self, time: Callable[[dt.datetime], Any], now: dt.datetime) -> dict[str, Any]:
+        return {"owner": self.owner, "until": time(now + self.lease)}
 
     def skip_unsubscribed(self) -> None:
         self._skip(deliveries.c.lease_owner == self.owner)
@@ -385,12 +384,14 @@ def _lanes(
 
 class _Ledger:
     """The two writes every message makes, in one transaction, straight through the
-    driver (sqlite3 or psycopg) of the runner's own connection.
+    driver (sqlite3 or psycopg) of one sender's own connection.
 
     Through SQLAlchemy Core the pair cost ~330 µs a message, most of it building
     and executing statements; the driver does the same work in a few tens of µs.
     The SQL is plain and the same on both databases; times are stored as the
-    store's UTCDateTime stores them (naive UTC; ISO text on SQLite).
+    store's UTCDateTime stores them (naive UTC; ISO text on SQLite). On SQLite the
+    senders of one process take turns (`turns`) rather than meet at the database's
+    write lock, whose busy handler sleeps a millisecond or more at every collision.
     """
 
     RECORD = (
@@ -399,64 +400,62 @@ class _Ledger:
         " next_attempt_at = :retry_at WHERE id = :did"
     )
 
-    def __init__(self, dialect: str, mark_sql: str) -> None:
-        self.dialect = dialect
+    def __init__(self, db: sa.Connection, mark_sql: str, turns: threading.Lock) -> None:
+        self.db = db
+        self.dialect = db.dialect.name
+        self.mark_sql = mark_sql
+        self.record_sql = self.RECORD
         if self.dialect == "postgresql":
-            record, mark = (re.sub(r":(\w+)", r"%(\1)s", q) for q in (self.RECORD, mark_sql))
-        else:
-            record, mark = self.RECORD, mark_sql
-        self.record_sql, self.mark_sql = record, mark
+            self.record_sql, self.mark_sql = (
+                re.sub(r":(\w+)", r"%(\1)s", q) for q in (self.RECORD, mark_sql)
+            )
+        self.turns: contextlib.AbstractContextManager[Any] = (
+            turns if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
 
-    @classmethod
-    @functools.cache
-    def of(cls, dialect: str, mark_sql: str) -> _Ledger:
-        return cls(dialect, mark_sql)
+    def time(self, value: dt.datetime) -> Any:
+        """A time as the driver takes it for a UTCDateTime column."""
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value.isoformat(" ", "microseconds") if self.dialect == "sqlite" else value
 
-    def _value(self, value: Any) -> Any:
-        if isinstance(value, dt.datetime):
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-            if self.dialect == "sqlite":
-                return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-        return value
+    def commit(self, record: dict[str, Any] | None, mark: dict[str, Any] | None) -> bool:
+        """Record a reply and/or mark the next row `sending`; True when the row was marked.
 
-    def _params(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {k: self._value(v) for k, v in params.items()}
-
-    def commit(
-        self, db: sa.Connection, record: dict[str, Any] | None, mark: dict[str, Any] | None
-    ) -> bool:
-        """Record a reply and/or mark the next row `sending`; True when the row was marked."""
+        Time values in the parameters are already converted (`time`)."""
+        db = self.db
         if self.dialect not in ("sqlite", "postgresql"):
             with db.begin():
                 if record is not None:
-                    db.execute(sa.text(self.RECORD), self._params(record))
+                    db.execute(sa.text(self.RECORD), record)
                 if mark is None:
                     return False
-                return db.execute(sa.text(self.mark_sql), self._params(mark)).rowcount == 1
+                return db.execute(sa.text(self.mark_sql), mark).rowcount == 1
         raw = db.connection.dbapi_connection
         assert raw is not None
         cur = raw.cursor()
         try:
-            if self.dialect == "sqlite":
-                cur.execute("BEGIN IMMEDIATE")
-            if record is not None:
-                cur.execute(self.record_sql, self._params(record))
-            marked = False
-            if mark is not None:
-                cur.execute(self.mark_sql, self._params(mark))
-                marked = cur.rowcount == 1
-            if self.dialect == "sqlite":
-                cur.execute("COMMIT")
-            else:
-                raw.commit()
-            return marked
-        except BaseException:
-            if self.dialect == "sqlite":
-                with contextlib.suppress(Exception):
-                    cur.execute("ROLLBACK")
-            else:
-                raw.rollback()
-            raise
+            with self.turns:
+                if self.dialect == "sqlite":
+                    cur.execute("BEGIN IMMEDIATE")
+                try:
+                    if record is not None:
+                        cur.execute(self.record_sql, record)
+                    marked = False
+                    if mark is not None:
+                        cur.execute(self.mark_sql, mark)
+                        marked = cur.rowcount == 1
+                    if self.dialect == "sqlite":
+                        cur.execute("COMMIT")
+                    else:
+                        raw.commit()
+                    return marked
+                except BaseException:
+                    if self.dialect == "sqlite":
+                        with contextlib.suppress(Exception):
+                            cur.execute("ROLLBACK")
+                    else:
+                        raw.rollback()
+                    raise
         finally:
             cur.close()
 
@@ -504,6 +503,7 @@ class _Runner:
         # wait for the others (the retry rounds) or for a nap to end.
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
+        self.turns = threading.Lock()  # the senders' turns at SQLite's write lock (_Ledger)
         self.result = RunResult(campaign_id)
         self.fatal: NewsletterError | None = None
         self.broken: Exception | None = None  # a sender thread died (the database failed it)
@@ -587,8 +587,8 @@ class _Runner:
             self.changed.notify_all()
 
     def _drop(self, item: _Item) -> None:
-        """A row that is not this runner's to send after all (skipped since it was
-        fetched, or another worker holds it): settled, and not retried."""
+        """A row taken that this sender does not send (skipped since it was fetched,
+        another worker holds it, or the run stops): settled, not retried this run."""
         with self.lock:
             self.retry.pop(item.delivery_id, None)
             self._settled()
@@ -615,34 +615,54 @@ class _Runner:
             lane = self.lanes[next(self._lane_numbers) % len(self.lanes)]
         smtp = mailer.SmtpConnection(lane.settings)
         unrecorded: tuple[_Item, mailer.SendResult] | None = None
+        ahead: tuple[_Item, bytes] | None = None  # made while the server took the last one
+        trouble: list[Exception] = []
+
+        def prepare() -> None:
+            # Runs after a message is written, before the server's reply is read.
+            nonlocal ahead
+            try:
+                item = self._take(idle=False)
+                if item is not None:
+                    ahead = (item, self._message(item))
+            except Exception as exc:  # raised once the reply is read and recorded
+                trouble.append(exc)
+
         try:
             with self.store.writer() as db:
+                ledger = _Ledger(db, self.rows.MARK, self.turns)
                 while True:
-                    item = self._take(idle=unrecorded is None)
-                    if item is None:
-                        # Nothing to send next: record the last reply now rather than wait.
-                        if unrecorded is None:
-                            return
-                        self._commit(db, unrecorded, None)
-                        unrecorded = None
-                        continue
+                    data: bytes | None = None
+                    if ahead is not None:
+                        (item, data), ahead = ahead, None
+                        if self.fatal is not None or self.stop.is_set():
+                            self._drop(item)
+                            continue
+                    else:
+                        taken = self._take(idle=unrecorded is None)
+                        if taken is None:
+                            # Nothing to send next: record the last reply now, not later.
+                            if unrecorded is None:
+                                return
+                            self._commit(ledger, unrecorded, None)
+                            unrecorded = None
+                            continue
+                        item = taken
                     try:
                         smtp.connect()
                     except mailer.SmtpError as exc:
                         self._stop_on(exc)
                         continue
-                    values, token = self.personalizer.values(item.email, item.name)
-                    if self.links is not None:
-                        values.update(self.links.values(item.subscriber_id))
-                    data = self.template.render(item.email, item.name, values, token)
+                    if data is None:
+                        data = self._message(item)
                     lane.rate.acquire()
-                    marked = self._commit(db, unrecorded, item)
+                    marked = self._commit(ledger, unrecorded, item)
                     unrecorded = None
                     if not marked:
                         self._drop(item)
                         continue
                     try:
-                        unrecorded = (item, smtp.send(self.sender, item.email, data))
+                        unrecorded = (item, smtp.send(self.sender, item.email, data, prepare))
                     except mailer.SmtpError as exc:
                         # The server refused us, not this recipient: stop, blame nobody.
                         with db.begin():
@@ -652,8 +672,19 @@ class _Runner:
                                 .values(status=PENDING)
                             )
                         self._stop_on(exc)
+                    if trouble:
+                        if unrecorded is not None:
+                            self._commit(ledger, unrecorded, None)
+                        raise trouble[0]
         finally:
             smtp.close()
+
+    def _message(self, item: _Item) -> bytes:
+        """The message for one row: its slot values filled into the campaign's template."""
+        values, token = self.personalizer.values(item.email, item.name)
+        if self.links is not None:
+            values.update(self.links.values(item.subscriber_id))
+        return self.template.render(item.email, item.name, values, token)
 
     def _stop_on(self, exc: mailer.SmtpError) -> None:
         """The server refused the session: the run stops; the row taken goes back."""
@@ -664,7 +695,7 @@ class _Runner:
 
     def _commit(
         self,
-        db: sa.Connection,
+        ledger: _Ledger,
         unrecorded: tuple[_Item, mailer.SendResult] | None,
         next_item: _Item | None,
     ) -> bool:
@@ -674,21 +705,24 @@ class _Runner:
         """
         if unrecorded is None and next_item is None:
             return False
+        now = utcnow()
         retry_at = 0.0
         record = None
         if unrecorded is not None:
-            record, retry_at = self._record_params(*unrecorded)
+            record, retry_at = self._record_params(ledger, now, *unrecorded)
         mark = None
         if next_item is not None:
-            mark = {"did": next_item.delivery_id, **self.rows.mark_params()}
-        marked = _Ledger.of(db.dialect.name, self.rows.MARK).commit(db, record, mark)
+            mark = self.rows.mark_params(ledger.time, now)
+            mark["did"] = next_item.delivery_id
+        marked = ledger.commit(record, mark)
         if unrecorded is not None:
             self._account(*unrecorded, retry_at)
         return marked
 
-    def _record_params(self, item: _Item, res: mailer.SendResult) -> tuple[dict[str, Any], float]:
+    def _record_params(
+        self, ledger: _Ledger, now: dt.datetime, item: _Item, res: mailer.SendResult
+    ) -> tuple[dict[str, Any], float]:
         """The ledger's record of one reply (see _Ledger.RECORD), and when to retry it."""
-        now = utcnow()
         params: dict[str, Any] = {
             "did": item.delivery_id,
             "new_status": res.status,
@@ -699,14 +733,14 @@ class _Runner:
         }
         retry_at = 0.0
         if res.status == mailer.SENT:
-            params["when_sent"] = now
+            params["when_sent"] = ledger.time(now)
         else:
             params["error"] = res.error[:500]
         if res.status == mailer.DEFERRED:
             tries = self.retry.get(item.delivery_id, (item, 0, 0.0))[1] + 1
             delay = self.config.smtp.retry_delay * (2 ** (tries - 1)) * random.uniform(0.8, 1.2)
             retry_at = self.clock() + delay
-            params["retry_at"] = now + dt.timedelta(seconds=delay)
+            params["retry_at"] = ledger.time(now + dt.timedelta(seconds=delay))
         return params, retry_at
 
     def _account(self, item: _Item, res: mailer.SendResult, retry_at: float) -> None:

@@ -115,7 +115,13 @@ _EXPECTED = ((250,), (250, 251), (354,))
 
 
 class _SMTP(smtplib.SMTP):
-    def send_prepared(self, sender: str, recipient: str, data: bytes) -> tuple[int, bytes]:
+    def send_prepared(
+        self,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> tuple[int, bytes]:
         """MAIL, RCPT, DATA for one recipient with a message that is already CRLF bytes.
 
         The addresses were validated on the way in, so the commands are written as
@@ -124,9 +130,11 @@ class _SMTP(smtplib.SMTP):
         are read together: one round trip to the server instead of three.
         smtplib's own data() runs two regular expressions over the whole message;
         ours is CRLF already, so dot-stuffing is a single bytes.replace.
+        `meanwhile` runs once the message is written, before its reply is read
+        (see SmtpConnection.send).
         """
         if not (sender.isascii() and recipient.isascii()):
-            return self._send_slowly(sender, recipient, data)
+            return self._send_slowly(sender, recipient, data, meanwhile)
         mail = f"MAIL FROM:<{sender}>\r\n".encode()
         rcpt = f"RCPT TO:<{recipient}>\r\n".encode()
         if self.has_extn("pipelining"):
@@ -153,9 +161,15 @@ class _SMTP(smtplib.SMTP):
                 # The sender refused: about us (sender, auth, TLS), not this recipient.
                 raise SmtpSessionRefused(*refused)
             return refused
-        return self._data(data)
+        return self._data(data, meanwhile)
 
-    def _send_slowly(self, sender: str, recipient: str, data: bytes) -> tuple[int, bytes]:
+    def _send_slowly(
+        self,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> tuple[int, bytes]:
         """smtplib's own MAIL/RCPT, for addresses that need its SMTPUTF8 handling."""
         code, resp = self.mail(sender)
         if code != 250:
@@ -171,15 +185,17 @@ class _SMTP(smtplib.SMTP):
         if code != 354:
             self._reset_quietly()
             return code, resp
-        return self._data(data)
+        return self._data(data, meanwhile)
 
-    def _data(self, data: bytes) -> tuple[int, bytes]:
+    def _data(self, data: bytes, meanwhile: Callable[[], None] | None) -> tuple[int, bytes]:
         body = data.replace(b"\r\n.", b"\r\n..")
         if body.startswith(b"."):
             body = b"." + body
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
         self.send(body + b".\r\n")
+        if meanwhile is not None:
+            meanwhile()
         return self.getreply()
 
     def _reset_quietly(self) -> None:
@@ -229,11 +245,24 @@ class SmtpConnection:
         if self._smtp is None:
             self._smtp = self._open()
 
-    def send(self, sender: str, recipient: str, data: bytes) -> SendResult:
+    def send(
+        self,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> SendResult:
+        """One message to one recipient, and what became of it.
+
+        `meanwhile` (it must not raise) runs after the whole message is written and
+        before the server's reply to it is read: work for the next message there
+        overlaps with the server's own. It does not run when the server refused
+        the recipient before the message went out.
+        """
         self.connect()
         assert self._smtp is not None
         try:
-            code, resp = self._smtp.send_prepared(sender, recipient, data)
+            code, resp = self._smtp.send_prepared(sender, recipient, data, meanwhile)
         except SmtpSessionRefused as exc:
             code, resp = exc.smtp_code, exc.smtp_error
             self._drop()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from campaign_support import Publication, add_subscribers, make_publication
@@ -17,6 +18,7 @@ from smtp_fixtures import SmtpServer
 from newsletter import campaign, publish
 from newsletter.errors import NewsletterError
 from newsletter.mailer import SmtpError
+from newsletter.message import MessageTemplate
 from newsletter.store import FAILED, SENDING, SENT, SKIPPED, Store
 
 
@@ -361,3 +363,24 @@ def test_high_concurrency_does_not_exhaust_the_connection_pool(
     result = run(pub, store, cid, NEWSLETTER_SMTP_CONCURRENCY="20")
     assert result.ok and result.sent == 60
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
+
+
+def test_a_message_that_cannot_be_made_stops_the_run_with_the_last_reply_recorded(
+    pub: Publication, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next message is made while the server answers the last one; when making it
+    # fails, that reply is still recorded before the run stops.
+    store, cid, emails = start_campaign(pub, 5)
+    render = MessageTemplate.render
+
+    def failing(self: MessageTemplate, to_email: str, *args: Any, **kwargs: Any) -> bytes:
+        if to_email == emails[2]:
+            raise RuntimeError("template exploded")
+        return render(self, to_email, *args, **kwargs)
+
+    monkeypatch.setattr(MessageTemplate, "render", failing)
+    result = run(pub, store, cid)
+    assert "template exploded" in result.error and result.status == campaign.INCOMPLETE
+    assert smtp_server.handler.count_by_recipient() == {emails[0]: 1, emails[1]: 1}
+    counts = campaign.counts(store, cid)
+    assert counts[SENT] == 2 and counts[SENDING] == 0 and counts["pending"] == 3

@@ -404,9 +404,9 @@ def test_a_sender_that_cannot_record_stops_the_run_instead_of_hanging(
 
     original = campaign._Ledger.commit
 
-    def failing_commit(self: campaign._Ledger, db: object, record: object, mark: object) -> bool:
+    def failing_commit(self: campaign._Ledger, record: object, mark: object) -> bool:
         if record is None:  # marking the first message works; recording its reply fails
-            return original(self, db, record, mark)  # type: ignore[arg-type]
+            return original(self, record, mark)  # type: ignore[arg-type]
         calls.append(record)
         raise sa.exc.OperationalError("UPDATE deliveries", {}, Exception("server closed"))
 

@@ -83,6 +83,33 @@ def test_dot_stuffing_and_reuse(smtp_server: SmtpServer, pipelining: bool) -> No
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
+def test_meanwhile_runs_after_the_message_is_written_before_its_reply(
+    smtp_server: SmtpServer, pipelining: bool
+) -> None:
+    handler = smtp_server.handler
+    handler.pipelining = pipelining
+    handler.delay = 0.3  # the server holds its reply to each message this long
+    handler.rcpt_replies = {"perm@example.com": ["550 5.1.1 no such user"]}
+    accepted_meanwhile: list[int] = []  # messages the server had accepted when it ran
+
+    def meanwhile() -> None:
+        accepted_meanwhile.append(len(handler.received))
+
+    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    try:
+        first = conn.send("a@example.com", "b@example.com", MESSAGE, meanwhile)
+        second = conn.send("a@example.com", "c@example.com", MESSAGE, meanwhile)
+        refused = conn.send("a@example.com", "perm@example.com", MESSAGE, meanwhile)
+    finally:
+        conn.close()
+    assert first.status == second.status == mailer.SENT and refused.status == mailer.FAILED
+    # Each time, the message being sent was not accepted yet: it ran before the reply.
+    # The refused recipient's message never went out, so nothing ran for it.
+    assert accepted_meanwhile == [0, 1]
+    assert len(handler.received) == 2
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
 def test_reply_codes_are_classified(smtp_server: SmtpServer, pipelining: bool) -> None:
     smtp_server.handler.pipelining = pipelining
     smtp_server.handler.rcpt_replies = {
