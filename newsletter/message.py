@@ -3,18 +3,33 @@
 The stdlib email package builds and serialises the skeleton once (headers,
 multipart/alternative, boundaries). Building an EmailMessage costs about 2 ms,
 so it never happens per recipient: `MessageTemplate.render` only fills the
-HTML and text slots, quoted-printable encodes the two bodies (binascii, in C)
-and joins them with the per-recipient header lines (To, Date, Message-ID,
-List-Unsubscribe) into the prebuilt bytes.
+HTML and text slots and joins them with the per-recipient header lines (To,
+Date, Message-ID, List-Unsubscribe) into the prebuilt bytes.
+
+Both bodies are quoted-printable, byte for byte what `binascii.b2a_qp` makes
+of the filled body. The lines without slots are encoded once per issue, and so
+are the literal pieces of the lines with slots. Per recipient only the slot
+values are encoded (a printable ASCII value only has its "=" to encode), and the
+slot lines get b2a_qp's line rules (soft line breaks, a space at the end) from
+a few string operations, all lines at once: b2a_qp itself costs about 11 ns a
+byte, some 15 us a message for the 1.3 KB of slot lines of the sample issue.
+A value with a line break takes the plain path: fill each slot line, b2a_qp it.
+
+The Date header is formatted once a second, and the Message-ID is a random
+prefix (per process) and a counter, not a uuid4 (a getrandom call each).
 """
 
 from __future__ import annotations
 
 import binascii
 import email.policy
+import itertools
+import operator
+import os
 import re
-import uuid
-from collections.abc import Mapping
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
@@ -23,7 +38,7 @@ from typing import Protocol
 from urllib.parse import quote
 
 from newsletter.errors import NewsletterError
-from newsletter.render import SlotTemplate, has_slots
+from newsletter.render import SlotTemplate, has_slots, marker
 
 _PERSONAL = "X-Newsletter-Personal"
 _BODY = re.compile(rb"__nlbody_(text|html)__\r?\n")
@@ -123,12 +138,19 @@ class MessageTemplate:
         # pieces: [between headers and text body, "text", between, "html", tail]
         if len(pieces) != 5 or pieces[1] != b"text" or pieces[3] != b"html":
             raise AssertionError("body markers not found in the skeleton")  # pragma: no cover
-        self._head = head
-        self._before_text = pieces[0]
-        self._before_html = pieces[2]
-        self._tail = pieces[4]
-        self._text_qp = _QuotedPrintableBody(text)
-        self._html_qp = _QuotedPrintableBody(html)
+        text_body = _QuotedPrintableBody(text)
+        html_body = _QuotedPrintableBody(html)
+        self._slot_lines = _SlotLines((text_body, html_body))
+        # The message is frame[0] + To..List-Unsubscribe + frame[2] + slot line 0 +
+        # frame[4] + slot line 1 + ...: the constant bytes, ready to join.
+        constants = [pieces[0]]
+        for body, after in ((text_body, pieces[2]), (html_body, pieces[4])):
+            constants[-1] += body.between[0]
+            constants += body.between[1:]
+            constants[-1] += b"\r\n" + after
+        self._frame = [head]
+        for constant in constants:
+            self._frame += (b"", constant)
 
     def render(
         self,
@@ -141,35 +163,65 @@ class MessageTemplate:
         """The complete message for one recipient, CRLF line endings, ready for SMTP DATA.
 
         `values` fills the slots and must hold "unsubscribe_url", which also goes
-        into List-Unsubscribe (RFC 2369/8058) beside a mailto fallback.
+        into List-Unsubscribe (RFC 2369/8058) beside a mailto fallback. `date` is
+        the Date header's value; by default, now.
         """
         check_header_value("To", to_email)
         url = check_header_value("List-Unsubscribe", values["unsubscribe_url"])
         mailto = f"mailto:{self.from_address}?subject=unsubscribe%20{quote(unsubscribe_token)}"
         name = clean_display_name(to_name)
         to = format_to(to_email, name)
+        prefix, counter = _message_ids
         personal = (
             f"To: {to}\r\n"
-            f"Date: {date or formatdate(usegmt=True)}\r\n"
-            f"Message-ID: <{uuid.uuid4().hex}@{self.domain}>\r\n"
+            f"Date: {date or _now()}\r\n"
+            f"Message-ID: <{prefix}{next(counter):012x}@{self.domain}>\r\n"
             f"List-Unsubscribe: <{url}>,\r\n <{mailto}>\r\n"
         ).encode()
-        text = self._text_qp.fill(values)
-        html = self._html_qp.fill(values)
-        message = b"".join(
-            (
-                self._head,
-                personal,
-                self._before_text,
-                text,
-                b"\r\n",
-                self._before_html,
-                html,
-                b"\r\n",
-                self._tail,
-            )
-        )
+        frame = self._frame.copy()
+        frame[1] = personal
+        frame[3::2] = self._slot_lines.encode(values)
+        message = b"".join(frame)
         return self.dkim.sign(message) if self.dkim is not None else message
+
+
+def _now() -> str:
+    """formatdate(usegmt=True), formatted once a second.
+
+    The cache is one (second, text) tuple, read and replaced whole, so threads
+    at worst format the same second twice, never return another second's text.
+    """
+    global _date_cache
+    now = int(time.time())
+    second, text = _date_cache
+    if second != now:
+        text = formatdate(now, usegmt=True)
+        _date_cache = (now, text)
+    return text
+
+
+_date_cache = (-1, "")
+
+
+def _new_message_ids() -> tuple[str, Iterator[int]]:
+    """80 random bits for this process and a counter: a Message-ID's 32 hex digits
+    (20 random, 12 counting: 2**48 messages before the ID grows a digit).
+
+    next() on itertools.count is atomic under the GIL, so threads never share a
+    number; the random prefix keeps processes (and forks, see below) apart.
+    """
+    return secrets.token_hex(10), itertools.count()
+
+
+def _reseed_message_ids() -> None:
+    global _message_ids
+    _message_ids = _new_message_ids()
+
+
+_message_ids = _new_message_ids()
+if hasattr(os, "register_at_fork"):  # POSIX
+    # A forked child would otherwise continue the parent's sequence with its prefix.
+    os.register_at_fork(after_in_child=_reseed_message_ids)
 
 
 class _QuotedPrintableBody:
@@ -177,11 +229,14 @@ class _QuotedPrintableBody:
 
     Quoted-printable encodes each line on its own (soft breaks never cross a
     line end), so the lines without slots are encoded here, once per issue;
-    per recipient only the few lines with slots are filled and encoded.
+    per recipient only the few lines with slots are filled and encoded (see
+    `_SlotLines`). The encoded body is between[0] + slot line 0 + between[1]
+    + ... + between[-1].
     """
 
     def __init__(self, template: SlotTemplate) -> None:
-        self.pieces: list[bytes | SlotTemplate] = []
+        self.template = template
+        pieces: list[bytes | SlotTemplate] = []
         plain: list[str] = []
         lines = template.source.replace("\r\n", "\n").split("\n")
         if lines[-1] == "":
@@ -189,18 +244,115 @@ class _QuotedPrintableBody:
         for line in lines:
             if has_slots(line):
                 if plain:
-                    self.pieces.append(_qp("\n".join(plain)))
+                    pieces.append(_qp("\n".join(plain)))
                     plain = []
-                self.pieces.append(template.derive(line))
+                pieces.append(template.derive(line))
             else:
                 plain.append(line)
         if plain:
-            self.pieces.append(_qp("\n".join(plain)))
+            pieces.append(_qp("\n".join(plain)))
+        # The pieces joined with CRLF, split at the slot lines.
+        self.lines: list[SlotTemplate] = []
+        self.between = [b""]
+        for n, piece in enumerate(pieces):
+            if n:
+                self.between[-1] += b"\r\n"
+            if isinstance(piece, bytes):
+                self.between[-1] += piece
+            else:
+                self.lines.append(piece)
+                self.between.append(b"")
 
-    def fill(self, values: Mapping[str, str]) -> bytes:
-        return b"\r\n".join(
-            p if isinstance(p, bytes) else _qp(p.fill(values)) for p in self.pieces
+
+class _SlotLines:
+    """The lines with slots of both parts, filled and quoted-printable encoded together.
+
+    Each line is kept as its literal pieces, already encoded, and its slot names.
+    Per render the values (escaped as each part's template escapes them) are
+    encoded: a printable ASCII value only has "=" to encode. Joined with the
+    pieces they make each line as b2a_qp's encoded units (one character, or
+    "=XX"), which then get b2a_qp's line rules: soft line breaks, a space or
+    tab at the end, a lone "." at the start.
+    """
+
+    def __init__(self, bodies: Sequence[_QuotedPrintableBody]) -> None:
+        self._lines = [line for body in bodies for line in body.lines]
+        # Per part, a template of each slot it uses, one a line: its fill is the
+        # part's values, each escaped once, as that part escapes them.
+        self._values: list[SlotTemplate] = []
+        first: dict[tuple[int, str], int] = {}  # (part, slot) -> index among the values
+        for n, body in enumerate(bodies):
+            names = sorted({name for line in body.lines for name in line.slots})
+            if names:
+                self._values.append(body.template.derive("\n".join(map(marker, names))))
+                first.update(((n, name), len(first)) for name in names)
+        self._value_count = len(first)
+        # All the lines, each ending with "\n": the even pieces are encoded literal
+        # text, the odd ones slots, filled with the values at `where`.
+        pieces = [""]
+        where: list[int] = []
+        # b2a_qp's rules for a line's first and last character need checking when
+        # the line's literal text has such a character there, or a value may.
+        self._dots = self._spaces = False
+        self._first: list[int] = []  # the slots (indexes into `where`) that start a line
+        self._last: list[int] = []  # the slots that end one
+        for n, body in enumerate(bodies):
+            for line in body.lines:
+                slot = {marker(name): name for name in line.slots}
+                split = re.split("(" + "|".join(map(re.escape, slot)) + ")", line.source)
+                literal = [_qp_units(piece) for piece in split[::2]]
+                if not literal[0]:
+                    self._first.append(len(where))
+                self._dots |= literal[0][:1] == "."
+                for piece, name in zip(literal, split[1::2], strict=False):
+                    pieces[-1] += piece
+                    where.append(first[n, slot[name]])
+                    pieces += ("", "")
+                if not literal[-1]:
+                    self._last.append(len(where) - 1)
+                self._spaces |= literal[-1][-1:] in _SPACE
+                pieces[-1] += literal[-1] + "\n"
+        self._pieces = pieces
+        self._pick: Callable[[list[str]], Sequence[str]] = (
+            operator.itemgetter(*where) if len(where) > 1 else lambda e: [e[i] for i in where]
         )
+
+    def encode(self, values: Mapping[str, str]) -> list[bytes]:
+        """Each slot line filled with `values` and quoted-printable encoded, as b2a_qp would."""
+        if not self._lines:
+            return []
+        joined = "\n".join([t.fill(values) for t in self._values])
+        if joined.isascii() and _PRINTABLE_LINES.fullmatch(joined):
+            encoded = joined.replace("=", "=3D").split("\n")
+        else:
+            encoded = [_qp_value(value) for value in joined.split("\n")]
+        if len(encoded) != self._value_count or None in encoded:
+            # A value with a line break: fill and encode each line as it is.
+            return [_qp(line.fill(values)) for line in self._lines]
+        values_at = self._pick(encoded)
+        pieces = self._pieces.copy()
+        pieces[1::2] = values_at
+        text = "".join(pieces)
+        # b2a_qp's rules, on all the lines at once: a lone "." at a line's start
+        # (before its end, a CR or a NUL) is encoded; a soft line break ("=" CRLF)
+        # goes where the next unit would make the line 76 characters or more,
+        # never inside an "=XX"; then a space or tab at the end is encoded, even
+        # if that makes the line longer.
+        if self._dots or any(not (v := values_at[i]) or v[0] == "." for i in self._first):
+            text = _LONE_DOT.sub("=2E", text)
+        text = "=\r\n".join(_QP_CHUNK.findall(text))
+        if self._spaces or any(not (v := values_at[i]) or v[-1] in _SPACE for i in self._last):
+            text = text.replace(" \n", "=20\n").replace("\t\n", "=09\n")
+        # Line ends are now "\n=\r\n" (and "\n" at the very end).
+        return text[:-1].encode("ascii").split(b"\n=\r\n")
+
+
+_PRINTABLE_LINES = re.compile(r"[ -~\n]*")
+_SPACE = frozenset((" ", "\t"))
+_LONE_DOT = re.compile(r"^\.(?=\n|\r|=00)", re.MULTILINE)
+# A line's next 73 to 75 characters when more follow (binascii's MAXLINESIZE is
+# 76, with the "=" of the soft line break), never cutting an "=XX"; or its rest.
+_QP_CHUNK = re.compile(r".{73}(?:[^=\n]{2}|[^=\n](?==)|(?==))(?=.)|.*\n")
 
 
 def _qp(text: str) -> bytes:
@@ -208,3 +360,18 @@ def _qp(text: str) -> bytes:
     # so every chunk gets one, removed again after encoding.
     data = (text.replace("\n", "\r\n") + "\r\n").encode("utf-8")
     return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)[:-2]
+
+
+def _qp_units(text: str) -> str:
+    """`text` (no line break) as b2a_qp encodes it inside a line, soft breaks aside.
+
+    Framed by "x" so that no character is at a line's start or end, where b2a_qp
+    has rules of its own; with no line end in the data its soft breaks are "=\n".
+    """
+    data = b"x" + text.encode("utf-8") + b"x"
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return encoded.replace(b"=\n", b"")[1:-1].decode("ascii")
+
+
+def _qp_value(value: str) -> str | None:
+    return None if "\n" in value else _qp_units(value)
