@@ -615,16 +615,20 @@ class _Runner:
             lane = self.lanes[next(self._lane_numbers) % len(self.lanes)]
         smtp = mailer.SmtpConnection(lane.settings)
         unrecorded: tuple[_Item, mailer.SendResult] | None = None
-        ahead: tuple[_Item, bytes] | None = None  # made while the server took the last one
+        # The next row is taken before a message goes out: its envelope follows the
+        # message in the same write, and its message is made while the server
+        # answers (`prepare`). Its content goes out only once it is marked `sending`.
+        following: _Item | None = None
+        made: bytes | None = None
+        ahead: tuple[_Item, bytes | None] | None = None
         trouble: list[Exception] = []
 
         def prepare() -> None:
             # Runs after a message is written, before the server's reply is read.
-            nonlocal ahead
+            nonlocal made
             try:
-                item = self._take(idle=False)
-                if item is not None:
-                    ahead = (item, self._message(item))
+                if following is not None:
+                    made = self._message(following)
             except Exception as exc:  # raised once the reply is read and recorded
                 trouble.append(exc)
 
@@ -636,6 +640,7 @@ class _Runner:
                     if ahead is not None:
                         (item, data), ahead = ahead, None
                         if self.fatal is not None or self.stop.is_set():
+                            smtp.abandon_ahead()
                             self._drop(item)
                             continue
                     else:
@@ -659,10 +664,20 @@ class _Runner:
                     marked = self._commit(ledger, unrecorded, item)
                     unrecorded = None
                     if not marked:
+                        smtp.abandon_ahead()
                         self._drop(item)
                         continue
                     try:
-                        unrecorded = (item, smtp.send(self.sender, item.email, data, prepare))
+                        following, made = self._take(idle=False), None
+                    except Exception as exc:  # raised once the reply is read and recorded
+                        following = None
+                        trouble.append(exc)
+                    then = following.email if following is not None else None
+                    try:
+                        unrecorded = (
+                            item,
+                            smtp.send(self.sender, item.email, data, prepare, then),
+                        )
                     except mailer.SmtpError as exc:
                         # The server refused us, not this recipient: stop, blame nobody.
                         with db.begin():
@@ -672,6 +687,8 @@ class _Runner:
                                 .values(status=PENDING)
                             )
                         self._stop_on(exc)
+                    if following is not None:
+                        ahead, following = (following, made), None
                     if trouble:
                         if unrecorded is not None:
                             self._commit(ledger, unrecorded, None)

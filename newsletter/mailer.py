@@ -114,13 +114,23 @@ _SESSION_CODES = frozenset({530, 534, 535, 538})
 _EXPECTED = ((250,), (250, 251), (354,))
 
 
+def _envelope(sender: str, recipient: str) -> bytes:
+    """MAIL, RCPT and DATA for one recipient (ASCII addresses, validated on the way in)."""
+    return f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode()
+
+
 class _SMTP(smtplib.SMTP):
+    # The envelope (sender, recipient) whose MAIL, RCPT and DATA went out after the
+    # last message, their replies not read yet (see send_prepared's `then`).
+    ahead: tuple[str, str] | None = None
+
     def send_prepared(
         self,
         sender: str,
         recipient: str,
         data: bytes,
         meanwhile: Callable[[], None] | None = None,
+        then: tuple[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """MAIL, RCPT, DATA for one recipient with a message that is already CRLF bytes.
 
@@ -130,20 +140,30 @@ class _SMTP(smtplib.SMTP):
         are read together: one round trip to the server instead of three.
         smtplib's own data() runs two regular expressions over the whole message;
         ours is CRLF already, so dot-stuffing is a single bytes.replace.
-        `meanwhile` runs once the message is written, before its reply is read
-        (see SmtpConnection.send).
+
+        With PIPELINING, `then` (the next message's sender and recipient) has its
+        MAIL, RCPT and DATA written right behind this message's final dot, in the
+        same write (RFC 2920 lets message content open a group): each message then
+        costs one round trip, not two. Their replies are read by the next call,
+        which must be for that envelope (or `abandon_ahead`); nothing of the next
+        message's content goes out before that call. `meanwhile` runs once the
+        message is written, before its reply is read (see SmtpConnection.send).
         """
-        if not (sender.isascii() and recipient.isascii()):
+        if self.ahead is not None:
+            if self.ahead != (sender, recipient):
+                raise AssertionError("the envelope sent ahead is not this message's")
+            self.ahead = None
+            replies = [self.getreply(), self.getreply(), self.getreply()]
+        elif not (sender.isascii() and recipient.isascii()):
             return self._send_slowly(sender, recipient, data, meanwhile)
-        mail = f"MAIL FROM:<{sender}>\r\n".encode()
-        rcpt = f"RCPT TO:<{recipient}>\r\n".encode()
-        if self.has_extn("pipelining"):
-            self.send(mail + rcpt + b"DATA\r\n")
+        elif self.has_extn("pipelining"):
+            self.send(_envelope(sender, recipient))
             replies = [self.getreply(), self.getreply(), self.getreply()]
         else:
             replies = []
-            for command, ok in zip((mail, rcpt, b"DATA\r\n"), _EXPECTED, strict=True):
-                self.send(command)
+            commands = _envelope(sender, recipient).split(b"\r\n")[:3]
+            for command, ok in zip(commands, _EXPECTED, strict=True):
+                self.send(command + b"\r\n")
                 replies.append(self.getreply())
                 if replies[-1][0] not in ok:
                     break
@@ -161,7 +181,24 @@ class _SMTP(smtplib.SMTP):
                 # The sender refused: about us (sender, auth, TLS), not this recipient.
                 raise SmtpSessionRefused(*refused)
             return refused
-        return self._data(data, meanwhile)
+        if then is not None and not (
+            self.has_extn("pipelining") and then[0].isascii() and then[1].isascii()
+        ):
+            then = None
+        return self._data(data, meanwhile, then)
+
+    def abandon_ahead(self) -> None:
+        """End the transaction of the envelope sent ahead without its message."""
+        if self.ahead is None:
+            return
+        self.ahead = None
+        replies = [self.getreply(), self.getreply(), self.getreply()]
+        if replies[2][0] == 354:
+            # The server waits for the content, and only a final dot ends DATA, which
+            # would deliver an empty message: hang up instead (the message is void).
+            self.close()
+            return
+        self._reset_quietly()
 
     def _send_slowly(
         self,
@@ -187,13 +224,22 @@ class _SMTP(smtplib.SMTP):
             return code, resp
         return self._data(data, meanwhile)
 
-    def _data(self, data: bytes, meanwhile: Callable[[], None] | None) -> tuple[int, bytes]:
+    def _data(
+        self,
+        data: bytes,
+        meanwhile: Callable[[], None] | None,
+        then: tuple[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         body = data.replace(b"\r\n.", b"\r\n..")
         if body.startswith(b"."):
             body = b"." + body
         if not body.endswith(b"\r\n"):
             body += b"\r\n"
-        self.send(body + b".\r\n")
+        body += b".\r\n"
+        if then is not None:
+            body += _envelope(*then)
+        self.send(body)
+        self.ahead = then
         if meanwhile is not None:
             meanwhile()
         return self.getreply()
@@ -251,6 +297,7 @@ class SmtpConnection:
         recipient: str,
         data: bytes,
         meanwhile: Callable[[], None] | None = None,
+        then: str | None = None,
     ) -> SendResult:
         """One message to one recipient, and what became of it.
 
@@ -258,11 +305,18 @@ class SmtpConnection:
         before the server's reply to it is read: work for the next message there
         overlaps with the server's own. It does not run when the server refused
         the recipient before the message went out.
+
+        `then` names the next message's recipient (same sender): when the server
+        pipelines, that message's envelope goes out right behind this message, and
+        the next call must be `send` for it, or `abandon_ahead`. Its content goes
+        out only in that call.
         """
         self.connect()
         assert self._smtp is not None
         try:
-            code, resp = self._smtp.send_prepared(sender, recipient, data, meanwhile)
+            code, resp = self._smtp.send_prepared(
+                sender, recipient, data, meanwhile, (sender, then) if then else None
+            )
         except SmtpSessionRefused as exc:
             code, resp = exc.smtp_code, exc.smtp_error
             self._drop()
@@ -298,6 +352,18 @@ class SmtpConnection:
             return SendResult(DEFERRED, code, text)
         return SendResult(FAILED, code, text)
 
+    def abandon_ahead(self) -> None:
+        """The envelope sent ahead (`send`'s `then`) gets no message after all."""
+        if self._smtp is None or self._smtp.ahead is None:
+            return
+        try:
+            self._smtp.abandon_ahead()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+            return
+        if self._smtp.sock is None:  # it hung up (see _SMTP.abandon_ahead)
+            self._drop()
+
     def _drop(self) -> None:
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
@@ -307,6 +373,9 @@ class SmtpConnection:
                 pass
 
     def close(self) -> None:
+        if self._smtp is not None and self._smtp.ahead is not None:
+            self._drop()  # mid-DATA, a QUIT would be message content: hang up
+            return
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
             try:

@@ -176,6 +176,31 @@ def test_unsubscribe_before_a_retry_skips_the_deferred_message(
     assert campaign.counts(store, cid)[SKIPPED] == 1
 
 
+def test_a_row_skipped_after_its_envelope_went_ahead_gets_no_message(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    # The next row's MAIL/RCPT/DATA follow each message in the same write; its content
+    # only after it is marked `sending`. Here that mark fails (the row was skipped in
+    # between): the transaction the server opened ends without a message.
+    config = pub.config(NEWSLETTER_SMTP_RETRY_DELAY="0")  # both retries due at once
+    store, cid, emails = start_campaign(pub, 4)
+    for address in emails[:3]:  # deferred in this order, then retried together
+        smtp_server.handler.rcpt_replies[address] = ["451 4.7.1 greylisted"]
+
+    leaving = emails[1]
+
+    def progress(result: campaign.RunResult) -> None:
+        if result.errors and leaving in result.errors[-1]:  # just deferred
+            store.set_subscriber_status(leaving, "unsubscribed")
+
+    result = campaign.run(store, config, cid, progress=progress)
+    assert result.ok and result.skipped == 1, result
+    received = smtp_server.handler.count_by_recipient()
+    assert received == {e: 1 for e in emails if e != leaving}  # no empty message either
+    # It hung up in the DATA opened for the leaver, and sent the third on a new connection.
+    assert smtp_server.handler.ehlos == 2
+
+
 def test_resume_sends_only_what_is_not_sent(pub: Publication, smtp_server: SmtpServer) -> None:
     store, cid, emails = start_campaign(pub, 8)
     # Simulate a crash: half recorded sent, one in doubt, the rest pending.

@@ -110,6 +110,33 @@ def test_meanwhile_runs_after_the_message_is_written_before_its_reply(
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
+def test_the_next_envelope_goes_ahead_of_its_message(
+    smtp_server: SmtpServer, pipelining: bool
+) -> None:
+    handler = smtp_server.handler
+    handler.pipelining = pipelining
+    handler.rcpt_replies = {"perm@example.com": ["550 5.1.1 no such user"]}
+    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    try:
+        sent = [conn.send("a@example.com", "b@example.com", MESSAGE, then="c@example.com")]
+        sent.append(conn.send("a@example.com", "c@example.com", MESSAGE, then="perm@example.com"))
+        # No message went out for perm, so d's envelope does not go ahead of one.
+        refused = conn.send("a@example.com", "perm@example.com", MESSAGE, then="d@example.com")
+        sent.append(conn.send("a@example.com", "d@example.com", MESSAGE, then="x@example.com"))
+        conn.abandon_ahead()  # x's envelope went ahead (with PIPELINING); no message for it
+        sent.append(conn.send("a@example.com", "e@example.com", MESSAGE))
+    finally:
+        conn.close()
+    assert [r.status for r in sent] == [mailer.SENT] * 4
+    assert (refused.status, refused.code) == (mailer.FAILED, 550)
+    assert handler.count_by_recipient() == {f"{r}@example.com": 1 for r in "bcde"}
+    assert all(r.data.endswith(b"body\r\n") for r in handler.received)  # no empty one
+    # perm's refusal came back on the same connection; abandoning the DATA opened for
+    # x hangs up (only a final dot would end it), so e needed a new one.
+    assert conn.connects == (2 if pipelining else 1)
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
 def test_reply_codes_are_classified(smtp_server: SmtpServer, pipelining: bool) -> None:
     smtp_server.handler.pipelining = pipelining
     smtp_server.handler.rcpt_replies = {
