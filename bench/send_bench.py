@@ -134,6 +134,15 @@ def wait_listening(port: int, proc: subprocess.Popen[Any], what: str) -> None:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS since it started its program.
+
+    Linux carries ru_maxrss over exec: a measurement child would report at least
+    the bench's own RSS when it was forked. VmHWM belongs to the new program only.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

@@ -271,33 +271,58 @@ def _lease_free(now: dt.datetime) -> sa.ColumnElement[bool]:
 
 
 class _Rows:
-    """What a runner sends: every unsent row of the campaign, in id order (in-process)."""
+    """What a runner sends: every unsent row of the campaign, in id order (in-process).
+
+    Rows of subscribers who left are not fetched; `skip_unsubscribed` marks them
+    skipped once the pass is over (and before each round of retries).
+    """
+
+    # The ids one query looks at: the unsent rows in that span are sorted by id (the
+    # index is by status first), so each fetch costs the same however long the list.
+    WINDOW = 4 * BATCH
 
     def __init__(self, store: Store, campaign_id: int) -> None:
         self.store = store
         self.campaign_id = campaign_id
+        self._span: tuple[int, int] | None = None  # the campaign's first and last row id
 
     def fetch(self, last_id: int) -> list[_Item]:
-        query = (
-            sa.select(
-                deliveries.c.id,
-                subscribers.c.email,
-                subscribers.c.name,
-                subscribers.c.id.label("sid"),
-            )
-            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-            .where(
-                deliveries.c.campaign_id == self.campaign_id,
-                deliveries.c.status.in_(UNSENT),
-                deliveries.c.id > last_id,
-                subscribers.c.status == ACTIVE,
-                _lease_free(utcnow()),
-            )
-            .order_by(deliveries.c.id)
-            .limit(BATCH)
-        )
+        """Up to BATCH unsent rows after `last_id` whose subscriber is active, by id."""
+        items: list[_Item] = []
         with self.store.engine.connect() as conn:
-            return [_Item(r.id, r.email, r.name, r.sid) for r in conn.execute(query)]
+            if self._span is None:
+                first, last = conn.execute(
+                    sa.select(sa.func.min(deliveries.c.id), sa.func.max(deliveries.c.id)).where(
+                        deliveries.c.campaign_id == self.campaign_id
+                    )
+                ).one()
+                self._span = (first or 0, last or 0)
+            first, last = self._span
+            start = max(last_id, first - 1)
+            while len(items) < BATCH and start < last:
+                end = min(start + self.WINDOW, last)
+                query = (
+                    sa.select(
+                        deliveries.c.id,
+                        subscribers.c.email,
+                        subscribers.c.name,
+                        subscribers.c.id.label("sid"),
+                    )
+                    .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                    .where(
+                        deliveries.c.campaign_id == self.campaign_id,
+                        deliveries.c.status.in_(UNSENT),
+                        deliveries.c.id > start,
+                        deliveries.c.id <= end,
+                        subscribers.c.status == ACTIVE,
+                        _lease_free(utcnow()),
+                    )
+                    .order_by(deliveries.c.id)
+                    .limit(BATCH - len(items))
+                )
+                items += [_Item(r.id, r.email, r.name, r.sid) for r in conn.execute(query)]
+                start = end
+        return items
 
     # Marking a row `sending` runs once per message (see _Ledger); a row skipped since
     # it was fetched (its subscriber left) is not marked, so not sent.
@@ -341,6 +366,9 @@ class _LeasedRows(_Rows):
         self.lease = dt.timedelta(seconds=lease)
 
     def fetch(self, last_id: int) -> list[_Item]:
+        # The batch was claimed whoever has left since: mark theirs skipped first, and
+        # MARK refuses them.
+        self.skip_unsubscribed()
         return [i for i in self.items if i.delivery_id > last_id][:BATCH]
 
     # A lease that ran out (this worker stalled) may have passed the row to another;
@@ -560,11 +588,11 @@ class _Runner:
 
     def _fetch(self) -> None:
         """The next batch of the first pass (under the lock)."""
-        self.rows.skip_unsubscribed()
         batch = self.rows.fetch(self.last_id)
         self.ready.extend(batch)
         if len(batch) < BATCH:
             self.fetched_all = True
+            self.rows.skip_unsubscribed()  # the rows not fetched because their owner left
         else:
             self.last_id = batch[-1].delivery_id
 
@@ -581,7 +609,7 @@ class _Runner:
             self.changed.notify_all()
 
     def _settled(self) -> None:
-        """A row taken is given back without a reply to record (under the lock)."""
+        """A row taken is settled: its reply recorded, or given back (under the lock)."""
         self.busy -= 1
         if not self.busy:
             self.changed.notify_all()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from campaign_support import Publication, add_subscribers, make_publication
 from smtp_fixtures import SmtpServer
 
@@ -214,6 +215,30 @@ def test_resume_sends_only_what_is_not_sent(pub: Publication, smtp_server: SmtpS
     result = run(pub, store, cid)
     assert result.in_doubt == 1 and result.sent == 4 and result.ok
     assert sorted(smtp_server.handler.count_by_recipient()) == emails[4:]
+
+
+def test_rows_are_fetched_in_windows_across_gaps_each_once(
+    pub: Publication, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each fetch looks at a bounded span of ids (so a long list costs no more per row);
+    # small windows and batches here, a resumed campaign with a long run already sent.
+    from newsletter.store import deliveries
+
+    monkeypatch.setattr(campaign, "BATCH", 4)
+    monkeypatch.setattr(campaign._Rows, "WINDOW", 3)
+    store, cid, emails = start_campaign(pub, 30)
+    with store.begin() as conn:
+        first = conn.execute(sa.select(sa.func.min(deliveries.c.id))).scalar_one()
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id.between(first + 5, first + 20))
+            .values(status=SENT, attempts=1)
+        )
+    store.set_subscriber_status(emails[25], "unsubscribed")
+    result = run(pub, store, cid)
+    assert result.ok and result.sent == 13 and result.skipped == 1, result
+    expected = {e: 1 for e in emails[:5] + emails[21:] if e != emails[25]}
+    assert smtp_server.handler.count_by_recipient() == expected
 
 
 def test_login_failure_stops_the_campaign_and_marks_nobody_failed(
