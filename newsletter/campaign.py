@@ -265,6 +265,16 @@ class _Item:
     subscriber_id: int = 0
 
 
+def _item_query() -> sa.Select[Any]:
+    """The columns of an _Item: a delivery row and its subscriber."""
+    return sa.select(
+        deliveries.c.id,
+        subscribers.c.email,
+        subscribers.c.name,
+        subscribers.c.id.label("sid"),
+    ).join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+
+
 def _lease_free(now: dt.datetime) -> sa.ColumnElement[bool]:
     """No live worker holds the row (never leased, or its lease has run out)."""
     return sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now)
@@ -302,13 +312,7 @@ class _Rows:
             while len(items) < BATCH and start < last:
                 end = min(start + self.WINDOW, last)
                 query = (
-                    sa.select(
-                        deliveries.c.id,
-                        subscribers.c.email,
-                        subscribers.c.name,
-                        subscribers.c.id.label("sid"),
-                    )
-                    .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                    _item_query()
                     .where(
                         deliveries.c.campaign_id == self.campaign_id,
                         deliveries.c.status.in_(UNSENT),
@@ -1159,15 +1163,7 @@ def _claim_batch(
         items = [
             _Item(r.id, r.email, r.name, r.sid)
             for r in conn.execute(
-                sa.select(
-                    deliveries.c.id,
-                    subscribers.c.email,
-                    subscribers.c.name,
-                    subscribers.c.id.label("sid"),
-                )
-                .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-                .where(deliveries.c.id.in_(ids))
-                .order_by(deliveries.c.id)
+                _item_query().where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)
             )
         ]
     in_doubt = sum(r.status == SENDING for r in taken)
