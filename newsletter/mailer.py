@@ -231,14 +231,10 @@ class _SMTP(smtplib.SMTP):
         then: tuple[str, str] | None = None,
     ) -> tuple[int, bytes]:
         body = data.replace(b"\r\n.", b"\r\n..")
-        if body.startswith(b"."):
-            body = b"." + body
-        if not body.endswith(b"\r\n"):
-            body += b"\r\n"
-        body += b".\r\n"
-        if then is not None:
-            body += _envelope(*then)
-        self.send(body)
+        lead = b"." if body.startswith(b".") else b""
+        end = b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"
+        # One copy of the message, in one write with what follows it.
+        self.send(b"".join((lead, body, end, _envelope(*then) if then is not None else b"")))
         self.ahead = then
         if meanwhile is not None:
             meanwhile()
