@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,30 @@ def test_a_row_skipped_after_its_envelope_went_ahead_gets_no_message(
     assert received == {e: 1 for e in emails if e != leaving}  # no empty message either
     # It hung up in the DATA opened for the leaver, and sent the third on a new connection.
     assert smtp_server.handler.ehlos == 2
+
+
+def test_a_stop_during_the_wait_for_a_retry_ends_the_run_soon(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    # Ctrl-C (or a worker shutting down) sets `stop`; a sender napping until a retry
+    # is due notices it within a fraction of a second, not after the retry delay.
+    store, cid, emails = start_campaign(pub, 4)
+    smtp_server.handler.rcpt_replies[emails[0]] = ["451 4.7.1 greylisted"]
+    stop = threading.Event()
+
+    def progress(result: campaign.RunResult) -> None:
+        if result.sent == 3:  # only the 30 s retry is left: stop while waiting for it
+            threading.Timer(0.3, stop.set).start()
+
+    started = time.monotonic()
+    config = pub.config(NEWSLETTER_SMTP_RETRY_DELAY="30")
+    result = campaign.run(store, config, cid, progress=progress, stop=stop)
+    assert time.monotonic() - started < 10
+    assert result.status == campaign.INCOMPLETE and result.deferred == 1 and result.sent == 3
+    assert campaign.counts(store, cid)[SENDING] == 0
+    again = run(pub, store, cid)
+    assert again.ok and again.sent == 1
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
 
 
 def test_resume_sends_only_what_is_not_sent(pub: Publication, smtp_server: SmtpServer) -> None:
