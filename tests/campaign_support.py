@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from services import postgres_url
 
 from newsletter import config as config_mod
 from newsletter.store import Store, SubscriberRow, metadata
@@ -18,18 +19,6 @@ from newsletter.store import Store, SubscriberRow, metadata
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = next((REPO / "issues").glob("*.md"))
 SECRET = "test-secret-not-for-production"
-POSTGRES_ENV = "NEWSLETTER_TEST_POSTGRES_URL"
-# Read at import: the suite's autouse fixture clears NEWSLETTER_* variables per test.
-_POSTGRES_URL = os.environ.get(POSTGRES_ENV, "")
-
-
-def postgres_url() -> str:
-    url = _POSTGRES_URL
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail(f"{POSTGRES_ENV} is not set: the PostgreSQL run must not skip in CI")
-        pytest.skip(f"{POSTGRES_ENV} not set")
-    return url
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +37,7 @@ def close_stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         store.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A real, empty database: a SQLite file, or the local PostgreSQL (tables dropped)."""
     if request.param == "sqlite":

@@ -92,5 +92,25 @@ def edit_file() -> Callable[[Path, str, str], None]:
 
 
 # Fixtures of the sending tests: a real SMTP server and a real database.
+import services  # noqa: E402
 from campaign_support import close_stores, database_url  # noqa: E402, F401
 from smtp_fixtures import silent_server, smtp_server  # noqa: E402, F401
+
+# Tests that need a service carry its marker (tests/services.py). The fixtures that reach a
+# service bring the marker with them, so `-m "not celery"` leaves out every test using one.
+FIXTURE_SERVICES = {"pg_url": "postgres", "broker": "celery", "browser_ready": "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, service in FIXTURE_SERVICES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(service)
+                if service == "celery":  # the workers' ledger is PostgreSQL
+                    item.add_marker("postgres")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    services.require(item)

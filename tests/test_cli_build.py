@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import lxml.html
 import pytest
 
-SEED = Path(__file__).parents[2] / "shared" / "seed" / "article.txt"
+SEED = Path(__file__).resolve().parents[1] / "examples" / "article.txt"
 SLUG = "motivated-biden-authorize-ukraines-use-atacms"
 TITLE = "What Motivated Biden to Authorize Ukraine’s Use of ATACMS Against Russia?"
 SUBHEADINGS = [

@@ -11,7 +11,7 @@ import yaml
 from newsletter import content
 from newsletter.errors import ContentError
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "article.txt"
+SEED = Path(__file__).resolve().parents[1] / "examples" / "article.txt"
 SUBHEADINGS = [
     "Strategic Timing Amid Political Transition",
     "A Calculated Move with Strategic Implications",

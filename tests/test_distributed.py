@@ -2,8 +2,9 @@
 RabbitMQ), the ledger in the local PostgreSQL, and the aiosmtpd fixture as the relay.
 
 Each test gets its own broker queue, removed afterwards with what the broker kept for
-it, and fresh tables. Without CI a missing service skips these tests; with CI
-set it fails them: `.ci/run` starts the services.
+it, and fresh tables. The tests that need the brokers or PostgreSQL carry the `celery` and
+`postgres` markers (tests/services.py): without CI a missing service skips them; with CI set
+it fails them, since `.ci/run` starts the services.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,28 +24,17 @@ from typing import IO
 
 import pytest
 import sqlalchemy as sa
-from campaign_support import Publication, add_subscribers, make_publication, postgres_url
+from campaign_support import Publication, add_subscribers, make_publication
 from click.testing import CliRunner
+from services import REDIS, postgres_url
 from smtp_fixtures import SmtpServer, running_smtp_server
 
 from newsletter import campaign, config, mailer, publish, schedule
 from newsletter.cli import cli
 from newsletter.store import SENT, UNSENT, Store, deliveries, metadata
 
-REDIS = ("127.0.0.1", 6379)
 REDIS_DB = 13  # the tests' Redis database; each test removes only its own keys
-AMQP = ("127.0.0.1", 5672)
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def require(service: str, address: tuple[str, int]) -> None:
-    try:
-        socket.create_connection(address, timeout=2).close()
-    except OSError as exc:
-        message = f"{service} is not reachable at {address[0]}:{address[1]}: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (.ci/run starts it; in CI these tests must not skip)")
-        pytest.skip(message)
 
 
 # --- fixtures: database, broker, workers --------------------------------------------------
@@ -121,14 +110,12 @@ def _delete_amqp_queue(queue: str) -> None:
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     queue = f"newsletter-test-{uuid.uuid4().hex[:10]}"
     if request.param == "redis":
-        require("Redis", REDIS)
         broker = Broker("redis", f"redis://{REDIS[0]}:{REDIS[1]}/{REDIS_DB}", queue)
         try:
             yield broker
         finally:
             _purge_redis(queue, *broker.keys)
     else:
-        require("RabbitMQ", AMQP)
         try:
             yield Broker("amqp", AMQP_URL, queue)
         finally:
@@ -487,8 +474,8 @@ def test_shared_rate_in_the_database_spaces_messages(tmp_path: Path) -> None:
     assert_spaced([r(0.1, 0.2) for r in (reserve, again, reserve, again)], 0.1, -0.2)
 
 
+@pytest.mark.celery
 def test_shared_rate_in_redis_spaces_messages() -> None:
-    require("Redis", REDIS)
     url = f"redis://{REDIS[0]}:{REDIS[1]}/{REDIS_DB}"
     key = f"test-relay-{uuid.uuid4().hex}"
     first, second = mailer.RedisReserve(url, key), mailer.RedisReserve(url, key)

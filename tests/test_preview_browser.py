@@ -20,13 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from services import CHROMIUM
 
 from newsletter import preview
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
 SECRET = "preview-browser-test-secret"
-CHROMIUM = Path(os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -46,7 +46,7 @@ FRAMES_LOADED = """() => {
 
 try:
     from playwright.sync_api import Frame, Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - reported by the fixture below
+except ImportError:  # pragma: no cover - reported by the `browser` marker (tests/services.py)
     sync_playwright = None  # type: ignore[assignment]
 
 
@@ -122,16 +122,7 @@ def make_readme_screenshot(target: Path = README_SCREENSHOT) -> Path:
 
 @pytest.fixture
 def browser_ready(monkeypatch: pytest.MonkeyPatch) -> None:
-    missing = []
-    if sync_playwright is None:
-        missing.append("playwright (pip install playwright)")
-    if not CHROMIUM.exists():
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    if missing:
-        message = "browser test needs " + " and ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI installs both: a missing one is a broken setup
-        pytest.skip(message)
+    """The browser itself is checked by the `browser` marker this fixture brings (conftest)."""
     monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
     monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
 
