@@ -24,15 +24,29 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from newsletter.config import Config
 from newsletter.errors import ConfigError, NewsletterError
 
-# What the signature covers (issue 6, and what Gmail and Yahoo look at). Each
-# name is listed once more than it occurs, so nobody can add a second one later.
+# What the signature covers (issue 6, and what Gmail and Yahoo look at): what a
+# reader sees or replies to (RFC 6376 5.4.1), the MIME fields that decide how the
+# body shows, and the List-* fields that unsubscribe and filters act on.
+#
+# Every name is listed in h= one more time than it occurs ("oversigning", RFC 6376 5.4).
+# Verifiers take instances from the bottom up (5.4.2), and mail clients show the
+# top one, so a Subject or Reply-To added above ours would pass unsigned (8.15);
+# the extra name matches no instance, hashes as the null string, and an instance
+# added later takes its place and breaks the signature. That holds for a field we
+# do not write, too (Cc, Sender, In-Reply-To, References, Reply-To when unset):
+# nobody can add one to a signed issue. The price: a relay that adds one of these
+# after us (a Sender, say) breaks our signature.
 SIGNED_HEADERS = (
     "from",
+    "sender",
+    "reply-to",
     "to",
+    "cc",
     "subject",
     "date",
     "message-id",
-    "reply-to",
+    "in-reply-to",
+    "references",
     "list-id",
     "list-unsubscribe",
     "list-unsubscribe-post",
@@ -97,13 +111,12 @@ class DkimSigner:
         names: list[str] = []
         signed: list[bytes] = []
         for name in SIGNED_HEADERS:
-            occurrences = present.get(name, [])
-            # Bottom-up, as verifiers pick them (RFC 6376 5.4.2), then once more (absent).
-            for raw in reversed(occurrences):
+            # Bottom-up, as verifiers pick them (RFC 6376 5.4.2), then once more for
+            # the instance that is not there (5.4): it adds nothing to the hash.
+            for raw in reversed(present.get(name, ())):
                 names.append(name)
                 signed.append(_relaxed_header(raw))
-            if occurrences:
-                names.append(name)
+            names.append(name)
 
         tags = (
             f"v=1; a={self.algorithm}; c=relaxed/relaxed; d={self.domain}; s={self.selector};"

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import dkim
+import dkim.util
 import pytest
-from campaign_support import Publication, add_subscribers, make_publication
+from campaign_support import REPO, SECRET, Publication, add_subscribers, make_publication
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from smtp_fixtures import SmtpServer
 
 from newsletter import campaign, publish, signing
+from newsletter import config as config_mod
 from newsletter.cli import cli
 from newsletter.errors import ConfigError, NewsletterError
 
@@ -132,6 +137,103 @@ def test_keygen_never_overwrites(pub: Publication) -> None:
 def test_unknown_algorithm() -> None:
     with pytest.raises(NewsletterError, match="unknown DKIM algorithm"):
         signing.keygen(Path("/nonexistent/x.pem"), "d", "s", "rsa-md5")
+
+
+# --- oversigning (RFC 6376 5.4, 5.4.2, 8.15) -------------------------------------------
+
+# The fields an attacker would add to a signed issue to change what the reader sees or
+# where a reply goes: each must be in h= one more time than it occurs.
+OVERSIGNED = ("from", "subject", "reply-to", "cc", "sender", "to", "date", "message-id",
+              "mime-version", "content-type", "list-id", "list-unsubscribe",
+              "list-unsubscribe-post", "in-reply-to", "references")  # fmt: skip
+Dns = Callable[..., bytes]
+
+
+@pytest.fixture(scope="module")
+def issue_messages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The sample issue as rendered for one reader, unsigned: with the publication's
+    Reply-To ("reply-to") and with none configured ("no reply-to")."""
+    root = tmp_path_factory.mktemp("pub")
+    shutil.copy(REPO / "newsletter.toml", root / "newsletter.toml")
+    shutil.copytree(REPO / "templates", root / "templates")
+    shutil.copytree(REPO / "issues", root / "issues")
+    messages = {}
+    for variant, reply_to in (("reply-to", "editor@helloshuttle.com"), ("no reply-to", "")):
+        env = {"NEWSLETTER_SECRET": SECRET, "NEWSLETTER_PUBLICATION_REPLY_TO": reply_to}
+        config = config_mod.load(root / "newsletter.toml", env)
+        issue = publish.load_issue(next((root / "issues").glob("*.md")))
+        messages[variant] = publish.sample(config, publish.build_issue(config, issue)).message
+    assert b"\r\nReply-To: " in messages["reply-to"]
+    assert b"\r\nReply-To: " not in messages["no reply-to"]
+    return messages
+
+
+@pytest.fixture(scope="module", params=signing.ALGORITHMS)
+def signer(request: pytest.FixtureRequest) -> tuple[signing.DkimSigner, Dns]:
+    """A signer for helloshuttle.com (selector s1), and a dkimpy DNS lookup publishing its key."""
+    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    if request.param == "rsa-sha256":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+    dns = dns_for(signing.dns_value(key.public_key()))
+    return signing.DkimSigner("helloshuttle.com", "s1", request.param, key), dns
+
+
+def signed_names(message: bytes) -> list[str]:
+    """The h= tag of the message's (first) DKIM-Signature, as dkimpy reads it."""
+    headers, _ = dkim.rfc822_parse(message)
+    name, value = headers[0]
+    assert name == b"DKIM-Signature"
+    tags = dkim.util.parse_tag_value(value)
+    return [n.strip().decode() for n in tags[b"h"].split(b":")]
+
+
+def occurrences(message: bytes, name: str) -> int:
+    headers, _ = dkim.rfc822_parse(message)
+    return sum(1 for field, _ in headers if field.decode().lower() == name)
+
+
+@pytest.mark.parametrize("variant", ["reply-to", "no reply-to"])
+def test_h_lists_each_field_once_more_than_it_occurs(
+    issue_messages: dict[str, bytes], signer: tuple[signing.DkimSigner, Dns], variant: str
+) -> None:
+    # Two Cc and two References as well: several instances are each signed (5.4.2).
+    head, _, body = issue_messages[variant].partition(b"\r\n\r\n")
+    head += (b"\r\nCc: a@example.com\r\nReferences: <1@example.com>\r\nCc: b@example.com"
+             b"\r\nReferences: <2@example.com>")  # fmt: skip
+    message = head + b"\r\n\r\n" + body
+    dkim_signer, dns = signer
+    signed = dkim_signer.sign(message)
+    assert dkim.verify(signed, dnsfunc=dns)
+    names = signed_names(signed)
+    for name in OVERSIGNED:
+        assert names.count(name) == occurrences(message, name) + 1, name
+    assert occurrences(message, "cc") == 2 and names.count("cc") == 3
+
+
+@pytest.mark.parametrize(
+    "variant, added",
+    [
+        ("no reply-to", b"Reply-To: mallory@example.net"),
+        ("reply-to", b"Reply-To: mallory@example.net"),
+        ("reply-to", b"Subject: Your account is suspended"),
+        ("reply-to", b"Cc: everyone@example.net"),
+        ("reply-to", b"Sender: mallory@example.net"),
+    ],
+)
+def test_a_field_added_after_signing_breaks_the_signature(
+    issue_messages: dict[str, bytes],
+    signer: tuple[signing.DkimSigner, Dns],
+    variant: str,
+    added: bytes,
+) -> None:
+    dkim_signer, dns = signer
+    signed = dkim_signer.sign(issue_messages[variant])
+    assert dkim.verify(signed, dnsfunc=dns)
+    # On top, where a relay prepends and what mail clients show; verifiers pick
+    # instances from the bottom (5.4.2), so only the extra h= name catches it.
+    assert not dkim.verify(added + b"\r\n" + signed, dnsfunc=dns)
 
 
 @pytest.mark.parametrize(
