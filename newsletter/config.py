@@ -31,6 +31,29 @@ CONFIG_NAME = "newsletter.toml"
 ENV_CONFIG = "NEWSLETTER_CONFIG"
 ENV_PREFIX = "NEWSLETTER_"
 
+# Refused in every header value: Unicode's controls (Cc: C0, DEL, C1 with NEL) and its
+# line and paragraph separators (Zl, Zp). CR and LF would start a header of their own;
+# the rest are line ends to some parsers (Python's str.splitlines among them), or a
+# string cut short (NUL), or invisible in a mail client. message.py uses the same rule.
+HEADER_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_HEADER_BREAKS = {
+    "\r": "a line break",
+    "\n": "a line break",
+    "\u2028": "a line separator",
+    "\u2029": "a paragraph separator",
+}
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot go into a header, e.g. "must not contain a line break (U+000A)";
+    None if it can."""
+    match = HEADER_FORBIDDEN.search(value)
+    if match is None:
+        return None
+    char = match.group()
+    what = _HEADER_BREAKS.get(char, "a control character")
+    return f"must not contain {what} (U+{ord(char):04X})"
+
 
 def _key(name: str, **kw: Any) -> Any:
     """A field whose TOML key differs from the Python name (``from`` is a keyword)."""
@@ -475,8 +498,9 @@ def _validate(config: Config) -> None:
         ("reply_to", pub.reply_to),
         ("list_id", pub.list_id),
     ):
-        if "\r" in value or "\n" in value:
-            raise ConfigError(f"{path}: [publication] {key}: must not contain a line break")
+        problem = header_value_problem(value)
+        if problem:
+            raise ConfigError(f"{path}: [publication] {key}: {problem}")
     for key, value in (("from", pub.from_addr), ("reply_to", pub.reply_to)):
         if key == "reply_to" and not value:
             continue

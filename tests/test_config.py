@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
+
 import pytest
 
 from newsletter import config
@@ -82,14 +85,85 @@ def test_unknown_keys_suggest_the_nearest(publication, edit_file, old, new, expe
 
 
 @pytest.mark.parametrize("key", ["from", "reply_to", "name", "list_id"])
-@pytest.mark.parametrize("brk", ["\\r\\n", "\\n", "\\r"])
-def test_a_line_break_in_a_header_value_is_refused(publication, edit_file, key, brk):
+@pytest.mark.parametrize(("brk", "code"), [("\\r\\n", "000D"), ("\\n", "000A"), ("\\r", "000D")])
+def test_a_line_break_in_a_header_value_is_refused(publication, edit_file, key, brk, code):
     text = publication.read_text(encoding="utf-8")
     line = next(x for x in text.split("\n") if x.startswith(f"{key} = "))
     edit_file(publication, line, line[:-1] + brk + 'Bcc: victim@example.com"')
     message = load_error(publication)
-    assert f"[publication] {key}: must not contain a line break" in message
-    assert str(publication) in message
+    assert f"[publication] {key}: must not contain a line break (U+{code})" in message
+    assert message.startswith(f"{publication}: ")
+
+
+# Every Cc (C0, DEL, C1), Zl and Zp character is refused; one of each kind here, the whole
+# class in test_the_header_rule_is_exactly_controls_and_separators.
+HEADER_REFUSED = {
+    "\t": "a control character (U+0009)",
+    "\x00": "a control character (U+0000)",
+    "\x0b": "a control character (U+000B)",
+    "\x0c": "a control character (U+000C)",
+    "\x1c": "a control character (U+001C)",
+    "\x1d": "a control character (U+001D)",
+    "\x1e": "a control character (U+001E)",
+    "\x7f": "a control character (U+007F)",
+    "\x85": "a control character (U+0085)",
+    "\x9f": "a control character (U+009F)",
+    "\u2028": "a line separator (U+2028)",
+    "\u2029": "a paragraph separator (U+2029)",
+}
+
+
+def test_the_header_rule_is_exactly_controls_and_separators():
+    everything = "".join(map(chr, range(sys.maxunicode + 1)))
+    expected = [c for c in everything if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    assert config.HEADER_FORBIDDEN.findall(everything) == expected
+    assert len(expected) == 65 + 2
+
+
+@pytest.mark.parametrize(("char", "reason"), HEADER_REFUSED.items())
+def test_header_value_problem_names_the_character(char, reason):
+    assert config.header_value_problem(f"News{char}Bcc: x@example.com") == (
+        f"must not contain {reason}"
+    )
+
+
+@pytest.mark.parametrize("value", ["", "Hello Shuttle", "Zoë Ångström — 東京 🚐", "a\u00a0b"])
+def test_header_value_problem_passes_ordinary_text(value):
+    assert config.header_value_problem(value) is None
+
+
+@pytest.mark.parametrize("key", ["from", "reply_to", "name", "list_id"])
+@pytest.mark.parametrize(("char", "reason"), HEADER_REFUSED.items())
+def test_a_control_character_in_a_header_value_is_refused(
+    publication, edit_file, key, char, reason
+):
+    text = publication.read_text(encoding="utf-8")
+    line = next(x for x in text.split("\n") if x.startswith(f"{key} = "))
+    # A TOML escape: a raw control character is not even valid TOML.
+    edit_file(publication, line, f'{line[:-1]}\\u{ord(char):04X}x"')
+    message = load_error(publication)
+    assert message == f"{publication}: [publication] {key}: must not contain {reason}"
+
+
+def test_a_control_character_from_the_environment_is_refused(publication):
+    message = load_error(publication, {"NEWSLETTER_PUBLICATION_NAME": "Night\x85Edition"})
+    assert message == (
+        f"{publication}: [publication] name: must not contain a control character (U+0085)"
+    )
+
+
+def test_cli_reports_a_control_character_in_one_line(
+    publication, sample_issue, run_cli, edit_file, assert_user_error
+):
+    edit_file(publication, "news@helloshuttle.com>", "news@helloshuttle.com>\\u000B")
+    out = publication.parent / "out"
+    result = run_cli("build", sample_issue, "-o", out)
+    assert_user_error(
+        result,
+        f"{publication.name}: [publication] from: must not contain a control character (U+000B)",
+        out_dir=out,
+    )
+    assert result.exit_code == 2
 
 
 def test_environment_overrides_a_key(publication, monkeypatch):
@@ -125,7 +199,7 @@ def test_an_override_is_validated_like_the_file(publication):
     message = load_error(publication, {"NEWSLETTER_SMTP_PORT": "70000"})
     assert "[smtp] port: out of range" in message
     message = load_error(publication, {"NEWSLETTER_PUBLICATION_FROM": "a@b.c\r\nBcc: x@y.z"})
-    assert "[publication] from: must not contain a line break" in message
+    assert "[publication] from: must not contain a line break (U+000D)" in message
 
 
 def test_missing_file(tmp_path):
