@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import email.errors
+import email.policy
 import os
 import re
 import tomllib
@@ -489,6 +491,27 @@ def _sponsors(
     return sponsors, default
 
 
+def _sender_problem(value: str) -> str | None:
+    """Why `value` cannot be the From: of every issue; None if it is exactly one mailbox.
+
+    RFC 5322 allows several authors, or a group, in From:, but a newsletter has one sender:
+    the address that DKIM, DMARC and replies are matched against. The email package's own
+    parser decides what the header holds, so this agrees with what the message will say.
+    """
+    try:
+        header = email.policy.default.header_factory("From", value)
+    except Exception:  # the parser itself fails on some input ("a@" raises IndexError)
+        return "not an email address"
+    if any(group.display_name is not None for group in header.groups):
+        return "a group ('name: addresses;') cannot be the sender; expected one address"
+    if len(header.addresses) > 1:
+        return f"expected one address, got {len(header.addresses)}"
+    invalid = any(isinstance(d, email.errors.InvalidHeaderDefect) for d in header.defects)
+    if invalid or not header.addresses or not header.addresses[0].domain:
+        return "not an email address"
+    return None
+
+
 def _validate(config: Config) -> None:
     path = config.path
     pub = config.publication
@@ -501,11 +524,13 @@ def _validate(config: Config) -> None:
         problem = header_value_problem(value)
         if problem:
             raise ConfigError(f"{path}: [publication] {key}: {problem}")
-    for key, value in (("from", pub.from_addr), ("reply_to", pub.reply_to)):
-        if key == "reply_to" and not value:
-            continue
-        if "@" not in parseaddr(value)[1]:
-            raise ConfigError(f"{path}: [publication] {key}: not an email address: {value!r}")
+    problem = _sender_problem(pub.from_addr)
+    if problem:
+        raise ConfigError(f"{path}: [publication] from: {problem}: {pub.from_addr!r}")
+    if pub.reply_to and "@" not in parseaddr(pub.reply_to)[1]:
+        raise ConfigError(
+            f"{path}: [publication] reply_to: not an email address: {pub.reply_to!r}"
+        )
     if pub.base_url and not re.match(r"^https?://[^/\s]+", pub.base_url):
         raise ConfigError(
             f"{path}: [publication] base_url: expected an http(s) URL, got {pub.base_url!r}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import unicodedata
 
@@ -200,6 +201,60 @@ def test_an_override_is_validated_like_the_file(publication):
     assert "[smtp] port: out of range" in message
     message = load_error(publication, {"NEWSLETTER_PUBLICATION_FROM": "a@b.c\r\nBcc: x@y.z"})
     assert "[publication] from: must not contain a line break (U+000D)" in message
+
+
+GROUP = "a group ('name: addresses;') cannot be the sender; expected one address"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a@x.org, b@y.org", "expected one address, got 2"),
+        ("News <n@x.org>, Editor <e@x.org>", "expected one address, got 2"),
+        ("Friends: a@x.org, b@y.org;", GROUP),
+        ("Friends: a@x.org;", GROUP),
+        ("Undisclosed recipients:;", GROUP),
+        ("nobody", "not an email address"),
+        ("", "not an email address"),
+        ("a@", "not an email address"),
+        ("a@b@c", "not an email address"),
+        ("News <n@x.org> junk", "not an email address"),
+        ("News <n@x.org", "not an email address"),
+    ],
+)
+def test_from_is_exactly_one_mailbox(publication, edit_file, value, expected):
+    edit_file(
+        publication,
+        'from = "Hello Shuttle News <news@helloshuttle.com>"',
+        f"from = {json.dumps(value)}",
+    )
+    message = load_error(publication)
+    assert message == f"{publication}: [publication] from: {expected}: {value!r}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "news@x.org",
+        "<news@x.org>",
+        '"News, Weekly" <news@x.org>',
+        "John Q. Public <news@x.org>",
+        "Zoë <news@x.org>",
+        "news@[192.0.2.1]",
+    ],
+)
+def test_from_accepts_one_mailbox(publication, value):
+    cfg = config.load(publication, environ={"NEWSLETTER_PUBLICATION_FROM": value})
+    assert cfg.publication.from_addr == value
+
+
+def test_cli_reports_two_senders_in_one_line(
+    publication, sample_issue, run_cli, monkeypatch, assert_user_error
+):
+    monkeypatch.setenv("NEWSLETTER_PUBLICATION_FROM", "a@x.org, b@y.org")
+    result = run_cli("check", sample_issue)
+    assert_user_error(result, "[publication] from: expected one address, got 2")
+    assert result.exit_code == 2
 
 
 def test_missing_file(tmp_path):
