@@ -14,6 +14,7 @@ import datetime as dt
 import difflib
 import email.errors
 import email.policy
+import math
 import os
 import re
 import tomllib
@@ -412,8 +413,17 @@ def _from_env(path: Path, name: str, text: str, expected: Any) -> Any:
 
 def _coerce(path: Path, label: str, value: Any, expected: Any) -> Any:
     origin = typing.get_origin(expected)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
+        # TOML has nan and inf (and integers of any size, which float() may not hold): no
+        # number of seconds or messages per second is either, and every comparison with
+        # nan is false, so `timeout <= 0` would let it through.
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: {label}: expected a finite number, got {value!r}")
+        return number
     if expected in (str, int, float, bool):
         if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
             return value

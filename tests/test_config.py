@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import typing
 import unicodedata
 
 import pytest
@@ -254,6 +256,64 @@ def test_cli_reports_two_senders_in_one_line(
     monkeypatch.setenv("NEWSLETTER_PUBLICATION_FROM", "a@x.org, b@y.org")
     result = run_cli("check", sample_issue)
     assert_user_error(result, "[publication] from: expected one address, got 2")
+    assert result.exit_code == 2
+
+
+def float_keys() -> list[tuple[str, str]]:
+    """Every (section, key) whose value is a number: nan and inf must be refused for each."""
+    return [
+        (section, f.metadata.get("key", f.name))
+        for section, cls in config._SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if typing.get_type_hints(cls)[f.name] is float
+    ]
+
+
+def test_the_float_keys_include_the_known_ones():
+    keys = float_keys()
+    assert {("smtp", "timeout"), ("smtp", "rate"), ("workers", "lease")} <= set(keys)
+
+
+@pytest.mark.parametrize(("section", "key"), float_keys())
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+inf", "-nan"])
+def test_every_float_key_from_the_environment_is_finite(publication, section, key, value):
+    env = f"NEWSLETTER_{section.upper()}_{key.upper()}"
+    message = load_error(publication, {env: value})
+    assert message.startswith(f"{publication}: {env} (overriding [{section}] {key}): ")
+    assert message.endswith(f"expected a finite number, got {float(value)!r}")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1" + "0" * 400])
+def test_a_float_in_the_file_is_finite(publication, edit_file, value):
+    edit_file(publication, "timeout = 30 ", f"timeout = {value} ")
+    message = load_error(publication)
+    assert message.startswith(f"{publication}: [smtp] timeout: expected a finite number, got ")
+
+
+@pytest.mark.parametrize(("key", "value"), [("timeout", "nan"), ("rate", "inf")])
+def test_a_float_in_an_smtp_server_table_is_finite(publication, key, value):
+    with publication.open("a", encoding="utf-8") as fh:
+        fh.write(f'\n[smtp.backup]\nhost = "backup.example.com"\n{key} = {value}\n')
+    message = load_error(publication)
+    assert message == (
+        f"{publication}: [smtp.backup] {key}: expected a finite number, got {float(value)!r}"
+    )
+    env = {"NEWSLETTER_SMTP_BACKUP_RETRY_DELAY": "-inf"}
+    publication.write_text(
+        publication.read_text(encoding="utf-8").replace(f"{key} = {value}\n", ""),
+        encoding="utf-8",
+    )
+    assert "(overriding [smtp.backup] retry_delay): expected a finite number, got -inf" in (
+        load_error(publication, env)
+    )
+
+
+def test_cli_reports_a_nan_timeout_in_one_line(
+    publication, sample_issue, run_cli, monkeypatch, assert_user_error
+):
+    monkeypatch.setenv("NEWSLETTER_SMTP_TIMEOUT", "nan")
+    result = run_cli("check", sample_issue)
+    assert_user_error(result, "NEWSLETTER_SMTP_TIMEOUT", "[smtp] timeout", "finite number")
     assert result.exit_code == 2
 
 
