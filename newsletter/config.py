@@ -122,12 +122,27 @@ class Schedule:
         return parse_duration(self.max_late)
 
 
+# The longest wait any key may name: 100 years. Anything longer is a slip of the keyboard,
+# and would overflow where it is used: datetime.timedelta ends at 999,999,999 days, a
+# socket timeout at about 292 years (nanoseconds in 64 bits).
+MAX_SECONDS = 100 * 365 * 86400
+_MAX_SECONDS_TEXT = f"at most 100 years ({MAX_SECONDS // 86400}d)"
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def parse_duration(text: str) -> int:
-    """ "90s", "30m", "6h", "1d" or plain seconds -> seconds. Raises ValueError."""
+    """ "90s", "30m", "6h", "1d" or plain seconds -> seconds, at most MAX_SECONDS.
+
+    Raises ValueError, whose message says what is wrong with `text`.
+    """
     match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
     if not match:
-        raise ValueError(text)
-    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        raise ValueError("expected a duration like '6h', '30m' or '90s'")
+    digits, unit = match.groups()
+    # Thousands of digits would hit int()'s own limit first; 15 are already far too many.
+    if len(digits.lstrip("0")) > 15 or int(digits) * _DURATION_UNITS[unit] > MAX_SECONDS:
+        raise ValueError(f"too long: {_MAX_SECONDS_TEXT}")
+    return int(digits) * _DURATION_UNITS[unit]
 
 
 @dataclass(frozen=True)
@@ -569,21 +584,15 @@ def _validate(config: Config) -> None:
                 f"{path}: [dkim] algorithm: expected rsa-sha256 or ed25519-sha256,"
                 f" got {dkim.algorithm!r}"
             )
-    try:
-        config.schedule.max_late_seconds  # noqa: B018 - validates the duration
-    except ValueError:
-        raise ConfigError(
-            f"{path}: [schedule] max_late: expected a duration like '6h', '30m' or '90s',"
-            f" got {config.schedule.max_late!r}"
-        ) from None
-    for key in ("throttle", "confirm_within"):
+    for where, key, value in (
+        ("schedule", "max_late", config.schedule.max_late),
+        ("signup", "throttle", config.signup.throttle),
+        ("signup", "confirm_within", config.signup.confirm_within),
+    ):
         try:
-            parse_duration(getattr(config.signup, key))
-        except ValueError:
-            raise ConfigError(
-                f"{path}: [signup] {key}: expected a duration like '10m', '7d' or '90s',"
-                f" got {getattr(config.signup, key)!r}"
-            ) from None
+            parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [{where}] {key}: {exc}, got {value!r}") from None
     for sponsor in config.sponsors.values():
         if sponsor.weight < 1:
             raise ConfigError(f"{path}: [sponsors.{sponsor.id}] weight: must be 1 or more")
@@ -606,10 +615,12 @@ def _validate_smtp(path: Path, where: str, smtp: Smtp) -> None:
         raise ConfigError(f"{path}: [{where}] port: out of range: {smtp.port}")
     if smtp.timeout <= 0:
         raise ConfigError(f"{path}: [{where}] timeout: must be positive, got {smtp.timeout}")
+    _check_not_too_long(path, where, "timeout", smtp.timeout)
     if smtp.concurrency < 1:
         raise ConfigError(f"{path}: [{where}] concurrency: must be at least 1")
     if smtp.retries < 0 or smtp.retry_delay < 0:
         raise ConfigError(f"{path}: [{where}] retries and retry_delay: must not be negative")
+    _check_not_too_long(path, where, "retry_delay", smtp.retry_delay)
     if smtp.rate < 0:
         raise ConfigError(f"{path}: [{where}] rate: must be 0 (unlimited) or positive")
 
@@ -630,6 +641,15 @@ def _validate_workers(path: Path, workers: Workers) -> None:
         raise ConfigError(f"{path}: [workers] batch_size: must be at least 1")
     if workers.lease < 1:
         raise ConfigError(f"{path}: [workers] lease: must be at least 1 second")
+    _check_not_too_long(path, "workers", "lease", workers.lease)
+
+
+def _check_not_too_long(path: Path, where: str, key: str, seconds: float) -> None:
+    """Each key checks its own lower bound; the upper one, MAX_SECONDS, is the same for all."""
+    if seconds > MAX_SECONDS:
+        raise ConfigError(
+            f"{path}: [{where}] {key}: too long: {_MAX_SECONDS_TEXT}, got {seconds:g} seconds"
+        )
 
 
 def _did_you_mean(word: str, choices: Any) -> str:

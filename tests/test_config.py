@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import sys
 import typing
@@ -314,6 +315,90 @@ def test_cli_reports_a_nan_timeout_in_one_line(
     monkeypatch.setenv("NEWSLETTER_SMTP_TIMEOUT", "nan")
     result = run_cli("check", sample_issue)
     assert_user_error(result, "NEWSLETTER_SMTP_TIMEOUT", "[smtp] timeout", "finite number")
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("30m", 1800), (" 6h ", 21600), ("7d", 604800), ("45", 45), ("0s", 0)],
+)
+def test_parse_duration(text, seconds):
+    assert config.parse_duration(text) == seconds
+
+
+def test_parse_duration_stops_at_100_years():
+    assert config.MAX_SECONDS == 100 * 365 * 86400
+    assert config.parse_duration("36500d") == config.MAX_SECONDS
+    assert config.parse_duration(f"{config.MAX_SECONDS}") == config.MAX_SECONDS
+    for text in ("36501d", f"{config.MAX_SECONDS + 1}s", "9999999999999999999d", "9" * 5000):
+        with pytest.raises(ValueError, match="too long: at most 100 years"):
+            config.parse_duration(text)
+    with pytest.raises(ValueError, match="expected a duration"):
+        config.parse_duration("soon")
+
+
+DURATION_KEYS = [("schedule", "max_late"), ("signup", "throttle"), ("signup", "confirm_within")]
+
+
+@pytest.mark.parametrize(("section", "key"), DURATION_KEYS)
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("9999999999999999999d", "too long: at most 100 years (36500d)"),
+        ("36501d", "too long: at most 100 years (36500d)"),
+        ("1" + "0" * 5000, "too long: at most 100 years (36500d)"),
+        ("soon", "expected a duration like '6h', '30m' or '90s'"),
+        ("-5m", "expected a duration like '6h', '30m' or '90s'"),
+    ],
+)
+def test_a_duration_is_checked_when_read(publication, edit_file, section, key, value, expected):
+    if section == "schedule":  # the sample has [schedule] max_late, and no [signup]
+        edit_file(publication, 'max_late = "6h"', f'max_late = "{value}"')
+    else:
+        with publication.open("a", encoding="utf-8") as fh:
+            fh.write(f'\n[{section}]\n{key} = "{value}"\n')
+    message = load_error(publication)
+    assert message == f"{publication}: [{section}] {key}: {expected}, got {value!r}"
+
+
+def test_a_duration_at_the_cap_loads_and_converts(publication):
+    env = {"NEWSLETTER_SCHEDULE_MAX_LATE": "36500d", "NEWSLETTER_SIGNUP_CONFIRM_WITHIN": "36500d"}
+    cfg = config.load(publication, environ=env)
+    # What the scheduler and the signup form do with them must not overflow.
+    assert dt.timedelta(seconds=cfg.schedule.max_late_seconds).days == 36500
+    assert dt.timedelta(seconds=cfg.signup.confirm_within_seconds).days == 36500
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ("NEWSLETTER_SMTP_TIMEOUT", "[smtp] timeout"),
+        ("NEWSLETTER_SMTP_RETRY_DELAY", "[smtp] retry_delay"),
+        ("NEWSLETTER_WORKERS_LEASE", "[workers] lease"),
+    ],
+)
+def test_a_number_of_seconds_stops_at_100_years(publication, env, key):
+    assert config.load(publication, environ={env: str(config.MAX_SECONDS)})
+    message = load_error(publication, {env: "1e300"})
+    assert (
+        message
+        == f"{publication}: {key}: too long: at most 100 years (36500d), got 1e+300 seconds"
+    )
+
+
+@pytest.mark.parametrize(
+    "args", [("run-due",), ("check", "ISSUE"), ("schedule", "list")], ids=lambda a: a[0]
+)
+def test_cli_reports_an_overflowing_duration_in_one_line(
+    publication, sample_issue, run_cli, edit_file, assert_user_error, args
+):
+    edit_file(publication, 'max_late = "6h"', 'max_late = "9999999999999999999d"')
+    result = run_cli(*(sample_issue if a == "ISSUE" else a for a in args))
+    line = assert_user_error(result)
+    assert line == (
+        f"Error: {publication}: [schedule] max_late: too long: at most 100 years (36500d),"
+        " got '9999999999999999999d'"
+    )
     assert result.exit_code == 2
 
 
