@@ -301,6 +301,7 @@ _SECTIONS: dict[str, type] = {
 }
 _SMTP_SECURITY = ("none", "starttls", "tls")
 _SPONSOR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_TOO_DEEP = "arrays or inline tables nested too deeply"
 
 
 def find_config(start: Path | None = None) -> Path:
@@ -329,6 +330,10 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
         data = tomllib.loads(raw_text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib reads arrays and inline tables recursively: a value nested some thousand
+        # levels deep ("a = [[[[...") runs out of stack before anything else is wrong.
+        raise ConfigError(f"{path}: invalid TOML: {_TOO_DEEP}") from None
     return _build(path.resolve(), data, environ)
 
 
@@ -424,6 +429,8 @@ def _from_env(path: Path, name: str, text: str, expected: Any) -> Any:
     except tomllib.TOMLDecodeError:
         # Not a TOML literal: let _coerce report the type mismatch.
         return text
+    except RecursionError:
+        raise ConfigError(f"{path}: {name}: {_TOO_DEEP}") from None
 
 
 def _coerce(path: Path, label: str, value: Any, expected: Any) -> Any:

@@ -402,6 +402,42 @@ def test_cli_reports_an_overflowing_duration_in_one_line(
     assert result.exit_code == 2
 
 
+DEEP = 100_000
+TOO_DEEP = "arrays or inline tables nested too deeply"
+
+
+@pytest.mark.parametrize(
+    "nested",
+    ["[" * DEEP + "]" * DEEP, "{a = " * DEEP + "1" + "}" * DEEP],
+    ids=["arrays", "inline-tables"],
+)
+def test_deeply_nested_toml_is_a_one_line_error(publication, nested):
+    publication.write_text(
+        publication.read_text(encoding="utf-8").replace(
+            "[preview]\n", f"[preview]\nx = {nested}\n"
+        ),
+        encoding="utf-8",
+    )
+    message = load_error(publication)
+    assert message == f"{publication}: invalid TOML: {TOO_DEEP}"
+
+
+def test_a_deeply_nested_environment_override_is_a_one_line_error(publication):
+    env = {"NEWSLETTER_PREVIEW_TEST_RECIPIENTS": "[" * DEEP + "]" * DEEP}
+    message = load_error(publication, env)
+    assert message == f"{publication}: {next(iter(env))}: {TOO_DEEP}"
+
+
+def test_cli_reports_deeply_nested_toml_in_one_line(
+    publication, sample_issue, run_cli, assert_user_error
+):
+    publication.write_text("a = " + "[" * DEEP + "]" * DEEP, encoding="utf-8")
+    result = run_cli("check", sample_issue)
+    line = assert_user_error(result)
+    assert line == f"Error: {publication}: invalid TOML: {TOO_DEEP}"
+    assert result.exit_code == 2
+
+
 def test_missing_file(tmp_path):
     message = load_error(tmp_path / "nope.toml")
     assert message == f"{tmp_path / 'nope.toml'}: no such file"
