@@ -107,6 +107,8 @@ def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
         raise ContentError(f"{path}:{line}: malformed front matter: {problem}") from None
     except ValueError as exc:  # well-formed YAML, impossible value: `date: 2024-13-01`
         raise ContentError(f"{path}: front matter: invalid date: {exc}") from None
+    except RecursionError:  # PyYAML composes nested lists and mappings recursively
+        raise ContentError(f"{path}: front matter: lists or mappings nested too deeply") from None
     if not isinstance(meta, dict):
         raise ContentError(f"{path}:2: front matter must be 'key: value' lines")
     return meta, "\n".join(lines[end + 1 :])

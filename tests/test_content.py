@@ -182,6 +182,14 @@ def test_cli_reports_a_control_character_in_the_subject_in_one_line(
     assert_user_error(result, f"{sample_issue.name}: front matter subject: {reason}", out_dir=out)
 
 
+@pytest.mark.parametrize(
+    "nested", ["[" * 100_000 + "]" * 100_000, "{a: " * 100_000 + "1" + "}" * 100_000]
+)
+def test_deeply_nested_front_matter_is_a_one_line_error(tmp_path, nested):
+    path = write_issue(tmp_path, GOOD.replace("title: Hello", f"title: {nested}"))
+    assert read_error(path) == f"{path}: front matter: lists or mappings nested too deeply"
+
+
 def test_an_undated_file_needs_a_date(tmp_path):
     assert "missing date" in read_error(write_issue(tmp_path, GOOD, "hello.md"))
 
