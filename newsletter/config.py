@@ -95,12 +95,21 @@ class Smtp:
     security: str = "none"
     username: str = ""
     password_env: str = ""
-    timeout: float = 30.0
+    timeout: float = 30.0  # seconds for connecting, TLS, EHLO, login, RSET and QUIT
     concurrency: int = 1
     rate: float = 0.0
     ca_file: str = ""  # a CA bundle to trust instead of the system's (relative to this file)
     retries: int = 3  # attempts for a temporary failure (4xx, dropped connection) in one run
     retry_delay: float = 5.0  # seconds before the first retry; doubles each time, with jitter
+    # The waits of RFC 5321 section 4.5.3.2, in seconds: its minimums are the defaults. A busy
+    # relay can take minutes to answer and still deliver; giving up sooner defers good mail,
+    # and after the final dot it leaves the message "in doubt".
+    greeting_timeout: float = 300.0  # the server's 220 greeting
+    mail_timeout: float = 300.0  # the reply to MAIL FROM
+    rcpt_timeout: float = 300.0  # the reply to each RCPT TO
+    data_timeout: float = 120.0  # the 354 reply to DATA
+    block_timeout: float = 180.0  # each write of the message content
+    dot_timeout: float = 600.0  # the reply after the final dot: the server is taking the message
 
 
 @dataclass(frozen=True)
@@ -116,10 +125,15 @@ class Workers:
 @dataclass(frozen=True)
 class Schedule:
     max_late: str = "6h"  # a due campaign found later than this is marked missed, not sent
+    give_up_after: str = "24h"  # how long run-due keeps retrying a campaign it did not finish
 
     @property
     def max_late_seconds(self) -> int:
         return parse_duration(self.max_late)
+
+    @property
+    def give_up_after_seconds(self) -> int:
+        return parse_duration(self.give_up_after)
 
 
 # The longest wait any key may name: 100 years. Anything longer is a slip of the keyboard,
@@ -300,6 +314,16 @@ _SECTIONS: dict[str, type] = {
     "workers": Workers,
 }
 _SMTP_SECURITY = ("none", "starttls", "tls")
+# Every [smtp] wait, in seconds: each positive and at most MAX_SECONDS.
+SMTP_TIMEOUTS = (
+    "timeout",
+    "greeting_timeout",
+    "mail_timeout",
+    "rcpt_timeout",
+    "data_timeout",
+    "block_timeout",
+    "dot_timeout",
+)
 _SPONSOR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _TOO_DEEP = "arrays or inline tables nested too deeply"
 
@@ -593,6 +617,7 @@ def _validate(config: Config) -> None:
             )
     for where, key, value in (
         ("schedule", "max_late", config.schedule.max_late),
+        ("schedule", "give_up_after", config.schedule.give_up_after),
         ("signup", "throttle", config.signup.throttle),
         ("signup", "confirm_within", config.signup.confirm_within),
     ):
@@ -620,9 +645,11 @@ def _validate_smtp(path: Path, where: str, smtp: Smtp) -> None:
         )
     if not 0 < smtp.port < 65536:
         raise ConfigError(f"{path}: [{where}] port: out of range: {smtp.port}")
-    if smtp.timeout <= 0:
-        raise ConfigError(f"{path}: [{where}] timeout: must be positive, got {smtp.timeout}")
-    _check_not_too_long(path, where, "timeout", smtp.timeout)
+    for key in SMTP_TIMEOUTS:
+        seconds = getattr(smtp, key)
+        if seconds <= 0:
+            raise ConfigError(f"{path}: [{where}] {key}: must be positive, got {seconds:g}")
+        _check_not_too_long(path, where, key, seconds)
     if smtp.concurrency < 1:
         raise ConfigError(f"{path}: [{where}] concurrency: must be at least 1")
     if smtp.retries < 0 or smtp.retry_delay < 0:

@@ -337,7 +337,12 @@ def test_parse_duration_stops_at_100_years():
         config.parse_duration("soon")
 
 
-DURATION_KEYS = [("schedule", "max_late"), ("signup", "throttle"), ("signup", "confirm_within")]
+DURATION_KEYS = [
+    ("schedule", "max_late"),
+    ("schedule", "give_up_after"),
+    ("signup", "throttle"),
+    ("signup", "confirm_within"),
+]
 
 
 @pytest.mark.parametrize(("section", "key"), DURATION_KEYS)
@@ -353,7 +358,8 @@ DURATION_KEYS = [("schedule", "max_late"), ("signup", "throttle"), ("signup", "c
 )
 def test_a_duration_is_checked_when_read(publication, edit_file, section, key, value, expected):
     if section == "schedule":  # the sample has [schedule] max_late, and no [signup]
-        edit_file(publication, 'max_late = "6h"', f'max_late = "{value}"')
+        kept = "" if key == "max_late" else 'max_late = "6h"\n'
+        edit_file(publication, 'max_late = "6h"', f'{kept}{key} = "{value}"')
     else:
         with publication.open("a", encoding="utf-8") as fh:
             fh.write(f'\n[{section}]\n{key} = "{value}"\n')
@@ -436,6 +442,84 @@ def test_cli_reports_deeply_nested_toml_in_one_line(
     line = assert_user_error(result)
     assert line == f"Error: {publication}: invalid TOML: {TOO_DEEP}"
     assert result.exit_code == 2
+
+
+RFC_5321_WAITS = {
+    "greeting_timeout": 300.0,
+    "mail_timeout": 300.0,
+    "rcpt_timeout": 300.0,
+    "data_timeout": 120.0,
+    "block_timeout": 180.0,
+    "dot_timeout": 600.0,
+}
+
+
+def test_the_smtp_waits_default_to_rfc_5321(publication):
+    smtp = config.load(publication, environ={}).smtp
+    assert {key: getattr(smtp, key) for key in RFC_5321_WAITS} == RFC_5321_WAITS
+    assert smtp.timeout == 30.0
+    assert set(config.SMTP_TIMEOUTS) == {"timeout", *RFC_5321_WAITS}
+
+
+def test_the_smtp_waits_are_read_and_inherited(publication, edit_file):
+    edit_file(publication, "timeout = 30 ", "timeout = 30\ndot_timeout = 900\nrcpt_timeout = 60 ")
+    with publication.open("a", encoding="utf-8") as fh:
+        fh.write('\n[smtp.backup]\nhost = "backup.example.com"\nrcpt_timeout = 45\n')
+    cfg = config.load(publication, environ={"NEWSLETTER_SMTP_DATA_TIMEOUT": "90"})
+    assert (cfg.smtp.dot_timeout, cfg.smtp.rcpt_timeout, cfg.smtp.data_timeout) == (900, 60, 90)
+    backup = cfg.smtp_servers["backup"]
+    # Unset keys are [smtp]'s, as for every other key.
+    assert (backup.dot_timeout, backup.rcpt_timeout, backup.data_timeout) == (900, 45, 90)
+    assert backup.greeting_timeout == 300.0
+    assert isinstance(backup.rcpt_timeout, float)
+
+
+def test_the_sample_documents_the_defaults_it_leaves_commented(publication):
+    """newsletter.toml shows the new keys as comments; uncommented, they change nothing."""
+    keys = [*RFC_5321_WAITS, "give_up_after"]
+    text = publication.read_text(encoding="utf-8")
+    for key in keys:
+        assert text.count(f"\n# {key} = ") == 1, key
+        text = text.replace(f"\n# {key} = ", f"\n{key} = ")
+    publication.write_text(text, encoding="utf-8")
+    cfg = config.load(publication, environ={})
+    assert cfg.schedule.give_up_after == config.Schedule().give_up_after
+    for key in RFC_5321_WAITS:
+        assert getattr(cfg.smtp, key) == getattr(config.Smtp(), key), key
+
+
+@pytest.mark.parametrize("key", ["timeout", *RFC_5321_WAITS])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", "must be positive, got 0"),
+        ("-5", "must be positive, got -5"),
+        ("4e9", "too long: at most 100 years (36500d), got 4e+09 seconds"),
+        ("nan", "expected a finite number, got nan"),
+    ],
+)
+def test_every_smtp_wait_is_positive_finite_and_capped(publication, key, value, expected):
+    env = f"NEWSLETTER_SMTP_{key.upper()}"
+    message = load_error(publication, {env: value})
+    # The type is checked as the override is read, the range once the whole file is.
+    where = f"{env} (overriding [smtp] {key})" if value == "nan" else f"[smtp] {key}"
+    assert message == f"{publication}: {where}: {expected}"
+
+
+def test_a_wait_in_an_smtp_server_table_is_validated(publication):
+    with publication.open("a", encoding="utf-8") as fh:
+        fh.write('\n[smtp.backup]\nhost = "backup.example.com"\nblock_timeout = 0\n')
+    message = load_error(publication)
+    assert message == f"{publication}: [smtp.backup] block_timeout: must be positive, got 0"
+
+
+def test_give_up_after_defaults_to_a_day_and_is_read(publication, edit_file):
+    cfg = config.load(publication, environ={})
+    assert (cfg.schedule.give_up_after, cfg.schedule.give_up_after_seconds) == ("24h", 86400)
+    edit_file(publication, 'max_late = "6h"', 'max_late = "6h"\ngive_up_after = "90m"')
+    assert config.load(publication, environ={}).schedule.give_up_after_seconds == 5400
+    env = {"NEWSLETTER_SCHEDULE_GIVE_UP_AFTER": "2d"}
+    assert config.load(publication, environ=env).schedule.give_up_after_seconds == 172800
 
 
 def test_missing_file(tmp_path):
