@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import email.errors
+import email.policy
+import math
 import os
 import re
 import tomllib
@@ -30,6 +33,29 @@ from newsletter.fileio import read_text
 CONFIG_NAME = "newsletter.toml"
 ENV_CONFIG = "NEWSLETTER_CONFIG"
 ENV_PREFIX = "NEWSLETTER_"
+
+# Refused in every header value: Unicode's controls (Cc: C0, DEL, C1 with NEL) and its
+# line and paragraph separators (Zl, Zp). CR and LF would start a header of their own;
+# the rest are line ends to some parsers (Python's str.splitlines among them), or a
+# string cut short (NUL), or invisible in a mail client. message.py uses the same rule.
+HEADER_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_HEADER_BREAKS = {
+    "\r": "a line break",
+    "\n": "a line break",
+    "\u2028": "a line separator",
+    "\u2029": "a paragraph separator",
+}
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot go into a header, e.g. "must not contain a line break (U+000A)";
+    None if it can."""
+    match = HEADER_FORBIDDEN.search(value)
+    if match is None:
+        return None
+    char = match.group()
+    what = _HEADER_BREAKS.get(char, "a control character")
+    return f"must not contain {what} (U+{ord(char):04X})"
 
 
 def _key(name: str, **kw: Any) -> Any:
@@ -69,12 +95,21 @@ class Smtp:
     security: str = "none"
     username: str = ""
     password_env: str = ""
-    timeout: float = 30.0
+    timeout: float = 30.0  # seconds for connecting, TLS, EHLO, login, RSET and QUIT
     concurrency: int = 1
     rate: float = 0.0
     ca_file: str = ""  # a CA bundle to trust instead of the system's (relative to this file)
     retries: int = 3  # attempts for a temporary failure (4xx, dropped connection) in one run
     retry_delay: float = 5.0  # seconds before the first retry; doubles each time, with jitter
+    # The waits of RFC 5321 section 4.5.3.2, in seconds: its minimums are the defaults. A busy
+    # relay can take minutes to answer and still deliver; giving up sooner defers good mail,
+    # and after the final dot it leaves the message "in doubt".
+    greeting_timeout: float = 300.0  # the server's 220 greeting
+    mail_timeout: float = 300.0  # the reply to MAIL FROM
+    rcpt_timeout: float = 300.0  # the reply to each RCPT TO
+    data_timeout: float = 120.0  # the 354 reply to DATA
+    block_timeout: float = 180.0  # each write of the message content
+    dot_timeout: float = 600.0  # the reply after the final dot: the server is taking the message
 
 
 @dataclass(frozen=True)
@@ -90,18 +125,38 @@ class Workers:
 @dataclass(frozen=True)
 class Schedule:
     max_late: str = "6h"  # a due campaign found later than this is marked missed, not sent
+    give_up_after: str = "24h"  # how long run-due keeps retrying a campaign it did not finish
 
     @property
     def max_late_seconds(self) -> int:
         return parse_duration(self.max_late)
 
+    @property
+    def give_up_after_seconds(self) -> int:
+        return parse_duration(self.give_up_after)
+
+
+# The longest wait any key may name: 100 years. Anything longer is a slip of the keyboard,
+# and would overflow where it is used: datetime.timedelta ends at 999,999,999 days, a
+# socket timeout at about 292 years (nanoseconds in 64 bits).
+MAX_SECONDS = 100 * 365 * 86400
+_MAX_SECONDS_TEXT = f"at most 100 years ({MAX_SECONDS // 86400}d)"
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
 
 def parse_duration(text: str) -> int:
-    """ "90s", "30m", "6h", "1d" or plain seconds -> seconds. Raises ValueError."""
+    """ "90s", "30m", "6h", "1d" or plain seconds -> seconds, at most MAX_SECONDS.
+
+    Raises ValueError, whose message says what is wrong with `text`.
+    """
     match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
     if not match:
-        raise ValueError(text)
-    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        raise ValueError("expected a duration like '6h', '30m' or '90s'")
+    digits, unit = match.groups()
+    # Thousands of digits would hit int()'s own limit first; 15 are already far too many.
+    if len(digits.lstrip("0")) > 15 or int(digits) * _DURATION_UNITS[unit] > MAX_SECONDS:
+        raise ValueError(f"too long: {_MAX_SECONDS_TEXT}")
+    return int(digits) * _DURATION_UNITS[unit]
 
 
 @dataclass(frozen=True)
@@ -259,7 +314,18 @@ _SECTIONS: dict[str, type] = {
     "workers": Workers,
 }
 _SMTP_SECURITY = ("none", "starttls", "tls")
+# Every [smtp] wait, in seconds: each positive and at most MAX_SECONDS.
+SMTP_TIMEOUTS = (
+    "timeout",
+    "greeting_timeout",
+    "mail_timeout",
+    "rcpt_timeout",
+    "data_timeout",
+    "block_timeout",
+    "dot_timeout",
+)
 _SPONSOR_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_TOO_DEEP = "arrays or inline tables nested too deeply"
 
 
 def find_config(start: Path | None = None) -> Path:
@@ -288,6 +354,10 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
         data = tomllib.loads(raw_text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib reads arrays and inline tables recursively: a value nested some thousand
+        # levels deep ("a = [[[[...") runs out of stack before anything else is wrong.
+        raise ConfigError(f"{path}: invalid TOML: {_TOO_DEEP}") from None
     return _build(path.resolve(), data, environ)
 
 
@@ -383,12 +453,23 @@ def _from_env(path: Path, name: str, text: str, expected: Any) -> Any:
     except tomllib.TOMLDecodeError:
         # Not a TOML literal: let _coerce report the type mismatch.
         return text
+    except RecursionError:
+        raise ConfigError(f"{path}: {name}: {_TOO_DEEP}") from None
 
 
 def _coerce(path: Path, label: str, value: Any, expected: Any) -> Any:
     origin = typing.get_origin(expected)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if expected is float and isinstance(value, int | float) and not isinstance(value, bool):
+        # TOML has nan and inf (and integers of any size, which float() may not hold): no
+        # number of seconds or messages per second is either, and every comparison with
+        # nan is false, so `timeout <= 0` would let it through.
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: {label}: expected a finite number, got {value!r}")
+        return number
     if expected in (str, int, float, bool):
         if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
             return value
@@ -466,6 +547,27 @@ def _sponsors(
     return sponsors, default
 
 
+def _sender_problem(value: str) -> str | None:
+    """Why `value` cannot be the From: of every issue; None if it is exactly one mailbox.
+
+    RFC 5322 allows several authors, or a group, in From:, but a newsletter has one sender:
+    the address that DKIM, DMARC and replies are matched against. The email package's own
+    parser decides what the header holds, so this agrees with what the message will say.
+    """
+    try:
+        header = email.policy.default.header_factory("From", value)
+    except Exception:  # the parser itself fails on some input ("a@" raises IndexError)
+        return "not an email address"
+    if any(group.display_name is not None for group in header.groups):
+        return "a group ('name: addresses;') cannot be the sender; expected one address"
+    if len(header.addresses) > 1:
+        return f"expected one address, got {len(header.addresses)}"
+    invalid = any(isinstance(d, email.errors.InvalidHeaderDefect) for d in header.defects)
+    if invalid or not header.addresses or not header.addresses[0].domain:
+        return "not an email address"
+    return None
+
+
 def _validate(config: Config) -> None:
     path = config.path
     pub = config.publication
@@ -475,13 +577,16 @@ def _validate(config: Config) -> None:
         ("reply_to", pub.reply_to),
         ("list_id", pub.list_id),
     ):
-        if "\r" in value or "\n" in value:
-            raise ConfigError(f"{path}: [publication] {key}: must not contain a line break")
-    for key, value in (("from", pub.from_addr), ("reply_to", pub.reply_to)):
-        if key == "reply_to" and not value:
-            continue
-        if "@" not in parseaddr(value)[1]:
-            raise ConfigError(f"{path}: [publication] {key}: not an email address: {value!r}")
+        problem = header_value_problem(value)
+        if problem:
+            raise ConfigError(f"{path}: [publication] {key}: {problem}")
+    problem = _sender_problem(pub.from_addr)
+    if problem:
+        raise ConfigError(f"{path}: [publication] from: {problem}: {pub.from_addr!r}")
+    if pub.reply_to and "@" not in parseaddr(pub.reply_to)[1]:
+        raise ConfigError(
+            f"{path}: [publication] reply_to: not an email address: {pub.reply_to!r}"
+        )
     if pub.base_url and not re.match(r"^https?://[^/\s]+", pub.base_url):
         raise ConfigError(
             f"{path}: [publication] base_url: expected an http(s) URL, got {pub.base_url!r}"
@@ -510,21 +615,16 @@ def _validate(config: Config) -> None:
                 f"{path}: [dkim] algorithm: expected rsa-sha256 or ed25519-sha256,"
                 f" got {dkim.algorithm!r}"
             )
-    try:
-        config.schedule.max_late_seconds  # noqa: B018 - validates the duration
-    except ValueError:
-        raise ConfigError(
-            f"{path}: [schedule] max_late: expected a duration like '6h', '30m' or '90s',"
-            f" got {config.schedule.max_late!r}"
-        ) from None
-    for key in ("throttle", "confirm_within"):
+    for where, key, value in (
+        ("schedule", "max_late", config.schedule.max_late),
+        ("schedule", "give_up_after", config.schedule.give_up_after),
+        ("signup", "throttle", config.signup.throttle),
+        ("signup", "confirm_within", config.signup.confirm_within),
+    ):
         try:
-            parse_duration(getattr(config.signup, key))
-        except ValueError:
-            raise ConfigError(
-                f"{path}: [signup] {key}: expected a duration like '10m', '7d' or '90s',"
-                f" got {getattr(config.signup, key)!r}"
-            ) from None
+            parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [{where}] {key}: {exc}, got {value!r}") from None
     for sponsor in config.sponsors.values():
         if sponsor.weight < 1:
             raise ConfigError(f"{path}: [sponsors.{sponsor.id}] weight: must be 1 or more")
@@ -545,12 +645,16 @@ def _validate_smtp(path: Path, where: str, smtp: Smtp) -> None:
         )
     if not 0 < smtp.port < 65536:
         raise ConfigError(f"{path}: [{where}] port: out of range: {smtp.port}")
-    if smtp.timeout <= 0:
-        raise ConfigError(f"{path}: [{where}] timeout: must be positive, got {smtp.timeout}")
+    for key in SMTP_TIMEOUTS:
+        seconds = getattr(smtp, key)
+        if seconds <= 0:
+            raise ConfigError(f"{path}: [{where}] {key}: must be positive, got {seconds:g}")
+        _check_not_too_long(path, where, key, seconds)
     if smtp.concurrency < 1:
         raise ConfigError(f"{path}: [{where}] concurrency: must be at least 1")
     if smtp.retries < 0 or smtp.retry_delay < 0:
         raise ConfigError(f"{path}: [{where}] retries and retry_delay: must not be negative")
+    _check_not_too_long(path, where, "retry_delay", smtp.retry_delay)
     if smtp.rate < 0:
         raise ConfigError(f"{path}: [{where}] rate: must be 0 (unlimited) or positive")
 
@@ -571,6 +675,15 @@ def _validate_workers(path: Path, workers: Workers) -> None:
         raise ConfigError(f"{path}: [workers] batch_size: must be at least 1")
     if workers.lease < 1:
         raise ConfigError(f"{path}: [workers] lease: must be at least 1 second")
+    _check_not_too_long(path, "workers", "lease", workers.lease)
+
+
+def _check_not_too_long(path: Path, where: str, key: str, seconds: float) -> None:
+    """Each key checks its own lower bound; the upper one, MAX_SECONDS, is the same for all."""
+    if seconds > MAX_SECONDS:
+        raise ConfigError(
+            f"{path}: [{where}] {key}: too long: {_MAX_SECONDS_TEXT}, got {seconds:g} seconds"
+        )
 
 
 def _did_you_mean(word: str, choices: Any) -> str:

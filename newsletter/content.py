@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from newsletter.config import header_value_problem
 from newsletter.errors import ContentError
 from newsletter.fileio import read_text
 
@@ -56,7 +57,13 @@ def read_issue(path: Path) -> Issue:
     for key in ("title", "subject"):
         if not values.get(key):
             raise ContentError(f"{path}: front matter: missing {key}")
-    for key in ("subject", "preheader", "title"):
+    # The subject is a header: it follows the header rule newsletter.toml's values follow.
+    # The title and preheader only reach the page, where a line break would still split
+    # what is meant as one line.
+    problem = header_value_problem(values["subject"])
+    if problem:
+        raise ContentError(f"{path}: front matter subject: {problem}")
+    for key in ("preheader", "title"):
         if "\n" in values.get(key, "") or "\r" in values.get(key, ""):
             raise ContentError(f"{path}: front matter {key}: must not contain a line break")
 
@@ -100,6 +107,8 @@ def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
         raise ContentError(f"{path}:{line}: malformed front matter: {problem}") from None
     except ValueError as exc:  # well-formed YAML, impossible value: `date: 2024-13-01`
         raise ContentError(f"{path}: front matter: invalid date: {exc}") from None
+    except RecursionError:  # PyYAML composes nested lists and mappings recursively
+        raise ContentError(f"{path}: front matter: lists or mappings nested too deeply") from None
     if not isinstance(meta, dict):
         raise ContentError(f"{path}:2: front matter must be 'key: value' lines")
     return meta, "\n".join(lines[end + 1 :])

@@ -42,13 +42,18 @@ from newsletter.render import SlotTemplate, has_slots, marker
 
 _PERSONAL = "X-Newsletter-Personal"
 _BODY = re.compile(rb"__nlbody_(text|html)__\r?\n")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# One rule for every header value, config's: what newsletter.toml and an issue's subject
+# may not hold, a recipient's address, name or unsubscribe link may not hold either.
+from newsletter.config import HEADER_FORBIDDEN as _CONTROL  # noqa: E402
+from newsletter.config import header_value_problem  # noqa: E402
 
 
 def check_header_value(name: str, value: str) -> str:
-    """Refuse a header value with CR or LF: it would start a header of its own."""
-    if "\r" in value or "\n" in value:
-        raise NewsletterError(f"header {name}: value contains a line break: {value!r}")
+    """Refuse a header value with a control character or a line or paragraph separator:
+    CR or LF would start a header of its own (see config.HEADER_FORBIDDEN)."""
+    problem = header_value_problem(value)
+    if problem:
+        raise NewsletterError(f"header {name}: {problem}: {value!r}")
     return value
 
 
@@ -56,8 +61,8 @@ NAME_MAX = 100
 
 
 def clean_display_name(name: str) -> str:
-    """A subscriber's name as data: control characters (CR, LF, ...) become spaces,
-    and it is cut to NAME_MAX characters (it goes into the To: header)."""
+    """A subscriber's name as data: what no header value may hold (controls, C1's NEL,
+    U+2028/U+2029) becomes a space, and it is cut to NAME_MAX characters (it goes into To:)."""
     return " ".join(_CONTROL.sub(" ", name).split())[:NAME_MAX].strip()
 
 

@@ -146,6 +146,50 @@ def test_a_line_break_in_a_header_field_is_refused(tmp_path, key, brk):
     assert f"front matter {key}: must not contain a line break" in message
 
 
+@pytest.mark.parametrize(
+    ("escape", "reason"),
+    [
+        ("\\t", "a control character (U+0009)"),
+        ("\\0", "a control character (U+0000)"),
+        ("\\v", "a control character (U+000B)"),
+        ("\\x1d", "a control character (U+001D)"),
+        ("\\x7f", "a control character (U+007F)"),
+        ("\\N", "a control character (U+0085)"),
+        ("\\L", "a line separator (U+2028)"),
+        ("\\P", "a paragraph separator (U+2029)"),
+    ],
+)
+def test_the_subject_follows_the_header_rule(tmp_path, escape, reason):
+    text = GOOD.replace("subject: Hello there\n", f'subject: "Hello{escape}Bcc: x@example.com"\n')
+    path = write_issue(tmp_path, text)
+    assert read_error(path) == f"{path}: front matter subject: must not contain {reason}"
+
+
+def test_a_subject_with_ordinary_unicode_is_kept(tmp_path):
+    text = GOOD.replace("subject: Hello there", 'subject: "Zoë\u00a0— 東京 🚐"')
+    assert content.read_issue(write_issue(tmp_path, text)).subject == "Zoë\u00a0— 東京 🚐"
+
+
+def test_cli_reports_a_control_character_in_the_subject_in_one_line(
+    sample_issue, run_cli, edit_file, assert_user_error
+):
+    text = sample_issue.read_text(encoding="utf-8")
+    line = next(x for x in text.split("\n") if x.startswith("subject: "))
+    edit_file(sample_issue, line, 'subject: "Hello\\Nthere"')
+    out = sample_issue.parent.parent / "out"
+    result = run_cli("build", sample_issue, "-o", out)
+    reason = "must not contain a control character (U+0085)"
+    assert_user_error(result, f"{sample_issue.name}: front matter subject: {reason}", out_dir=out)
+
+
+@pytest.mark.parametrize(
+    "nested", ["[" * 100_000 + "]" * 100_000, "{a: " * 100_000 + "1" + "}" * 100_000]
+)
+def test_deeply_nested_front_matter_is_a_one_line_error(tmp_path, nested):
+    path = write_issue(tmp_path, GOOD.replace("title: Hello", f"title: {nested}"))
+    assert read_error(path) == f"{path}: front matter: lists or mappings nested too deeply"
+
+
 def test_an_undated_file_needs_a_date(tmp_path):
     assert "missing date" in read_error(write_issue(tmp_path, GOOD, "hello.md"))
 

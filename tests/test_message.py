@@ -197,6 +197,60 @@ def test_a_recipient_address_with_a_line_break_is_refused(template):
         tpl.render("a@example.com\r\nBcc: x@example.com", "A", values, token)
 
 
+# One of each kind the header rule refuses (config.HEADER_FORBIDDEN): C0, DEL, C1 (NEL), Zl, Zp.
+NOT_IN_A_HEADER = [
+    "\t",
+    "\x00",
+    "\x0b",
+    "\x0c",
+    "\x1c",
+    "\x1e",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\u2029",
+]
+
+
+@pytest.mark.parametrize("char", NOT_IN_A_HEADER)
+def test_check_header_value_follows_the_config_rule(char):
+    value = f"a@example.com{char}Bcc: x@example.com"
+    with pytest.raises(NewsletterError) as info:
+        message.check_header_value("To", value)
+    assert str(info.value).startswith(f"header To: {config.header_value_problem(value)}")
+    assert message.check_header_value("To", "Zoë <a@example.com>") == "Zoë <a@example.com>"
+
+
+@pytest.mark.parametrize("char", ["\x0b", "\x85", "\u2028"])
+def test_a_recipient_address_with_a_control_character_is_refused(template, char):
+    personalizer, tpl = template
+    values, token = personalizer.values("a@example.com", "A")
+    with pytest.raises(NewsletterError, match=f"header To: .*U\\+{ord(char):04X}"):
+        tpl.render(f"a@example.com{char}Bcc: x@example.com", "A", values, token)
+
+
+@pytest.mark.parametrize("char", ["\x0b", "\x85", "\u2028", "\u2029"])
+def test_an_unsubscribe_link_with_a_control_character_is_refused(template, char):
+    personalizer, tpl = template
+    values, token = personalizer.values("a@example.com", "A")
+    values = {**values, "unsubscribe_url": values["unsubscribe_url"] + char}
+    with pytest.raises(NewsletterError, match="header List-Unsubscribe: must not contain"):
+        tpl.render("a@example.com", "A", values, token)
+
+
+@pytest.mark.parametrize("char", NOT_IN_A_HEADER)
+def test_a_display_name_loses_every_character_a_header_refuses(template, char):
+    assert message.clean_display_name(f"Bob{char}Smith{char}") == "Bob Smith"
+    raw = render_for(template, "bob@example.com", f"Bob{char}Bcc: victim@example.com")
+    to = parse(raw)["To"]
+    assert to.addresses[0].display_name == "Bob Bcc: victim@example.com"
+    assert config.header_value_problem(str(to)) is None
+
+
+def test_a_display_name_keeps_ordinary_unicode():
+    assert message.clean_display_name("Zoë\u00a0Ångström 東京") == "Zoë Ångström 東京"
+
+
 def test_the_sender_domain_names_the_message_id(template):
     _, tpl = template
     assert parseaddr(tpl.envelope.from_addr)[1].endswith("@" + tpl.domain)
