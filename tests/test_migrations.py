@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from click.testing import Result
 
 from newsletter import campaign, migrations, store
 from newsletter.errors import NewsletterError
@@ -369,6 +370,82 @@ def test_sqlite_an_upgrade_that_would_break_a_foreign_key_changes_nothing(
 
     assert revision_of(url) == head
     assert rows_of(url) == before
+
+
+# --- the CLI: db current, db upgrade, and a database from a newer release -----------------
+
+
+@pytest.fixture
+def db_cli(
+    run_cli: Callable[..., Result], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Result]:
+    """The CLI on the publication whose [database] url is `database_url`."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    return run_cli
+
+
+def output(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip()
+
+
+def test_db_current_and_upgrade_on_a_new_database(
+    db_cli: Callable[..., Result], database_url: str, tmp_path: Path
+) -> None:
+    head = migrations.HEAD
+    assert output(db_cli("db", "current")) == (
+        "no tables yet: the first command that uses the database creates them"
+    )
+    if database_url.startswith("sqlite"):
+        assert not (tmp_path / "newsletter.db").exists()  # looking did not create it
+    assert output(db_cli("db", "upgrade")) == f"created the tables at {head} (the newest)"
+    assert output(db_cli("db", "upgrade")) == f"already at {head} (the newest)"
+    assert output(db_cli("db", "current")) == f"{head} (the newest)"
+
+
+@pytest.mark.parametrize(
+    ("start", "before_migrations"), OLD, ids=["at-0001", "made-before-migrations"]
+)
+def test_db_current_and_upgrade_on_an_older_database(
+    db_cli: Callable[..., Result], database_url: str, start: str, before_migrations: bool
+) -> None:
+    make_database_at(database_url, start, before_migrations)
+    head = migrations.HEAD
+    name = f"{start} (made before migrations)" if before_migrations else start
+    if start == head and not before_migrations:
+        assert output(db_cli("db", "current")) == f"{head} (the newest)"
+        assert output(db_cli("db", "upgrade")) == f"already at {head} (the newest)"
+    else:
+        assert output(db_cli("db", "current")) == (
+            f"{name}; the newest is {head}: run `newsletter db upgrade`"
+        )
+        assert output(db_cli("db", "upgrade")) == f"upgraded from {name} to {head}"
+    assert output(db_cli("db", "current")) == f"{head} (the newest)"
+    assert revision_of(database_url) == head
+
+
+@pytest.mark.parametrize(
+    "command_line",
+    [("subscribers", "count"), ("status",), ("db", "upgrade"), ("db", "current")],
+    ids=" ".join,
+)
+def test_a_database_from_a_newer_release_is_refused_in_one_line(
+    db_cli: Callable[..., Result],
+    database_url: str,
+    assert_user_error: Callable[..., str],
+    command_line: tuple[str, ...],
+) -> None:
+    Store.open(database_url).close()
+    with connection(database_url) as conn:
+        conn.execute(sa.text(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '9999'"))
+
+    line = assert_user_error(db_cli(*command_line), "9999", "upgrade newsletter")
+
+    assert line == (
+        f"Error: the database is at schema revision 9999, made by a newer release of"
+        f" newsletter (this one knows up to {migrations.HEAD}); upgrade newsletter"
+    )
+    assert revision_of(database_url) == "9999"
 
 
 # --- the next revision: drafted from changed tables ---------------------------------------
