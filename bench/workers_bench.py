@@ -143,6 +143,7 @@ def fresh_tables() -> None:
     with engine.begin() as conn:
         metadata.drop_all(conn)
         conn.execute(sa.text("DROP TABLE IF EXISTS newsletter_meta"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS newsletter_alembic_version"))
     engine.dispose()
 
 

@@ -931,6 +931,50 @@ def archive_export(state: State, directory: Path) -> None:
     click.echo(f"{issues} issue(s), {len(written)} files written to {directory}")
 
 
+# --- the database's schema ---------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """The database's schema ([database] url): which revision it is at, and upgrading it.
+
+    Every command upgrades the database on its own when a new release needs it;
+    `db upgrade` does it on purpose, e.g. before starting workers on several machines.
+    """
+
+
+def _revision_name(revision: str, before_migrations: bool) -> str:
+    return f"{revision} (made before migrations)" if before_migrations else revision
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: State) -> None:
+    """Upgrade the database to this release's schema, keeping its data (creates a new one)."""
+    change = Store.upgrade(state.config.database_url)
+    if change.before is None:
+        click.echo(f"created the tables at {change.after} (the newest)")
+    elif not change.changed:
+        click.echo(f"already at {change.after} (the newest)")
+    else:
+        before = _revision_name(change.before, change.before_migrations)
+        click.echo(f"upgraded from {before} to {change.after}")
+
+
+@db.command("current")
+@pass_state
+def db_current(state: State) -> None:
+    """Print the database's schema revision and whether it is the newest (changes nothing)."""
+    current = Store.schema_state(state.config.database_url)
+    if current.revision is None:
+        click.echo("no tables yet: the first command that uses the database creates them")
+    elif current.is_head:
+        click.echo(f"{current.revision} (the newest)")
+    else:
+        name = _revision_name(current.revision, current.before_migrations)
+        click.echo(f"{name}; the newest is {current.head}: run `newsletter db upgrade`")
+
+
 # --- Celery workers: sending on several machines -----------------------------------------
 
 

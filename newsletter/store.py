@@ -13,14 +13,18 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from newsletter import migrations
 from newsletter.errors import NewsletterError
 
+# Releases before migrations refuse a database whose newsletter_meta says more than
+# this; the schema's own version is now the Alembic revision (newsletter/migrations).
 SCHEMA_VERSION = 1
 
 # Subscriber statuses
@@ -214,6 +218,17 @@ def _sqlite_begin(conn: Connection) -> None:
 
 
 _WRITE = "newsletter_write"
+# The PostgreSQL advisory lock held while the schema changes (b"nlschema" as a number).
+_SCHEMA_LOCK = 0x6E6C736368656D61
+
+
+@contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    """A database that cannot be reached or read becomes one line naming it."""
+    try:
+        yield
+    except sa.exc.OperationalError as exc:
+        raise NewsletterError(f"database {url}: {exc.orig}") from None
 
 
 def connect(url: str, **engine_options: Any) -> Engine:
@@ -239,12 +254,45 @@ class Store:
 
     @classmethod
     def open(cls, url: str, create: bool = True, **engine_options: Any) -> Store:
+        """The store at `url`, its tables created or upgraded to this release's schema."""
         store = cls(connect(url, **engine_options))
         try:
-            store.ensure_schema(create=create)
-        except sa.exc.OperationalError as exc:
-            raise NewsletterError(f"database {url}: {exc.orig}") from None
+            with _database_errors(url):
+                store.ensure_schema(create=create)
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    @classmethod
+    def upgrade(cls, url: str) -> migrations.SchemaChange:
+        """Bring the database at `url` to this release's schema, as every open does."""
+        store = cls(connect(url))
+        try:
+            with _database_errors(url):
+                return store.ensure_schema()
+        finally:
+            store.close()
+
+    @staticmethod
+    def schema_state(url: str) -> migrations.SchemaState:
+        """The schema revision of the database at `url`, changing nothing."""
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            if not Path(parsed.database or "").exists():  # connecting would create it
+                return migrations.SchemaState(None)
+        engine = connect(url)
+        try:
+            with _database_errors(url), engine.connect() as conn:
+                revision = migrations.stored_revision(conn)
+                if revision is not None:
+                    migrations.check_known(revision)
+                    return migrations.SchemaState(revision)
+                if sa.inspect(conn).has_table(meta_table.name):
+                    return migrations.SchemaState(migrations.BASELINE, before_migrations=True)
+                return migrations.SchemaState(None)
+        finally:
+            engine.dispose()
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -264,26 +312,74 @@ class Store:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
-    def ensure_schema(self, create: bool = True) -> None:
-        with self.begin() as conn:
-            inspector = sa.inspect(conn)
-            if not inspector.has_table(meta_table.name):
+    def ensure_schema(self, create: bool = True) -> migrations.SchemaChange:
+        """Give a new database today's tables, or upgrade an older one in place."""
+        # The usual open, of a database already at head, costs this one query.
+        with self.engine.connect() as conn:
+            if migrations.at_head(conn):
+                return migrations.SchemaChange(migrations.HEAD, migrations.HEAD)
+        with self._schema_transaction() as conn:
+            # Looked at again under the lock: another process may have just done the work.
+            before = migrations.stored_revision(conn)
+            if before is not None:
+                migrations.upgrade(conn, before)
+                return migrations.SchemaChange(before, migrations.HEAD)
+            if not sa.inspect(conn).has_table(meta_table.name):
                 if not create:
                     raise NewsletterError("the database has no newsletter tables yet")
+                # Today's tables in one go, recorded as head: the schema that running every
+                # revision gives (tests/test_migrations.py compares the two), in one step.
                 metadata.create_all(conn)
                 conn.execute(
                     meta_table.insert().values(key="schema_version", value=str(SCHEMA_VERSION))
                 )
-                return
+                migrations.stamp(conn, migrations.HEAD)
+                return migrations.SchemaChange(None, migrations.HEAD)
+            # Made before migrations: it holds the tables of the baseline revision.
             version = self.schema_version(conn)
-        if version > SCHEMA_VERSION:
-            raise NewsletterError(
-                f"the database is at schema version {version}, newer than this tool"
-                f" ({SCHEMA_VERSION}); upgrade newsletter"
+            if version > SCHEMA_VERSION:
+                raise NewsletterError(
+                    f"the database is at schema version {version}, newer than this tool"
+                    f" ({SCHEMA_VERSION}); upgrade newsletter"
+                )
+            migrations.stamp(conn, migrations.BASELINE)
+            migrations.upgrade(conn, migrations.BASELINE)
+            return migrations.SchemaChange(
+                migrations.BASELINE, migrations.HEAD, before_migrations=True
             )
+
+    @contextmanager
+    def _schema_transaction(self) -> Iterator[Connection]:
+        """A write transaction for creating or altering tables, one process at a time."""
+        with self.engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            if self.is_sqlite:
+                # Batch mode alters a SQLite table by copying it, dropping the old one and
+                # renaming the copy; with foreign keys on, dropping `campaigns` would
+                # cascade to its deliveries. The pragma does nothing inside a transaction.
+                driver.execute("PRAGMA foreign_keys=OFF")
+            try:
+                conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    if conn.dialect.name == "postgresql":
+                        # SQLite's BEGIN IMMEDIATE already serialises this; on PostgreSQL
+                        # two workers starting on an old database would both alter it.
+                        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+                    yield conn
+                    if self.is_sqlite:
+                        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                        if broken:
+                            raise NewsletterError(
+                                f"upgrading the database would break {len(broken)} foreign"
+                                f" key(s), first in table {broken[0][0]}; nothing was changed"
+                            )
+            finally:
+                if self.is_sqlite:
+                    driver.execute("PRAGMA foreign_keys=ON")
 
     @staticmethod
     def schema_version(conn: Connection) -> int:
+        """The version in newsletter_meta: 1 ever since migrations took over."""
         row = conn.execute(
             sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
         ).scalar_one_or_none()

@@ -49,6 +49,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with engine.begin() as conn:
             metadata.drop_all(conn)
             conn.execute(sa.text("DROP TABLE IF EXISTS newsletter_meta"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS newsletter_alembic_version"))
     except sa.exc.OperationalError as exc:
         pytest.fail(f"PostgreSQL at {url} is not reachable: {exc.orig}")
     finally:
@@ -57,6 +58,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         metadata.drop_all(conn)
+        # Else the next open would find the version table at head, and no tables.
+        conn.execute(sa.text("DROP TABLE IF EXISTS newsletter_alembic_version"))
     engine.dispose()
 
 

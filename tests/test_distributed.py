@@ -50,6 +50,7 @@ def pg_url() -> Iterator[str]:
         with engine.begin() as conn:
             metadata.drop_all(conn)
             conn.execute(sa.text("DROP TABLE IF EXISTS newsletter_meta"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS newsletter_alembic_version"))
 
     try:
         drop()

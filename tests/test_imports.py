@@ -62,12 +62,29 @@ def test_python_m_newsletter_runs():
 
 @pytest.mark.parametrize("module", [m for m in MODULES if m != "newsletter.cli"])
 def test_only_the_cli_imports_click(module):
-    path = PACKAGE / f"{module.rpartition('.')[2]}.py"
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    name = module.rpartition(".")[2]
+    path = PACKAGE / f"{name}.py"
+    # A subpackage (migrations/) is checked file by file.
+    paths = [path] if path.exists() else sorted((PACKAGE / name).rglob("*.py"))
+    assert paths, module
     imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            imported.add(node.module.split(".")[0])
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
     assert "click" not in imported
+
+
+def test_only_the_migrations_import_alembic():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.is_relative_to(PACKAGE / "migrations"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            assert not [n for n in names if n.split(".")[0] == "alembic"], path

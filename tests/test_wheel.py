@@ -18,6 +18,7 @@ from conftest import REPO_ROOT, SAMPLE_ISSUE_NAME
 from smtp_fixtures import SmtpServer
 
 from newsletter import __version__, starter
+from newsletter.migrations import HEAD
 
 pytestmark = pytest.mark.slow
 
@@ -93,6 +94,9 @@ def test_the_wheel_carries_the_starter_publication(wheel: Path) -> None:
         }
     assert packaged == starter.starter_files()  # the repository's files, byte for byte
     assert "newsletter/cli.py" in names
+    # Alembic finds these beside the installed package: no alembic.ini is needed.
+    for name in ("env.py", "script.py.mako", "versions/0001_the_schema_of_version_1.py"):
+        assert f"newsletter/migrations/{name}" in names
     assert not any(name.startswith(("templates/", "issues/", "tests/")) for name in names)
 
 
@@ -134,6 +138,10 @@ def test_the_installed_tool_starts_a_publication_and_sends_a_test(
     doctor = tool("doctor")
     assert doctor.stdout.splitlines()[-1] == "doctor: 4 ok, 1 warning(s), 0 failure(s)"
     assert f"ok    smtp: 127.0.0.1:{smtp_server.port}: connected" in doctor.stdout
+
+    # The migrations run from the installed package.
+    assert tool("db", "upgrade").stdout.strip() == f"created the tables at {HEAD} (the newest)"
+    assert tool("db", "current").stdout.strip() == f"{HEAD} (the newest)"
 
     built = tool("build", ISSUE)
     html = Path(built.stdout.splitlines()[0])
