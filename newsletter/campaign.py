@@ -88,6 +88,10 @@ LEASE = dt.timedelta(seconds=120)  # a heartbeat older than this means the owner
 HEARTBEAT_EVERY = 10.0
 BATCH = 500
 WAKE_EVERY = 0.2  # seconds: how soon a waiting sender, or a nap, notices a stop
+# Messages that fail in a row by an exception of ours (not a server's reply) before
+# the run stops: one bad row fails alone, but a broken template or a bug would fail
+# every row for good, so those rows go back to pending and the run stops instead.
+FAULTS_IN_A_ROW = 10
 
 # The owner of a campaign that Celery workers send. Not a host name, so only the
 # heartbeat (renewed by every batch) says whether the workers still have it.
@@ -108,14 +112,17 @@ class RunResult:
     failed: int = 0
     skipped: int = 0
     pending: int = 0
-    in_doubt: int = 0  # rows found `sending` at start: a crashed run may have delivered them
+    # Rows left `sending` at the end: the final dot went out, no reply came (or the run
+    # was cut short). Never sent again in the run; `resume` sends them again.
+    in_doubt: int = 0
+    in_doubt_before: int = 0  # rows found `sending` at start (a crash): sent again now
     queued: int = 0  # handed to the workers, not finished when this returned
     error: str = ""
     errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.deferred or self.pending or self.error)
+        return not (self.failed or self.deferred or self.pending or self.in_doubt or self.error)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -265,6 +272,10 @@ class _Item:
     subscriber_id: int = 0
 
 
+# A message made for one row, or (b"", why it could not be made).
+_Made = tuple[bytes, str | None]
+
+
 def _item_query() -> sa.Select[Any]:
     """The columns of an _Item: a delivery row and its subscriber."""
     return sa.select(
@@ -340,18 +351,22 @@ class _Rows:
         """MARK's parameters but the row's id: no worker has leased the row meanwhile."""
         return {"now": time(now)}
 
-    def skip_unsubscribed(self) -> None:
-        """An unsubscribe during the campaign stops later messages to that address."""
-        self._skip(deliveries.c.campaign_id == self.campaign_id)
+    def skip_unsubscribed(self, in_doubt: bool = False) -> None:
+        """An unsubscribe during the campaign stops later messages to that address.
 
-    def _skip(self, which: sa.ColumnElement[bool]) -> None:
+        `in_doubt` skips their rows left `sending` too (a crash, or no reply to the
+        final dot); only before the senders start, when no row is in flight."""
+        self._skip(deliveries.c.campaign_id == self.campaign_id, in_doubt)
+
+    def _skip(self, which: sa.ColumnElement[bool], in_doubt: bool) -> None:
         gone = sa.select(subscribers.c.id).where(subscribers.c.status != ACTIVE)
+        statuses = (PENDING, DEFERRED, SENDING) if in_doubt else (PENDING, DEFERRED)
         with self.store.begin() as conn:
             conn.execute(
                 deliveries.update()
                 .where(
                     which,
-                    deliveries.c.status.in_((PENDING, DEFERRED)),
+                    deliveries.c.status.in_(statuses),
                     deliveries.c.subscriber_id.in_(gone),
                 )
                 .values(status=SKIPPED)
@@ -387,8 +402,8 @@ class _LeasedRows(_Rows):
     def mark_params(self, time: Callable[[dt.datetime], Any], now: dt.datetime) -> dict[str, Any]:
         return {"owner": self.owner, "until": time(now + self.lease)}
 
-    def skip_unsubscribed(self) -> None:
-        self._skip(deliveries.c.lease_owner == self.owner)
+    def skip_unsubscribed(self, in_doubt: bool = False) -> None:
+        self._skip(deliveries.c.lease_owner == self.owner, in_doubt)
 
 
 @dataclass(frozen=True)
@@ -545,6 +560,8 @@ class _Runner:
         self.fetched_all = False  # the first pass is over
         self.busy = 0  # rows taken and not yet settled (recorded, or given back)
         self.napping = False  # a sender sleeps until the next retry is due
+        self.faults: list[int] = []  # rows failed in a row by a fault of ours (see _account)
+        self.tripped = False  # the run stopped on those (see undo_faults)
 
     # taking work --------------------------------------------------------------------------
 
@@ -633,8 +650,10 @@ class _Runner:
             self._work()
         except Exception as exc:
             # Nothing can be recorded (the database went away): stop rather than send
-            # unrecorded messages, and wake the senders that wait for this one.
-            log.exception("campaign %s: a sender stopped", self.campaign_id)
+            # unrecorded messages, and wake the senders that wait for this one. One
+            # line for the user; the traceback only with -v (debug).
+            log.error("campaign %s: a sender stopped: %s", self.campaign_id, exc)
+            log.debug("campaign %s: the sender's traceback", self.campaign_id, exc_info=True)
             with self.lock:
                 self.broken = self.broken or exc
                 self.fatal = self.fatal or NewsletterError(
@@ -651,26 +670,24 @@ class _Runner:
         # message in the same write, and its message is made while the server
         # answers (`prepare`). Its content goes out only once it is marked `sending`.
         following: _Item | None = None
-        made: bytes | None = None
-        ahead: tuple[_Item, bytes | None] | None = None
+        made: _Made | None = None
+        ahead: tuple[_Item, _Made | None] | None = None
         trouble: list[Exception] = []
 
         def prepare() -> None:
-            # Runs after a message is written, before the server's reply is read.
+            # Runs after a message is written, before the server's reply is read;
+            # it must not raise (a fault of that message is kept in `made`).
             nonlocal made
-            try:
-                if following is not None:
-                    made = self._message(following)
-            except Exception as exc:  # raised once the reply is read and recorded
-                trouble.append(exc)
+            if following is not None:
+                made = self._make(following)
 
         try:
             with self.store.writer() as db:
                 ledger = _Ledger(db, self.rows.MARK, self.turns)
                 while True:
-                    data: bytes | None = None
+                    prepared: _Made | None = None
                     if ahead is not None:
-                        (item, data), ahead = ahead, None
+                        (item, prepared), ahead = ahead, None
                         if self.fatal is not None or self.stop.is_set():
                             smtp.abandon_ahead()
                             self._drop(item)
@@ -690,14 +707,21 @@ class _Runner:
                     except mailer.SmtpError as exc:
                         self._stop_on(exc)
                         continue
-                    if data is None:
-                        data = self._message(item)
-                    lane.rate.acquire()
+                    data, fault = prepared or self._make(item)
+                    if fault is None:
+                        lane.rate.acquire()
                     marked = self._commit(ledger, unrecorded, item)
                     unrecorded = None
                     if not marked:
                         smtp.abandon_ahead()
                         self._drop(item)
+                        continue
+                    if fault is not None:
+                        # This recipient's message cannot be made (a slot, an encoding):
+                        # its row fails alone, and the run goes on. Its envelope may have
+                        # gone ahead: no content follows it.
+                        smtp.abandon_ahead()
+                        unrecorded = (item, mailer.SendResult(FAILED, None, fault, fault=True))
                         continue
                     try:
                         following, made = self._take(idle=False), None
@@ -727,6 +751,13 @@ class _Runner:
                         raise trouble[0]
         finally:
             smtp.close()
+
+    def _make(self, item: _Item) -> _Made:
+        """The message for one row, or why it cannot be made (that row's fault alone)."""
+        try:
+            return self._message(item), None
+        except Exception as exc:  # noqa: BLE001 - a slot, a token, an encoding: this row's
+            return b"", f"cannot make the message: {type(exc).__name__}: {exc}"
 
     def _message(self, item: _Item) -> bytes:
         """The message for one row: its slot values filled into the campaign's template."""
@@ -785,6 +816,10 @@ class _Runner:
             params["when_sent"] = ledger.time(now)
         else:
             params["error"] = res.error[:500]
+        if res.status == mailer.IN_DOUBT:
+            # The server may have it: the row stays `sending` (in doubt), never retried
+            # in this run; a resume treats it as a crash's in-doubt row.
+            params["new_status"] = SENDING
         if res.status == mailer.DEFERRED:
             tries = self.retry.get(item.delivery_id, (item, 0, 0.0))[1] + 1
             delay = self.config.smtp.retry_delay * (2 ** (tries - 1)) * random.uniform(0.8, 1.2)
@@ -796,12 +831,28 @@ class _Runner:
         """Count a recorded reply; the row is settled."""
         with self.lock:
             r = self.result
+            if res.fault:
+                self.faults.append(item.delivery_id)
+                if len(self.faults) >= FAULTS_IN_A_ROW and self.fatal is None:
+                    self.tripped = True
+                    self.fatal = NewsletterError(
+                        f"campaign {self.campaign_id}: {len(self.faults)} messages in a row"
+                        f" could not be made or sent (last: {res.error}); stopping, since"
+                        " that points at the issue or the tool rather than the addresses"
+                    )
+                    self.changed.notify_all()
+            elif res.status != mailer.FAILED:
+                self.faults.clear()
             if res.status == mailer.SENT:
                 r.sent += 1
                 self.retry.pop(item.delivery_id, None)
             elif res.status == mailer.FAILED:
                 r.failed += 1
                 r.errors.append(f"{item.email}: {res.error}")
+            elif res.status == mailer.IN_DOUBT:
+                r.in_doubt += 1
+                self.retry.pop(item.delivery_id, None)
+                r.errors.append(f"{item.email}: in doubt: {res.error}")
             else:
                 tries = self.retry.get(item.delivery_id, (item, 0, 0.0))[1] + 1
                 self.retry[item.delivery_id] = (item, tries, retry_at)
@@ -810,6 +861,18 @@ class _Runner:
             self._settled()
         if self.progress:
             self.progress(self.result)
+
+    def undo_faults(self) -> None:
+        """After a run stopped on faults in a row, those rows go back to pending: the
+        fault was not theirs, and `failed` is never retried."""
+        if not self.tripped:
+            return
+        with self.store.begin() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id.in_(self.faults), deliveries.c.status == FAILED)
+                .values(status=PENDING, last_error=None, last_code=None)
+            )
 
     def given_up(self) -> list[int]:
         """Deliveries deferred more often this run than [smtp] retries allows."""
@@ -879,6 +942,8 @@ def run(
         return _run_on_workers(store, config, campaign_id, allowed, progress, stop, sleep, wait)
     owner = _owner_id()
     row = claim(store, campaign_id, owner, allowed)
+    rows = _Rows(store, campaign_id)
+    rows.skip_unsubscribed(in_doubt=True)  # nothing is in flight yet
     before = counts(store, campaign_id)
     try:
         template, links = campaign_template(store, config, row)
@@ -896,15 +961,14 @@ def run(
             stop,
             clock,
             sleep,
-            _Rows(store, campaign_id),
+            rows,
             _lanes(config, limiters),
         )
         runner.links = links
     except NewsletterError as exc:
         _release(store, campaign_id, owner, INCOMPLETE, str(exc))
         raise
-    runner.result.in_doubt = before[SENDING]
-    runner.result.skipped = before[SKIPPED]
+    runner.result.in_doubt_before = before[SENDING]
 
     done_beating = threading.Event()
     beat = threading.Thread(
@@ -913,6 +977,7 @@ def run(
     beat.start()
     try:
         interrupted = runner.drive()
+        runner.undo_faults()
     finally:
         done_beating.set()
         beat.join()
@@ -921,7 +986,8 @@ def run(
     result = runner.result
     result.skipped = after[SKIPPED]
     result.deferred = after[DEFERRED]
-    result.pending = after[PENDING] + after[SENDING]
+    result.pending = after[PENDING]
+    result.in_doubt = after[SENDING]
     result.failed = after[FAILED]
     if runner.fatal is not None:
         result.error = str(runner.fatal)
@@ -968,15 +1034,18 @@ def _release(store: Store, campaign_id: int, owner: str, status: str, error: str
 
 
 def _claimable(now: dt.datetime) -> sa.ColumnElement[bool]:
-    """Unsent, held by nobody, and due: pending, in doubt, or deferred and its retry time come.
+    """Unsent, held by nobody, and due: pending; in flight on a worker that stopped (its
+    lease ran out: in doubt, sent again); or deferred and its retry time come.
 
-    A deferred row whose retries ran out in a batch is parked (no next_attempt_at)
-    until the campaign is dispatched again (resume, run-due), as in-process."""
+    Parked until the campaign is dispatched again (resume, run-due), as in-process: a
+    deferred row whose retries ran out in a batch (no next_attempt_at), and a row left
+    in doubt by a batch (no reply to its final dot: `sending`, no lease)."""
     return sa.and_(
         deliveries.c.status.in_(UNSENT),
         _lease_free(now),
         sa.or_(
-            deliveries.c.status.in_((PENDING, SENDING)),
+            deliveries.c.status == PENDING,
+            sa.and_(deliveries.c.status == SENDING, deliveries.c.lease_until.is_not(None)),
             deliveries.c.next_attempt_at <= now,
         ),
     )
@@ -1053,7 +1122,8 @@ def _dispatch(store: Store, config: Config, campaign_id: int, allowed: tuple[str
     now = utcnow()
     try:
         with store.begin() as conn:
-            # A new round: what an earlier round gave up on (retries used up) is tried again.
+            # A new round: what an earlier round gave up on (retries used up) is tried again,
+            # and rows in doubt are sent again, as a resume does in-process.
             conn.execute(
                 deliveries.update()
                 .where(
@@ -1062,6 +1132,15 @@ def _dispatch(store: Store, config: Config, campaign_id: int, allowed: tuple[str
                     deliveries.c.next_attempt_at.is_(None),
                 )
                 .values(next_attempt_at=now)
+            )
+            conn.execute(
+                deliveries.update()
+                .where(
+                    deliveries.c.campaign_id == campaign_id,
+                    deliveries.c.status == SENDING,
+                    deliveries.c.lease_until.is_(None),
+                )
+                .values(lease_until=now)
             )
             conn.execute(
                 campaigns.update().where(campaigns.c.id == campaign_id).values(sweep_at=None)
@@ -1199,6 +1278,8 @@ def _send_claimed(
     try:
         limiters, close_limiters = _shared_limiters(store, config, sleep)
         template, links = campaign_template(store, config, row)
+        rows = _LeasedRows(store, campaign_id, owner, items, config.workers.lease)
+        rows.skip_unsubscribed(in_doubt=True)  # nothing of the batch is in flight yet
         runner = _Runner(
             store,
             config,
@@ -1209,7 +1290,7 @@ def _send_claimed(
             halt,
             clock,
             sleep,
-            _LeasedRows(store, campaign_id, owner, items, config.workers.lease),
+            rows,
             _lanes(config, limiters, only=server),
         )
         runner.links = links
@@ -1222,6 +1303,7 @@ def _send_claimed(
         renew.start()
         try:
             runner.drive()
+            runner.undo_faults()
         finally:
             done.set()
             renew.join()

@@ -196,7 +196,7 @@ def subscribers_import(state: State, csv_file: Path) -> None:
 def subscribers_add(state: State, email: str, name: str) -> None:
     """Add EMAIL to the list (or update its name)."""
     added = subscriber_ops.add(_store(state), email, name)
-    click.echo(f"{'added' if added else 'updated'} {email.strip().lower()}")
+    click.echo(f"added {added}" if added else f"updated {email.strip()}")
 
 
 @subscribers.command("remove")
@@ -205,7 +205,7 @@ def subscribers_add(state: State, email: str, name: str) -> None:
 def subscribers_remove(state: State, email: str) -> None:
     """Unsubscribe EMAIL (kept as unsubscribed, so a re-import does not add it back)."""
     subscriber_ops.remove(_store(state), email)
-    click.echo(f"unsubscribed {email.strip().lower()}")
+    click.echo(f"unsubscribed {email.strip()}")
 
 
 @subscribers.command("list")
@@ -240,7 +240,7 @@ def unsubscribe(state: State, token_or_email: str) -> None:
     """Apply an unsubscribe link's TOKEN (or an address): later messages stop."""
     config = state.config
     if "@" in token_or_email:
-        email = token_or_email.strip().lower()
+        email = token_or_email.strip()
     else:
         email = tokens.Signer(tokens.load_secret(config)).verify(token_or_email) or ""
         if not email:
@@ -363,18 +363,18 @@ def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -
     if as_json:
         click.echo(json.dumps(result.as_dict()))
     else:
-        if result.in_doubt:
+        if result.in_doubt_before:
             click.echo(
-                f"{result.in_doubt} message(s) were in doubt from an interrupted run"
-                " (they may get a second copy)",
+                f"{result.in_doubt_before} message(s) were in doubt from an interrupted run"
+                " and went out again (they may get a second copy)",
                 err=True,
             )
         for line in result.errors[-5:]:
             click.echo(f"  {line}", err=True)
         click.echo(
             f"campaign {campaign_id}: {result.sent} sent, {result.deferred} deferred,"
-            f" {result.failed} failed, {result.skipped} skipped, {result.pending} pending"
-            f" [{result.status}]"
+            f" {result.failed} failed, {result.skipped} skipped, {result.pending} pending,"
+            f" {result.in_doubt} in doubt [{result.status}]"
         )
         if result.error:
             click.echo(f"error: {result.error}", err=True)
@@ -399,9 +399,9 @@ def status(state: State, campaign_id: int | None, as_json: bool) -> None:
     for row in rows:
         click.echo(
             f"#{row['id']} {row['issue']} [{row['status']}]: {row['sent']}/{row['total']} sent,"
-            f" {row['deferred']} deferred, {row['failed']} failed, {row['pending']} pending,"
-            f" {row['skipped']} skipped"
-            + (f", {row['in_doubt']} in doubt" if row["in_doubt"] else "")
+            f" {row['deferred']} deferred, {row['failed']} failed, {row['skipped']} skipped,"
+            f" {row['pending']} pending, {row['in_doubt']} in doubt"
+            + (f", {row['in_flight']} in flight" if row["in_flight"] else "")
         )
         if row["last_error"]:
             click.echo(f"    error: {row['last_error']}")

@@ -4,6 +4,17 @@ One `SmtpConnection` per worker thread, reused across messages. Replies are
 classified per recipient: 2xx sent; 4xx, 421 or a dropped connection deferred;
 5xx failed. A failed login stops the caller (`SmtpLoginError`): no message is
 marked failed because of our own credentials.
+
+Each wait has its own limit, as RFC 5321 section 4.5.3.2 sets them out (the
+greeting, MAIL, RCPT, DATA, each write of the content, and the reply to the final
+dot). A message whose final dot went out but whose reply never came is `IN_DOUBT`:
+the server may have queued it, so it is never sent again in the same run (a relay
+that answers late would otherwise get a copy per retry; section 4.5.3.2.6 warns
+of exactly that).
+
+Addresses are stored with their domain in ASCII (IDNA A-labels); a local part that
+is not ASCII needs SMTPUTF8 (RFC 6531), asked for in MAIL FROM when the server
+offers it. Without it that one delivery fails with a reason; the run goes on.
 """
 
 from __future__ import annotations
@@ -17,12 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from newsletter.addresses import ascii_domain
 from newsletter.config import Config, Smtp
 from newsletter.errors import NewsletterError
 
 SENT = "sent"
 DEFERRED = "deferred"
 FAILED = "failed"
+# The final dot went out and no reply came (timeout, dropped connection): the server
+# may have the message. Never retried in the run; the ledger keeps the row `sending`.
+IN_DOUBT = "in doubt"
 
 
 class SmtpError(NewsletterError):
@@ -35,10 +50,13 @@ class SmtpLoginError(SmtpError):
 
 @dataclass(frozen=True)
 class SendResult:
-    status: str  # SENT, DEFERRED or FAILED
+    status: str  # SENT, DEFERRED, FAILED or IN_DOUBT
     code: int | None
     text: str
     dropped: bool = False  # the connection is gone; reconnect before the next message
+    # An exception of ours (encoding, a slot), not the server's word about the address:
+    # many in a row point at the tool or the issue rather than at the list.
+    fault: bool = False
 
     @property
     def error(self) -> str:
@@ -64,8 +82,16 @@ class SmtpSettings:
     security: str
     username: str
     password: str
-    timeout: float
+    timeout: float  # connecting, TLS, EHLO, login, RSET, QUIT
     ca_file: str = ""
+    # RFC 5321 section 4.5.3.2: how long to wait for each reply (and each write of
+    # the content); these are the section's minimums.
+    greeting_timeout: float = 300.0
+    mail_timeout: float = 300.0
+    rcpt_timeout: float = 300.0
+    data_timeout: float = 120.0
+    block_timeout: float = 180.0
+    dot_timeout: float = 600.0
 
     @classmethod
     def from_config(cls, config: Config, server: str = DEFAULT_SERVER) -> SmtpSettings:
@@ -94,6 +120,12 @@ class SmtpSettings:
             password=password,
             timeout=smtp.timeout,
             ca_file=ca_file,
+            greeting_timeout=smtp.greeting_timeout,
+            mail_timeout=smtp.mail_timeout,
+            rcpt_timeout=smtp.rcpt_timeout,
+            data_timeout=smtp.data_timeout,
+            block_timeout=smtp.block_timeout,
+            dot_timeout=smtp.dot_timeout,
         )
 
     def tls_context(self) -> ssl.SSLContext:
@@ -113,16 +145,63 @@ _SESSION_CODES = frozenset({530, 534, 535, 538})
 # The replies that let a message go on: to MAIL, to RCPT, to DATA.
 _EXPECTED = ((250,), (250, 251), (354,))
 
+# How far a transaction got when it broke off (see SmtpConnection.send).
+_GREETING = "greeting"  # connected, waiting for the 220
+_ENVELOPE = "envelope"  # MAIL, RCPT, DATA: nothing of the message went out
+_CONTENT = "content"  # writing the message: its final dot has not gone out whole
+_DOT = "dot"  # the final dot went out: only the server knows whether it took the message
+
 
 def _envelope(sender: str, recipient: str) -> bytes:
-    """MAIL, RCPT and DATA for one recipient (ASCII addresses, validated on the way in)."""
-    return f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode()
+    """MAIL, RCPT and DATA for one recipient (addresses validated on the way in).
+
+    An address that is not ASCII needs SMTPUTF8 on MAIL FROM (RFC 6531 section 3.4),
+    which then covers RCPT too; the caller has checked that the server offers it."""
+    if sender.isascii() and recipient.isascii():
+        return f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode()
+    return f"MAIL FROM:<{sender}> SMTPUTF8\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode()
 
 
 class _SMTP(smtplib.SMTP):
     # The envelope (sender, recipient) whose MAIL, RCPT and DATA went out after the
     # last message, their replies not read yet (see send_prepared's `then`).
     ahead: tuple[str, str] | None = None
+    waits: SmtpSettings  # the timeouts of each wait (set before `open`)
+    phase = _ENVELOPE  # how far the current transaction got
+    _timed: tuple[Any, float] | None = None  # the socket and the timeout it has now
+
+    def open(self, host: str, port: int) -> None:
+        """Connect within `timeout` and read the greeting within greeting_timeout.
+
+        smtplib's own connect() waits for the greeting as long as for the connection."""
+        self._host = host  # SMTP_SSL checks the certificate against it
+        self.sock = self._get_socket(host, port, self.timeout)
+        self.file = None
+        self.phase = _GREETING
+        self._wait(self.waits.greeting_timeout)
+        code, message = self.getreply()
+        if code != 220:
+            self.close()
+            raise smtplib.SMTPConnectError(code, message)
+        self.phase = _ENVELOPE
+        self._wait(self.timeout)
+
+    def _wait(self, seconds: float) -> None:
+        """The socket's timeout for what comes next (set only when it changes)."""
+        sock = self.sock
+        if sock is not None and self._timed != (sock, seconds):
+            sock.settimeout(seconds)
+            self._timed = (sock, seconds)
+
+    def _reply(self, n: int) -> tuple[int, bytes]:
+        """The reply to MAIL (n=0), RCPT (1) or DATA (2), each with its own wait."""
+        waits = self.waits
+        self._wait((waits.mail_timeout, waits.rcpt_timeout, waits.data_timeout)[n])
+        return self.getreply()
+
+    def can_send(self, sender: str, recipient: str) -> bool:
+        """False when an address needs SMTPUTF8 and the server does not offer it."""
+        return (sender.isascii() and recipient.isascii()) or self.has_extn("smtputf8")
 
     def send_prepared(
         self,
@@ -149,22 +228,21 @@ class _SMTP(smtplib.SMTP):
         message's content goes out before that call. `meanwhile` runs once the
         message is written, before its reply is read (see SmtpConnection.send).
         """
+        self.phase = _ENVELOPE
         if self.ahead is not None:
             if self.ahead != (sender, recipient):
                 raise AssertionError("the envelope sent ahead is not this message's")
             self.ahead = None
-            replies = [self.getreply(), self.getreply(), self.getreply()]
-        elif not (sender.isascii() and recipient.isascii()):
-            return self._send_slowly(sender, recipient, data, meanwhile)
+            replies = [self._reply(0), self._reply(1), self._reply(2)]
         elif self.has_extn("pipelining"):
             self.send(_envelope(sender, recipient))
-            replies = [self.getreply(), self.getreply(), self.getreply()]
+            replies = [self._reply(0), self._reply(1), self._reply(2)]
         else:
             replies = []
             commands = _envelope(sender, recipient).split(b"\r\n")[:3]
-            for command, ok in zip(commands, _EXPECTED, strict=True):
+            for n, (command, ok) in enumerate(zip(commands, _EXPECTED, strict=True)):
                 self.send(command + b"\r\n")
-                replies.append(self.getreply())
+                replies.append(self._reply(n))
                 if replies[-1][0] not in ok:
                     break
         refused = next(
@@ -177,13 +255,12 @@ class _SMTP(smtplib.SMTP):
                 self.send(b".\r\n")
                 self.getreply()
             self._reset_quietly()
-            if refused is replies[0] and refused[0] >= 500:
+            if refused is replies[0] and refused[0] >= 500 and (sender + recipient).isascii():
                 # The sender refused: about us (sender, auth, TLS), not this recipient.
+                # (With SMTPUTF8 the refusal may be of that parameter: this address's.)
                 raise SmtpSessionRefused(*refused)
             return refused
-        if then is not None and not (
-            self.has_extn("pipelining") and then[0].isascii() and then[1].isascii()
-        ):
+        if then is not None and not (self.has_extn("pipelining") and self.can_send(*then)):
             then = None
         return self._data(data, meanwhile, then)
 
@@ -192,37 +269,14 @@ class _SMTP(smtplib.SMTP):
         if self.ahead is None:
             return
         self.ahead = None
-        replies = [self.getreply(), self.getreply(), self.getreply()]
+        self.phase = _ENVELOPE
+        replies = [self._reply(0), self._reply(1), self._reply(2)]
         if replies[2][0] == 354:
             # The server waits for the content, and only a final dot ends DATA, which
             # would deliver an empty message: hang up instead (the message is void).
             self.close()
             return
         self._reset_quietly()
-
-    def _send_slowly(
-        self,
-        sender: str,
-        recipient: str,
-        data: bytes,
-        meanwhile: Callable[[], None] | None = None,
-    ) -> tuple[int, bytes]:
-        """smtplib's own MAIL/RCPT, for addresses that need its SMTPUTF8 handling."""
-        code, resp = self.mail(sender)
-        if code != 250:
-            self._reset_quietly()
-            if code >= 500:
-                raise SmtpSessionRefused(code, resp)
-            return code, resp
-        code, resp = self.rcpt(recipient)
-        if code not in (250, 251):
-            self._reset_quietly()
-            return code, resp
-        code, resp = self.docmd("DATA")
-        if code != 354:
-            self._reset_quietly()
-            return code, resp
-        return self._data(data, meanwhile)
 
     def _data(
         self,
@@ -233,14 +287,21 @@ class _SMTP(smtplib.SMTP):
         body = data.replace(b"\r\n.", b"\r\n..")
         lead = b"." if body.startswith(b".") else b""
         end = b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"
+        # A write that fails part way cannot have delivered the final dot, unless the
+        # next envelope followed it in the same write: then the dot may be out.
+        self.phase = _CONTENT if then is None else _DOT
+        self._wait(self.waits.block_timeout)
         # One copy of the message, in one write with what follows it.
         self.send(b"".join((lead, body, end, _envelope(*then) if then is not None else b"")))
+        self.phase = _DOT
         self.ahead = then
         if meanwhile is not None:
             meanwhile()
+        self._wait(self.waits.dot_timeout)
         return self.getreply()
 
     def _reset_quietly(self) -> None:
+        self._wait(self.timeout)
         try:
             self.rset()
         except smtplib.SMTPException:
@@ -265,9 +326,11 @@ class SmtpConnection:
         smtp: _SMTP | None = None
         try:
             if s.security == "tls":
-                smtp = _SMTP_SSL(s.host, s.port, timeout=s.timeout, context=s.tls_context())
+                smtp = _SMTP_SSL(timeout=s.timeout, context=s.tls_context())
             else:
-                smtp = _SMTP(s.host, s.port, timeout=s.timeout)
+                smtp = _SMTP(timeout=s.timeout)
+            smtp.waits = s
+            smtp.open(s.host, s.port)
             smtp.ehlo()
             if s.security == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -277,9 +340,10 @@ class SmtpConnection:
             if s.username:
                 smtp.login(s.username, s.password)
         except BaseException as exc:
+            phase = smtp.phase if smtp is not None else ""
             if smtp is not None:
                 smtp.close()
-            raise _describe(exc, where, s) from None
+            raise _describe(exc, where, s, phase) from None
         self.connects += 1
         return smtp
 
@@ -306,11 +370,31 @@ class SmtpConnection:
         pipelines, that message's envelope goes out right behind this message, and
         the next call must be `send` for it, or `abandon_ahead`. Its content goes
         out only in that call.
+
+        A fault of this one message (an address the server cannot take, an encoding
+        error) fails it alone; a fault of the connection defers it, or leaves it in
+        doubt when its final dot went out (IN_DOUBT: never send it again blindly).
         """
-        self.connect()
-        assert self._smtp is not None
         try:
-            code, resp = self._smtp.send_prepared(
+            sender, recipient = ascii_domain(sender), ascii_domain(recipient)
+        except ValueError as exc:
+            return SendResult(FAILED, None, str(exc))
+        try:
+            then = ascii_domain(then) if then else None
+        except ValueError:
+            then = None  # it fails on its own turn
+        self.connect()
+        smtp = self._smtp
+        assert smtp is not None
+        if smtp.ahead is None and not smtp.can_send(sender, recipient):
+            return SendResult(
+                FAILED,
+                None,
+                f"{recipient}: the address needs SMTPUTF8 (RFC 6531), which"
+                f" {self.settings.host}:{self.settings.port} does not offer",
+            )
+        try:
+            code, resp = smtp.send_prepared(
                 sender, recipient, data, meanwhile, (sender, then) if then else None
             )
         except SmtpSessionRefused as exc:
@@ -320,17 +404,17 @@ class SmtpConnection:
                 f"SMTP server {self.settings.host}:{self.settings.port} refused to take mail"
                 f" from {sender}: {code} {resp.decode(errors='replace')}"
             ) from None
-        except smtplib.SMTPServerDisconnected as exc:
-            self._drop()
-            return SendResult(DEFERRED, None, f"connection dropped: {exc}", dropped=True)
         except smtplib.SMTPResponseException as exc:
             code, resp = exc.smtp_code, exc.smtp_error
-        except TimeoutError:
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:  # TimeoutError is an OSError
+            return self._broken(smtp.phase, exc)
+        except AssertionError:
+            raise  # a fault of the caller, not of this message
+        except Exception as exc:  # noqa: BLE001 - any other fault is this message's own
+            if smtp.phase == _DOT:
+                return self._broken(_DOT, exc)
             self._drop()
-            return SendResult(DEFERRED, None, "timed out waiting for the server", dropped=True)
-        except OSError as exc:
-            self._drop()
-            return SendResult(DEFERRED, None, f"connection error: {exc}", dropped=True)
+            return SendResult(FAILED, None, f"cannot send this message: {exc}", True, fault=True)
         text = resp.decode("utf-8", errors="replace") if isinstance(resp, bytes) else str(resp)
         text = " ".join(text.split())
         if 200 <= code < 300:
@@ -341,12 +425,33 @@ class SmtpConnection:
                 f"SMTP server {self.settings.host}:{self.settings.port} refused the session:"
                 f" {code} {text}"
             )
+        if code == -1 and smtp.phase == _DOT:
+            return self._broken(_DOT, ValueError(f"an unreadable reply: {text}"))
         if code == 421 or code == -1:
             self._drop()
             return SendResult(DEFERRED, code, text, dropped=True)
         if 400 <= code < 500:
             return SendResult(DEFERRED, code, text)
         return SendResult(FAILED, code, text)
+
+    def _broken(self, phase: str, exc: Exception) -> SendResult:
+        """The connection failed mid-transaction: deferred, or in doubt after the dot."""
+        self._drop()
+        timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
+        if phase == _DOT:
+            what = (
+                f"no reply to the final dot within {self.settings.dot_timeout:g} s"
+                if timed_out
+                else f"the connection broke after the final dot ({exc})"
+            )
+            # RFC 5321 section 4.5.3.2.6: the server may have taken it; sending it
+            # again would be a duplicate.
+            return SendResult(IN_DOUBT, None, f"{what}: the server may have the message", True)
+        if timed_out:
+            return SendResult(DEFERRED, None, "timed out waiting for the server", dropped=True)
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return SendResult(DEFERRED, None, f"connection dropped: {exc}", dropped=True)
+        return SendResult(DEFERRED, None, f"connection error: {exc}", dropped=True)
 
     def abandon_ahead(self) -> None:
         """The envelope sent ahead (`send`'s `then`) gets no message after all."""
@@ -374,16 +479,20 @@ class SmtpConnection:
             return
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
+            smtp._wait(smtp.timeout)  # not the last wait's (up to dot_timeout)
             try:
                 smtp.quit()
             except (smtplib.SMTPException, OSError):
                 smtp.close()
 
 
-def _describe(exc: BaseException, where: str, s: SmtpSettings) -> BaseException:
+def _describe(exc: BaseException, where: str, s: SmtpSettings, phase: str = "") -> BaseException:
     """The one-line error for a connection that could not be set up."""
     if isinstance(exc, SmtpError) or not isinstance(exc, Exception):
         return exc
+    timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
+    if phase == _GREETING and timed_out:
+        return SmtpError(f"{where}: no greeting within {s.greeting_timeout:g} s (timed out)")
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         reply = exc.smtp_error.decode(errors="replace")
         return SmtpLoginError(f"{where}: login as {s.username!r} refused: {exc.smtp_code} {reply}")

@@ -29,7 +29,7 @@ from email.utils import format_datetime, make_msgid, parseaddr
 import jinja2
 import sqlalchemy as sa
 
-from newsletter import mailer, render, tokens
+from newsletter import addresses, mailer, render, tokens
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.message import clean_display_name
@@ -41,7 +41,6 @@ from newsletter.store import (
     subscribers,
     utcnow,
 )
-from newsletter.subscribers import normalize_email
 
 TEXT_TEMPLATE = "confirm.txt"
 HTML_TEMPLATE = "confirm.html"
@@ -116,7 +115,7 @@ def request(
     if honeypot.strip():
         return Request(BOT)
     try:
-        email = normalize_email(address)
+        email = addresses.normalize(address)
     except ValueError as exc:
         return Request(INVALID, problem=str(exc))
     now = now or utcnow()
@@ -137,13 +136,14 @@ def _claim(store: Store, email: str, name: str, now: dt.datetime, throttle: int)
                     sa.select(
                         subscribers.c.id, subscribers.c.status, subscribers.c.confirm_sent_at
                     )
-                    .where(subscribers.c.email == email)
+                    .where(subscribers.c.email_key == addresses.key(email))
                     .with_for_update()
                 ).one_or_none()
                 if row is None:
                     conn.execute(
                         subscribers.insert().values(
                             email=email,
+                            email_key=addresses.key(email),
                             name=name,
                             attributes="{}",
                             status=PENDING_CONFIRMATION,
@@ -177,7 +177,10 @@ def release(store: Store, email: str, sent_at: dt.datetime) -> None:
     with store.begin() as conn:
         conn.execute(
             subscribers.update()
-            .where(subscribers.c.email == email, subscribers.c.confirm_sent_at == sent_at)
+            .where(
+                subscribers.c.email_key == addresses.key(email),
+                subscribers.c.confirm_sent_at == sent_at,
+            )
             .values(confirm_sent_at=None)
         )
 
@@ -200,7 +203,7 @@ def confirm(
     with store.begin() as conn:
         row = conn.execute(
             sa.select(subscribers.c.id, subscribers.c.status, subscribers.c.unsubscribed_at)
-            .where(subscribers.c.email == email)
+            .where(subscribers.c.email_key == addresses.key(email))
             .with_for_update()
         ).one_or_none()
         if row is None:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from newsletter import migrations
+from newsletter import addresses, migrations
 from newsletter.errors import NewsletterError
 
 # Releases before migrations refuse a database whose newsletter_meta says more than
@@ -77,6 +77,8 @@ subscribers = sa.Table(
     "subscribers",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
+    # As sent: the local part as given, the domain in ASCII (see addresses.py); one
+    # subscriber per email_key (the last column), the address with its case folded.
     sa.Column("email", sa.String(320), nullable=False, unique=True),
     sa.Column("name", sa.String(255), nullable=False, server_default=""),
     sa.Column("attributes", sa.Text, nullable=False, server_default="{}"),
@@ -85,6 +87,8 @@ subscribers = sa.Table(
     sa.Column("unsubscribed_at", UTCDateTime),
     # When the last signup confirmation went to this address: repeated signups are throttled.
     sa.Column("confirm_sent_at", UTCDateTime),
+    sa.Column("email_key", sa.String(320), nullable=False),
+    sa.UniqueConstraint("email_key", name="uq_subscribers_email_key"),
     sa.Index("ix_subscribers_status", "status", "id"),
 )
 
@@ -115,6 +119,9 @@ campaigns = sa.Table(
     sa.Column("batches", sa.Integer, nullable=False, server_default="0"),
     sa.Column("sweep_at", UTCDateTime),
     sa.Column("last_error", sa.Text),
+    # When the campaign first stopped with deliveries left: run-due retries it, less
+    # often as time passes, until [schedule] give_up_after from then.
+    sa.Column("incomplete_since", UTCDateTime),
 )
 
 deliveries = sa.Table(
@@ -400,33 +407,34 @@ class Store:
         added = updated = 0
         now = utcnow()
         with self.begin() as conn:
-            emails = [r.email for r in rows]
+            keys = [addresses.key(r.email) for r in rows]
             existing: dict[str, int] = {}
-            for chunk_start in range(0, len(emails), 500):
-                chunk = emails[chunk_start : chunk_start + 500]
-                for sid, email in conn.execute(
-                    sa.select(subscribers.c.id, subscribers.c.email).where(
-                        subscribers.c.email.in_(chunk)
+            for chunk_start in range(0, len(keys), 500):
+                chunk = keys[chunk_start : chunk_start + 500]
+                for sid, email_key in conn.execute(
+                    sa.select(subscribers.c.id, subscribers.c.email_key).where(
+                        subscribers.c.email_key.in_(chunk)
                     )
                 ):
-                    existing[email] = sid
-            new = [r for r in rows if r.email not in existing]
+                    existing[email_key] = sid
+            new = [(k, r) for k, r in zip(keys, rows, strict=True) if k not in existing]
             if new:
                 conn.execute(
                     subscribers.insert(),
                     [
                         {
                             "email": r.email,
+                            "email_key": k,
                             "name": r.name,
                             "attributes": json.dumps(r.attributes, ensure_ascii=False),
                             "status": ACTIVE,
                             "created_at": now,
                         }
-                        for r in new
+                        for k, r in new
                     ],
                 )
                 added = len(new)
-            known = [r for r in rows if r.email in existing]
+            known = [(k, r) for k, r in zip(keys, rows, strict=True) if k in existing]
             if known:
                 conn.execute(
                     subscribers.update()
@@ -434,11 +442,11 @@ class Store:
                     .values(name=sa.bindparam("new_name"), attributes=sa.bindparam("attrs")),
                     [
                         {
-                            "sid": existing[r.email],
+                            "sid": existing[k],
                             "new_name": r.name,
                             "attrs": json.dumps(r.attributes, ensure_ascii=False),
                         }
-                        for r in known
+                        for k, r in known
                     ],
                 )
                 updated = len(known)
@@ -449,14 +457,17 @@ class Store:
         values["unsubscribed_at"] = utcnow() if status == UNSUBSCRIBED else None
         with self.begin() as conn:
             result = conn.execute(
-                subscribers.update().where(subscribers.c.email == email).values(**values)
+                subscribers.update()
+                .where(subscribers.c.email_key == addresses.key(email))
+                .values(**values)
             )
         return result.rowcount > 0
 
     def subscriber(self, email: str) -> Mapping[str, Any] | None:
+        """The subscriber with this address, in any spelling of its case."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(subscribers).where(subscribers.c.email == email)
+                sa.select(subscribers).where(subscribers.c.email_key == addresses.key(email))
             ).one_or_none()
         return row._mapping if row else None
 

@@ -7,22 +7,11 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from email_validator import EmailNotValidError, validate_email
-
+from newsletter import addresses
 from newsletter.errors import ContentError, NewsletterError
 from newsletter.fileio import read_text
 from newsletter.message import clean_display_name
 from newsletter.store import ACTIVE, UNSUBSCRIBED, Store, SubscriberRow
-
-
-def normalize_email(address: str) -> str:
-    """The address as stored: syntax checked (no DNS), lower-cased. Raises ValueError."""
-    address = address.strip()
-    try:
-        result = validate_email(address, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from None
-    return result.normalized.lower()
 
 
 @dataclass
@@ -57,12 +46,12 @@ def read_csv(path: Path) -> tuple[list[SubscriberRow], list[str]]:
         if not raw and not any(values.values()):
             continue  # blank line
         try:
-            email = normalize_email(raw)
+            email = addresses.normalize(raw)
         except ValueError as exc:
             problems.append(f"{path}:{line}: {raw!r}: {exc}")
             continue
         name = clean_display_name(values.pop("name", ""))
-        rows[email] = SubscriberRow(email=email, name=name, attributes=values)
+        rows[addresses.key(email)] = SubscriberRow(email=email, name=name, attributes=values)
     return list(rows.values()), problems
 
 
@@ -72,23 +61,26 @@ def import_csv(store: Store, path: Path) -> ImportReport:
     return ImportReport(added=added, updated=updated, rejected=problems)
 
 
-def add(store: Store, address: str, name: str = "") -> bool:
-    """Add or update one subscriber; True when the address is new."""
+# The address as stored: domain in ASCII, local part as given (ValueError if invalid).
+normalize_email = addresses.normalize
+
+
+def add(store: Store, address: str, name: str = "") -> str | None:
+    """Add or update one subscriber; the address as stored when it is new, else None."""
     try:
         email = normalize_email(address)
     except ValueError as exc:
         raise NewsletterError(f"{address!r}: {exc}") from None
     added, _ = store.upsert_subscribers([SubscriberRow(email, clean_display_name(name))])
-    return added == 1
+    return email if added else None
 
 
 def remove(store: Store, address: str) -> None:
     """Unsubscribe an address (the row stays, so a re-import does not bring it back)."""
-    email = address.strip().lower()
-    if not store.set_subscriber_status(email, UNSUBSCRIBED):
+    if not store.set_subscriber_status(address, UNSUBSCRIBED):
         raise NewsletterError(f"{address}: not a subscriber")
 
 
 def resubscribe(store: Store, address: str) -> None:
-    if not store.set_subscriber_status(address.strip().lower(), ACTIVE):
+    if not store.set_subscriber_status(address, ACTIVE):
         raise NewsletterError(f"{address}: not a subscriber")

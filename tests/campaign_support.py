@@ -81,6 +81,9 @@ class Publication:
         return {**env, **self.env, "NEWSLETTER_CONFIG": str(self.config_path)}
 
 
+TIMEOUTS = ("GREETING", "MAIL", "RCPT", "DATA", "BLOCK", "DOT")
+
+
 def make_publication(tmp_path: Path, database_url: str, smtp_port: int) -> Publication:
     root = tmp_path / f"pub-{uuid.uuid4().hex[:6]}"
     root.mkdir()
@@ -92,6 +95,8 @@ def make_publication(tmp_path: Path, database_url: str, smtp_port: int) -> Publi
         "NEWSLETTER_SMTP_HOST": "127.0.0.1",
         "NEWSLETTER_SMTP_PORT": str(smtp_port),
         "NEWSLETTER_SMTP_TIMEOUT": "5",
+        # A test that hangs fails in seconds, not after RFC 5321's minutes.
+        **{f"NEWSLETTER_SMTP_{wait}_TIMEOUT": "5" for wait in TIMEOUTS},
         "NEWSLETTER_SMTP_RETRY_DELAY": "0.01",
         "NEWSLETTER_SECRET": SECRET,
     }

@@ -94,7 +94,7 @@ def edit_file() -> Callable[[Path, str, str], None]:
 # Fixtures of the sending tests: a real SMTP server and a real database.
 import services  # noqa: E402
 from campaign_support import close_stores, database_url  # noqa: E402, F401
-from smtp_fixtures import silent_server, smtp_server  # noqa: E402, F401
+from smtp_fixtures import silent_server, smtp_server, utf8_smtp_server  # noqa: E402, F401
 
 # Tests that need a service carry its marker (tests/services.py). The fixtures that reach a
 # service bring the marker with them, so `-m "not celery"` leaves out every test using one.

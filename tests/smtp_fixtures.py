@@ -43,19 +43,30 @@ class FaultyHandler:
     rcpt_replies / data_replies: address -> replies to give, one per attempt
     (e.g. ["451 4.3.0 try later"]); when the list is used up, the address is accepted.
     drop_at_data: message numbers (1-based, counted over DATA commands) at which
-    the server closes the connection instead of answering.
+    the server closes the connection instead of answering the final dot (the client
+    cannot know whether the message was taken: it is in doubt).
+    drop_at_rcpt: RCPT numbers (1-based) at which the server closes the connection
+    before any of that message went out (a plain dropped connection).
     delay: seconds to wait before answering DATA (to keep a campaign in flight).
+    answer_late: address -> seconds to wait after taking its message (it is stored)
+    before the 250, like a relay that queues at the dot and answers after the client
+    gave up.
+    smtputf8: advertise SMTPUTF8 (RFC 6531) and take UTF-8 addresses.
     """
 
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
     data_replies: dict[str, list[str]] = field(default_factory=dict)
     drop_at_data: set[int] = field(default_factory=set)
+    drop_at_rcpt: set[int] = field(default_factory=set)
     delay: float = 0.0
+    answer_late: dict[str, float] = field(default_factory=dict)
+    smtputf8: bool = False
     pipelining: bool = True  # advertise PIPELINING (aiosmtpd reads commands in order anyway)
     auth_ok: tuple[str, str] | None = None
     received: list[Received] = field(default_factory=list)
     ehlos: int = 0
     data_commands: int = 0
+    rcpt_commands: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_EHLO(
@@ -72,6 +83,10 @@ class FaultyHandler:
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
         with self.lock:
+            self.rcpt_commands += 1
+            if self.rcpt_commands in self.drop_at_rcpt:
+                server.transport.close()
+                return "421 closing (test drop)"
             replies = self.rcpt_replies.get(address.lower())
             if replies:
                 return replies.pop(0)
@@ -95,6 +110,8 @@ class FaultyHandler:
             self.received.append(
                 Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
+        if rcpt in self.answer_late:
+            await asyncio.sleep(self.answer_late[rcpt])
         return "250 2.0.0 Accepted"
 
     def count_by_recipient(self) -> Counter[str]:
@@ -114,11 +131,19 @@ class SmtpServer:
 
 
 @contextlib.contextmanager
-def running_smtp_server() -> Iterator[SmtpServer]:
-    """An aiosmtpd server with a FaultyHandler on a free port of 127.0.0.1."""
-    handler = FaultyHandler()
+def running_smtp_server(smtputf8: bool = False) -> Iterator[SmtpServer]:
+    """An aiosmtpd server with a FaultyHandler on a free port of 127.0.0.1 (offering
+    SMTPUTF8 when asked)."""
+    handler = FaultyHandler(smtputf8=smtputf8)
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=10)
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        ready_timeout=10,
+        enable_SMTPUTF8=smtputf8,
+        decode_data=False,
+    )
     controller.start()
     try:
         yield SmtpServer("127.0.0.1", port, handler)
@@ -129,6 +154,13 @@ def running_smtp_server() -> Iterator[SmtpServer]:
 @pytest.fixture
 def smtp_server() -> Iterator[SmtpServer]:
     with running_smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def utf8_smtp_server() -> Iterator[SmtpServer]:
+    """The same server, offering SMTPUTF8 (RFC 6531)."""
+    with running_smtp_server(smtputf8=True) as server:
         yield server
 
 

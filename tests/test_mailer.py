@@ -213,3 +213,132 @@ def test_a_server_refusing_the_session_is_an_error_not_a_failed_recipient(
     finally:
         conn.close()
     assert not handler.received
+
+
+# --- the waits of RFC 5321 section 4.5.3.2, and what a late reply means -----------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_reply_to_the_final_dot_after_the_timeout_is_in_doubt(
+    smtp_server: SmtpServer, pipelining: bool
+) -> None:
+    # The server takes the message at the dot and answers after the client gave up:
+    # the message is out, so it must be in doubt, never deferred (which retries it).
+    handler = smtp_server.handler
+    handler.pipelining = pipelining
+    handler.answer_late = {"slow@example.com": 1.0}
+    conn = mailer.SmtpConnection(settings(smtp_server.port, dot_timeout=0.3, rcpt_timeout=5))
+    try:
+        late = conn.send("a@example.com", "slow@example.com", MESSAGE, then="b@example.com")
+        after = conn.send("a@example.com", "b@example.com", MESSAGE)
+    finally:
+        conn.close()
+    assert late.status == mailer.IN_DOUBT and late.dropped
+    assert "no reply to the final dot within 0.3 s" in late.error
+    assert after.status == mailer.SENT  # on a new connection; b's envelope was not lost
+    assert handler.count_by_recipient() == {"slow@example.com": 1, "b@example.com": 1}
+    assert conn.connects == 2
+
+
+def test_a_connection_lost_after_the_final_dot_is_in_doubt(smtp_server: SmtpServer) -> None:
+    smtp_server.handler.drop_at_data = {1}  # closes instead of answering the final dot
+    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    try:
+        result = conn.send("a@example.com", "b@example.com", MESSAGE)
+    finally:
+        conn.close()
+    assert result.status == mailer.IN_DOUBT
+    assert "the connection broke after the final dot" in result.error
+
+
+def test_a_connection_lost_before_the_message_is_deferred(smtp_server: SmtpServer) -> None:
+    smtp_server.handler.drop_at_rcpt = {1}
+    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    try:
+        result = conn.send("a@example.com", "b@example.com", MESSAGE)
+        again = conn.send("a@example.com", "b@example.com", MESSAGE)
+    finally:
+        conn.close()
+    assert result.status == mailer.DEFERRED and result.dropped
+    assert again.status == mailer.SENT and len(smtp_server.received) == 1
+
+
+def test_each_wait_has_its_own_timeout(smtp_server: SmtpServer) -> None:
+    # DATA's reply (after the content) is held 0.5 s: a 0.2 s dot timeout gives up,
+    # while the other waits (2 s) are not what limits it.
+    smtp_server.handler.delay = 0.5
+    quick = settings(smtp_server.port, dot_timeout=0.2, mail_timeout=2, rcpt_timeout=2)
+    patient = settings(smtp_server.port, dot_timeout=2, mail_timeout=0.2, rcpt_timeout=0.2)
+    results = []
+    for waits in (quick, patient):
+        conn = mailer.SmtpConnection(waits)
+        try:
+            results.append(conn.send("a@example.com", "b@example.com", MESSAGE).status)
+        finally:
+            conn.close()
+    assert results == [mailer.IN_DOUBT, mailer.SENT]
+
+
+def test_no_greeting_within_the_greeting_timeout(silent_server: tuple[str, int]) -> None:
+    conn = mailer.SmtpConnection(settings(silent_server[1], greeting_timeout=0.3))
+    with pytest.raises(mailer.SmtpError, match=r"no greeting within 0.3 s"):
+        conn.connect()
+
+
+def test_the_settings_take_every_wait_from_the_config(tmp_path: Path) -> None:
+    pub = make_publication(tmp_path, "sqlite://", 2525)
+    waits = ("greeting", "mail", "rcpt", "data", "block", "dot")
+    env = {f"NEWSLETTER_SMTP_{w.upper()}_TIMEOUT": str(n + 1) for n, w in enumerate(waits)}
+    s = mailer.SmtpSettings.from_config(pub.config(**env))
+    assert [getattr(s, f"{w}_timeout") for w in waits] == [1, 2, 3, 4, 5, 6]
+
+
+# --- international addresses (RFC 6531) -------------------------------------------------
+
+
+def test_an_international_domain_goes_out_as_its_a_label(smtp_server: SmtpServer) -> None:
+    # Stored before domains were kept in ASCII, or typed on the command line.
+    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    try:
+        result = conn.send("a@example.com", "user@bücher.example", MESSAGE)
+    finally:
+        conn.close()
+    assert result.status == mailer.SENT
+    assert smtp_server.received[0].rcpt_tos == ["user@xn--bcher-kva.example"]
+
+
+def test_a_local_part_that_is_not_ascii_fails_alone_without_smtputf8(
+    smtp_server: SmtpServer,
+) -> None:
+    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    try:
+        refused = conn.send("a@example.com", "zoë@example.com", MESSAGE, then="b@example.com")
+        after = conn.send("a@example.com", "b@example.com", MESSAGE)
+    finally:
+        conn.close()
+    assert refused.status == mailer.FAILED
+    assert "needs SMTPUTF8 (RFC 6531)" in refused.error and "does not offer" in refused.error
+    assert after.status == mailer.SENT and conn.connects == 1
+    assert smtp_server.handler.count_by_recipient() == {"b@example.com": 1}
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_local_part_that_is_not_ascii_goes_out_with_smtputf8(
+    utf8_smtp_server: SmtpServer, pipelining: bool
+) -> None:
+    utf8_smtp_server.handler.pipelining = pipelining
+    conn = mailer.SmtpConnection(settings(utf8_smtp_server.port))
+    try:
+        sent = [
+            conn.send("a@example.com", "b@example.com", MESSAGE, then="zoë@bücher.example"),
+            conn.send("a@example.com", "zoë@bücher.example", MESSAGE, then="c@example.com"),
+            conn.send("a@example.com", "c@example.com", MESSAGE),
+        ]
+    finally:
+        conn.close()
+    assert [r.status for r in sent] == [mailer.SENT] * 3
+    assert [r.rcpt_tos for r in utf8_smtp_server.received] == [
+        ["b@example.com"],
+        ["zoë@xn--bcher-kva.example"],
+        ["c@example.com"],
+    ]

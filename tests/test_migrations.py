@@ -65,16 +65,21 @@ def fill(url: str) -> dict[str, list[dict[str, Any]]]:
         tables = sa.MetaData()
         tables.reflect(conn)
         t = tables.tables
+
+        def key(email: str) -> dict[str, str]:  # the column revision 0002 added
+            return {"email_key": email} if "email_key" in t["subscribers"].c else {}
+
         # One statement a row: the rows set different columns.
         conn.execute(
             t["subscribers"].insert(),
             {"id": 1, "email": "ann@example.com", "name": "Ann", "attributes": '{"city": "Oslo"}',
-             "status": "active", "created_at": NOW},
+             "status": "active", "created_at": NOW, **key("ann@example.com")},
         )  # fmt: skip
         conn.execute(
             t["subscribers"].insert(),
             {"id": 2, "email": "bob@example.com", "name": "Bob", "attributes": "{}",
-             "status": "unsubscribed", "created_at": NOW, "unsubscribed_at": NOW},
+             "status": "unsubscribed", "created_at": NOW, "unsubscribed_at": NOW,
+             **key("bob@example.com")},
         )  # fmt: skip
         conn.execute(
             t["campaigns"].insert(),
