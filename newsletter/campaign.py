@@ -1572,6 +1572,30 @@ def send_test(
     return results
 
 
+_TEST_PREFIX = "[TEST] "  # the subject's start in send_test's messages
+
+
+@dataclass(frozen=True)
+class RenderedTest:
+    """A test message rendered and not sent (`send --to ADDR --dry-run`)."""
+
+    to: str
+    subject: str
+    bytes: int
+
+
+def render_test(config: Config, built: BuiltIssue, addresses: Iterable[str]) -> list[RenderedTest]:
+    """The messages send_test would send, rendered the same way; no connection is made."""
+    template = message_template(config, built, subject_prefix=_TEST_PREFIX)
+    personalizer = Personalizer(config, built.issue.slug)
+    out = []
+    for address in addresses:
+        values, token = personalizer.values(address, config.sample.name)
+        size = len(template.render(address, "", values, token))
+        out.append(RenderedTest(address, _TEST_PREFIX + built.issue.subject, size))
+    return out
+
+
 def test_sender(config_path: Path, issue_path: Path) -> Callable[[], str] | None:
     """For the preview's "Send test" button: sends the issue as it is on disk now to
     [preview] test_recipients; None when that setting is empty (no button)."""

@@ -279,19 +279,8 @@ def send(
     config = state.config
     built = publish.build_issue(config, publish.load_issue(issue))
     if to:
-        for address in to:
-            try:
-                subscriber_ops.normalize_email(address)
-            except ValueError as exc:
-                raise click.BadParameter(f"{address!r}: {exc}", param_hint="--to") from None
-        results = campaign.send_test(config, built, to)
-        failed = [r for r in results if r[1] != "sent"]
-        if as_json:
-            click.echo(json.dumps({"test": True, "results": dict(results)}))
-        else:
-            for address, outcome in results:
-                click.echo(f"{address}: {outcome}")
-        raise SystemExit(1 if failed else 0)
+        _send_test(config, built, to, dry_run, as_json)
+        return
 
     store = _store(state)
     findings = publish.check_built(config, built, publish.sample(config, built))
@@ -323,6 +312,38 @@ def send(
         )
     campaign_id = campaign.create(store, built)
     _run_campaign(state, store, campaign_id, as_json)
+
+
+def _send_test(
+    config: config_mod.Config,
+    built: publish.BuiltIssue,
+    to: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    for address in to:
+        try:
+            subscriber_ops.normalize_email(address)
+        except ValueError as exc:
+            raise click.BadParameter(f"{address!r}: {exc}", param_hint="--to") from None
+    if dry_run:
+        rendered = campaign.render_test(config, built, to)
+        if as_json:
+            messages = [{"to": m.to, "subject": m.subject, "bytes": m.bytes} for m in rendered]
+            click.echo(json.dumps({"test": True, "dry_run": True, "messages": messages}))
+        else:
+            for m in rendered:
+                click.echo(f"{m.to}: would get {m.subject!r} ({m.bytes / 1024:.1f} KB)")
+            click.echo(f"dry run: {len(rendered)} test message(s) rendered, nothing sent")
+        return
+    results = campaign.send_test(config, built, to)
+    failed = [r for r in results if r[1] != "sent"]
+    if as_json:
+        click.echo(json.dumps({"test": True, "results": dict(results)}))
+    else:
+        for address, outcome in results:
+            click.echo(f"{address}: {outcome}")
+    raise SystemExit(1 if failed else 0)
 
 
 @cli.command()
