@@ -111,6 +111,10 @@ campaigns = sa.Table(
     sa.Column("batches", sa.Integer, nullable=False, server_default="0"),
     sa.Column("sweep_at", UTCDateTime),
     sa.Column("last_error", sa.Text),
+    # Who the campaign goes to, fixed when its deliveries are made (at once, or when a
+    # scheduled campaign is claimed): "all" active subscribers, or the "new" ones who
+    # have not had its issue from another campaign.
+    sa.Column("audience", sa.String(16), nullable=False, server_default="all"),
 )
 
 deliveries = sa.Table(

@@ -15,6 +15,9 @@ from campaign_support import Publication, make_publication
 from click.testing import CliRunner, Result
 from smtp_fixtures import SmtpServer
 
+from newsletter import campaign, publish
+from newsletter.cli import cli
+
 UTC = dt.UTC
 ANN, BOB, CAROL, DAN = (f"{n}@example.com" for n in ("ann", "bob", "carol", "dan"))
 
@@ -25,8 +28,6 @@ def pub(tmp_path: Path, database_url: str, smtp_server: SmtpServer) -> Publicati
 
 
 def invoke(pub: Publication, *args: str, input: str | None = None) -> Result:
-    from newsletter.cli import cli
-
     return CliRunner().invoke(
         cli, ["--config", str(pub.config_path), *args], env=pub.env, input=input
     )
@@ -58,7 +59,27 @@ def sent_once_to_ann_and_bob(pub: Publication, smtp_server: SmtpServer) -> None:
     assert smtp_server.handler.count_by_recipient() == {ANN: 1, BOB: 1}
 
 
-# --- a test send's dry run ---------------------------------------------------------------
+# --- the ledger -------------------------------------------------------------------------
+
+
+def test_rows_still_to_send_in_another_campaign_count_as_having_it(pub: Publication) -> None:
+    """A campaign that has not sent yet will: a second one is refused, and --new-only
+    leaves out the subscribers it holds rows for."""
+    subscribe(pub, ANN, BOB)
+    store = pub.store()
+    built = publish.build_issue(pub.config(), publish.load_issue(pub.issue))
+    first = campaign.create(store, built, repeat=campaign.Repeat.REFUSE)  # ready, not run
+    with pytest.raises(campaign.IssueAlreadySent, match=r"on its way as campaign 1 \(ready, 2 to"):
+        campaign.create(store, built, repeat=campaign.Repeat.REFUSE)
+    with pytest.raises(campaign.NobodyLeft, match="nobody left"):
+        campaign.create(store, built, repeat=campaign.Repeat.NEW_ONLY)
+    subscribe(pub, CAROL)
+    second = campaign.create(store, built, repeat=campaign.Repeat.NEW_ONLY)
+    assert campaign.counts(store, second)["pending"] == 1
+    assert campaign.counts(store, first)["pending"] == 2
+
+
+# --- a test send's dry run --------------------------------------------------------------
 
 
 def test_dry_run_of_a_test_send_sends_nothing(pub: Publication, smtp_server: SmtpServer) -> None:
