@@ -252,10 +252,31 @@ def unsubscribe(state: State, token_or_email: str) -> None:
 # --- sending ----------------------------------------------------------------------------
 
 
+def _repeat_options(f: Any) -> Any:
+    """--again / --new-only: what to do with an issue an earlier campaign sent."""
+    f = click.option(
+        "--new-only",
+        is_flag=True,
+        help="Send an issue that went out before only to those who have not had it.",
+    )(f)
+    return click.option(
+        "--again", is_flag=True, help="Send an issue that went out before to everyone again."
+    )(f)
+
+
+def _repeat(again: bool, new_only: bool) -> campaign.Repeat:
+    if again and new_only:
+        raise click.UsageError("--again and --new-only exclude each other: choose one")
+    if again:
+        return campaign.Repeat.AGAIN
+    return campaign.Repeat.NEW_ONLY if new_only else campaign.Repeat.REFUSE
+
+
 @cli.command()
 @click.argument("issue", type=click.Path(path_type=Path))
 @click.option("--to", "to", multiple=True, help="Send a [TEST] copy to this address (repeatable).")
 @click.option("--all", "to_all", is_flag=True, help="Send a campaign to every active subscriber.")
+@_repeat_options
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
 @click.option("--dry-run", is_flag=True, help="Render every message, send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -265,17 +286,26 @@ def send(
     issue: Path,
     to: tuple[str, ...],
     to_all: bool,
+    again: bool,
+    new_only: bool,
     yes: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
     """Send ISSUE: a test with --to ADDR, or a campaign to the whole list with --all.
 
-    A campaign asks for confirmation unless --yes. Exit code 0 only when every
-    message went out (nothing failed, deferred or left over).
+    A campaign asks for confirmation unless --yes. An issue goes to each subscriber
+    once: --all refuses an issue an earlier campaign sent (or will send), unless
+    --new-only (only those who have not had it) or --again (everyone).
+
+    Exit code 0 only when every message went out (nothing failed, deferred or left
+    over), and for --new-only when nobody is left to send to (no campaign is made).
     """
+    repeat = _repeat(again, new_only)
     if bool(to) == to_all:
         raise click.UsageError("say who gets it: --to ADDRESS (a test) or --all (a campaign)")
+    if to and (again or new_only):
+        raise click.UsageError("--again and --new-only go with --all; a --to test is not recorded")
     config = state.config
     built = publish.build_issue(config, publish.load_issue(issue))
     if to:
@@ -289,9 +319,15 @@ def send(
         raise click.ClickException(
             f"{issue}: check found errors (first: {first.message}); fix them before sending"
         )
-    count = store.count_subscribers()
+    history = campaign.issue_history(store, built.issue.slug)
+    try:
+        history.check(built.issue.path, repeat, at_once=True)
+    except campaign.NobodyLeft as exc:
+        _nobody_left(exc, as_json)
+        return
+    count = history.audience(repeat)
     if dry_run:
-        report = campaign.dry_run(store, config, built)
+        report = campaign.dry_run(store, config, built, repeat)
         if as_json:
             click.echo(
                 json.dumps({"dry_run": True, "messages": report.messages, "bytes": report.bytes})
@@ -307,11 +343,32 @@ def send(
             "no active subscribers: import some with `newsletter subscribers import`"
         )
     if not yes:
-        click.confirm(
-            f"Send {built.issue.subject!r} to {count:,} subscriber(s)?", abort=True, err=True
-        )
-    campaign_id = campaign.create(store, built)
+        click.confirm(_send_question(built, history, repeat), abort=True, err=True)
+    try:
+        # Checked again in the transaction that makes it: the answer may have taken a while.
+        campaign_id = campaign.create(store, built, repeat=repeat)
+    except campaign.NobodyLeft as exc:
+        _nobody_left(exc, as_json)
+        return
     _run_campaign(state, store, campaign_id, as_json)
+
+
+def _send_question(
+    built: publish.BuiltIssue, history: campaign.IssueHistory, repeat: campaign.Repeat
+) -> str:
+    if not history.earlier:
+        return f"Send {built.issue.subject!r} to {history.active:,} subscriber(s)?"
+    if repeat is campaign.Repeat.NEW_ONLY:
+        return f"{history.summary()}; send to {history.newcomers:,} who have not had it?"
+    return f"{history.summary()}; send it again to all {history.active:,}?"
+
+
+def _nobody_left(exc: campaign.NobodyLeft, as_json: bool) -> None:
+    # Not a failure: a script that sends each issue to newcomers finds nothing to do.
+    if as_json:
+        click.echo(json.dumps({"campaign_id": None, "sent": 0, "status": "nobody left"}))
+    else:
+        click.echo(str(exc))
 
 
 def _send_test(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,114 @@ def sent_once_to_ann_and_bob(pub: Publication, smtp_server: SmtpServer) -> None:
     first = send(pub, "--yes")
     assert first.exit_code == 0, first.output
     assert smtp_server.handler.count_by_recipient() == {ANN: 1, BOB: 1}
+
+
+# --- send --all -------------------------------------------------------------------------
+
+
+def test_a_second_send_of_an_issue_is_refused_and_sends_nothing(
+    pub: Publication, smtp_server: SmtpServer, assert_user_error: Callable[..., str]
+) -> None:
+    sent_once_to_ann_and_bob(pub, smtp_server)
+    again = send(pub, "--yes")
+    assert again.exit_code == 1
+    assert_user_error(
+        again,
+        f"{pub.issue}: already sent as campaign 1 on {started_on(pub, 1)} to 2 subscribers;",
+        "--new-only sends it to those who have not had it, --again to everyone",
+    )
+    # A dry run says the same: it shows what the real send would do.
+    dry = send(pub, "--dry-run")
+    assert_user_error(dry, "already sent as campaign 1")
+    assert smtp_server.handler.count_by_recipient() == {ANN: 1, BOB: 1}
+    assert [r["id"] for r in campaigns(pub)] == [1]
+
+
+def test_again_sends_everyone_a_second_copy(pub: Publication, smtp_server: SmtpServer) -> None:
+    sent_once_to_ann_and_bob(pub, smtp_server)
+    subscribe(pub, CAROL)
+    again = send(pub, "--again", "--yes")
+    assert again.exit_code == 0, again.output
+    assert "campaign 2: 3 sent" in again.stdout
+    assert smtp_server.handler.count_by_recipient() == {ANN: 2, BOB: 2, CAROL: 1}
+
+
+def test_new_only_sends_to_the_newcomer_then_finds_nobody_left(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    sent_once_to_ann_and_bob(pub, smtp_server)
+    subscribe(pub, CAROL)
+    newcomers = send(pub, "--new-only", "--yes")
+    assert newcomers.exit_code == 0, newcomers.output
+    assert "campaign 2: 1 sent" in newcomers.stdout
+    assert smtp_server.handler.count_by_recipient() == {ANN: 1, BOB: 1, CAROL: 1}
+
+    # Nobody left: a script that runs this after each signup batch is not failing.
+    nobody = send(pub, "--new-only", "--yes")
+    assert nobody.exit_code == 0, nobody.output
+    assert nobody.stdout.count("\n") == 1 and "nobody left to send it to" in nobody.stdout
+    as_json = json.loads(send(pub, "--new-only", "--yes", "--json").stdout)
+    assert as_json == {"campaign_id": None, "sent": 0, "status": "nobody left"}
+    assert [r["id"] for r in campaigns(pub)] == [1, 2]  # no campaign without deliveries
+    assert len(smtp_server.received) == 3
+
+    # The refusal names the first campaign and counts the later one; so does the question.
+    refused = send(pub, "--yes")
+    assert refused.exit_code == 1
+    assert "campaign 1" in refused.stderr and "(and in 1 later campaign(s))" in refused.stderr
+    asked = send(pub, "--again", input="n\n")
+    assert "(and 1 later campaign(s); 3 subscribers have it); send it again to all 3?" in (
+        asked.stderr
+    )
+    assert len(smtp_server.received) == 3
+
+
+def test_new_only_dry_run_renders_only_the_newcomers(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    sent_once_to_ann_and_bob(pub, smtp_server)
+    subscribe(pub, CAROL)
+    dry = send(pub, "--new-only", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout)["messages"] == 1
+    assert len(smtp_server.received) == 2
+
+
+def test_a_failed_or_skipped_delivery_is_not_having_had_it(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    subscribe(pub, ANN, BOB)
+    smtp_server.handler.rcpt_replies[BOB] = ["550 5.2.2 mailbox full"]
+    first = send(pub, "--yes")
+    assert first.exit_code == 1 and "1 sent" in first.stdout and "1 failed" in first.stdout
+    later = send(pub, "--new-only", "--yes")
+    assert later.exit_code == 0, later.output
+    assert smtp_server.handler.count_by_recipient() == {ANN: 1, BOB: 1}
+
+
+def test_the_two_flags_exclude_each_other(pub: Publication) -> None:
+    both = send(pub, "--again", "--new-only", "--yes")
+    assert both.exit_code == 2 and "--again and --new-only exclude each other" in both.stderr
+    test = invoke(pub, "send", str(pub.issue), "--to", ANN, "--again")
+    assert test.exit_code == 2 and "go with --all" in test.stderr
+
+
+def test_the_question_says_what_went_out_before(pub: Publication, smtp_server: SmtpServer) -> None:
+    sent_once_to_ann_and_bob(pub, smtp_server)
+    subscribe(pub, CAROL)
+    on = started_on(pub, 1)
+    declined = send(pub, "--new-only", input="n\n")
+    assert declined.exit_code == 1
+    assert (
+        f"This issue was already sent as campaign 1 on {on} to 2 subscribers;"
+        " send to 1 who have not had it?"
+    ) in declined.stderr
+    declined = send(pub, "--again", input="n\n")
+    assert "to 2 subscribers; send it again to all 3?" in declined.stderr
+    assert len(smtp_server.received) == 2
+    accepted = send(pub, "--new-only", input="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert smtp_server.handler.count_by_recipient() == {ANN: 1, BOB: 1, CAROL: 1}
 
 
 # --- the ledger -------------------------------------------------------------------------
