@@ -599,6 +599,7 @@ def schedule() -> None:
 @click.option("--every", help='A cron expression for a recurring send: "0 9 * * TUE".')
 @click.option("--tz", "tz", help="Time zone (default: [publication] timezone).")
 @_fold_option
+@_repeat_options
 @pass_state
 def schedule_create(
     state: State,
@@ -607,13 +608,22 @@ def schedule_create(
     every: str | None,
     tz: str | None,
     fold: int | None,
+    again: bool,
+    new_only: bool,
 ) -> None:
-    """Schedule ISSUE --at a local time, or a recurring send --every CRON."""
+    """Schedule ISSUE --at a local time, or a recurring send --every CRON.
+
+    An issue an earlier campaign sent (or will send) is refused unless --again
+    (everyone) or --new-only (those who have not had it by the send time).
+    """
+    repeat = _repeat(again, new_only)
     config = state.config
     store = _store(state)
     if every:
         if issue or at:
             raise click.UsageError("--every takes no ISSUE and no --at")
+        if again or new_only:
+            raise click.UsageError("--every sends each issue once: no --again or --new-only")
         rid, first, tz_name = schedule_mod.add_recurring(store, config, every, tz, None)
         click.echo(
             f"recurring r{rid}: every {every!r}; next: {schedule_mod.describe(first, tz_name)}"
@@ -621,8 +631,14 @@ def schedule_create(
         return
     if not issue or not at:
         raise click.UsageError('give ISSUE and --at "YYYY-MM-DD HH:MM" (or --every CRON)')
-    cid, when, tz_name = schedule_mod.schedule_issue(store, config, issue, at, tz, fold)
+    cid, when, tz_name = schedule_mod.schedule_issue(
+        store, config, issue, at, tz, fold, repeat=repeat
+    )
     click.echo(f"campaign {cid} scheduled for {schedule_mod.describe(when, tz_name)}")
+    if repeat is campaign.Repeat.NEW_ONLY:
+        click.echo("  to the active subscribers who have not had this issue by then")
+    elif repeat is campaign.Repeat.AGAIN:
+        click.echo("  to every active subscriber, including those who have had this issue")
 
 
 @schedule.command("list")

@@ -16,7 +16,7 @@ from campaign_support import Publication, make_publication
 from click.testing import CliRunner, Result
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, publish
+from newsletter import campaign, publish, schedule
 from newsletter.cli import cli
 
 UTC = dt.UTC
@@ -148,6 +148,9 @@ def test_the_two_flags_exclude_each_other(pub: Publication) -> None:
     assert both.exit_code == 2 and "--again and --new-only exclude each other" in both.stderr
     test = invoke(pub, "send", str(pub.issue), "--to", ANN, "--again")
     assert test.exit_code == 2 and "go with --all" in test.stderr
+    at = "2031-12-01 09:00"
+    scheduled = invoke(pub, "schedule", str(pub.issue), "--at", at, "--again", "--new-only")
+    assert scheduled.exit_code == 2 and "exclude each other" in scheduled.stderr
 
 
 def test_the_question_says_what_went_out_before(pub: Publication, smtp_server: SmtpServer) -> None:
@@ -168,9 +171,6 @@ def test_the_question_says_what_went_out_before(pub: Publication, smtp_server: S
     assert smtp_server.handler.count_by_recipient() == {ANN: 1, BOB: 1, CAROL: 1}
 
 
-# --- the ledger -------------------------------------------------------------------------
-
-
 def test_rows_still_to_send_in_another_campaign_count_as_having_it(pub: Publication) -> None:
     """A campaign that has not sent yet will: a second one is refused, and --new-only
     leaves out the subscribers it holds rows for."""
@@ -186,6 +186,68 @@ def test_rows_still_to_send_in_another_campaign_count_as_having_it(pub: Publicat
     second = campaign.create(store, built, repeat=campaign.Repeat.NEW_ONLY)
     assert campaign.counts(store, second)["pending"] == 1
     assert campaign.counts(store, first)["pending"] == 2
+
+
+# --- schedule ---------------------------------------------------------------------------
+
+
+def test_schedule_refuses_an_issue_that_went_out(
+    pub: Publication, smtp_server: SmtpServer, assert_user_error: Callable[..., str]
+) -> None:
+    sent_once_to_ann_and_bob(pub, smtp_server)
+    refused = invoke(pub, "schedule", str(pub.issue), "--at", "2031-12-01 09:00")
+    assert refused.exit_code == 1
+    assert_user_error(refused, f"{pub.issue}: already sent as campaign 1", "--again to everyone")
+    assert [r["id"] for r in campaigns(pub)] == [1]
+
+
+def test_a_scheduled_issue_counts_for_send(
+    pub: Publication, smtp_server: SmtpServer, assert_user_error: Callable[..., str]
+) -> None:
+    subscribe(pub, ANN)
+    assert invoke(pub, "schedule", str(pub.issue), "--at", "2031-12-01 09:00").exit_code == 0
+    refused = send(pub, "--yes")
+    assert refused.exit_code == 1
+    assert_user_error(
+        refused,
+        "already scheduled as campaign 1 for 2031-12-01 17:00 UTC;",
+        "`newsletter schedule cancel 1` cancels campaign 1, --again sends it anyway",
+    )
+    # Its audience is made when it is claimed: everyone then, so --new-only now would
+    # reach them twice.
+    new_only = send(pub, "--new-only", "--yes")
+    assert new_only.exit_code == 1
+    assert "--new-only would reach them twice" in new_only.stderr
+    assert not smtp_server.received
+    assert invoke(pub, "schedule", "cancel", "1").exit_code == 0
+    assert send(pub, "--yes").exit_code == 0
+    assert smtp_server.handler.count_by_recipient() == {ANN: 1}
+
+
+def test_schedule_new_only_sends_to_the_newcomers_of_the_send_time(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    sent_once_to_ann_and_bob(pub, smtp_server)
+    subscribe(pub, CAROL)
+    result = invoke(pub, "schedule", str(pub.issue), "--at", "2031-12-01 09:00", "--new-only")
+    assert result.exit_code == 0, result.output
+    assert "who have not had this issue by then" in result.stdout
+    subscribe(pub, DAN)  # joins after it was scheduled, before it is due
+    report = schedule.run_due(
+        pub.store(), pub.config(), now=dt.datetime(2031, 12, 1, 17, 0, 30, tzinfo=UTC)
+    )
+    assert report.ok and [r["sent"] for r in report.sent] == [2]
+    assert smtp_server.handler.count_by_recipient() == {ANN: 1, BOB: 1, CAROL: 1, DAN: 1}
+
+
+def test_schedule_again_sends_everyone_a_second_copy(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    sent_once_to_ann_and_bob(pub, smtp_server)
+    result = invoke(pub, "schedule", str(pub.issue), "--at", "2031-12-01 09:00", "--again")
+    assert result.exit_code == 0, result.output
+    schedule.run_due(pub.store(), pub.config(), now=dt.datetime(2031, 12, 1, 17, 1, tzinfo=UTC))
+    assert smtp_server.handler.count_by_recipient() == {ANN: 2, BOB: 2}
 
 
 # --- a test send's dry run --------------------------------------------------------------
