@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from campaign_support import Publication, make_publication
+from campaign_support import SECRET, Publication, make_publication
 from click.testing import CliRunner, Result
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, publish, schedule
+from newsletter import campaign, publish, schedule, sponsorship, tracking
 from newsletter.cli import cli
+from newsletter.store import deliveries
 
 UTC = dt.UTC
 ANN, BOB, CAROL, DAN = (f"{n}@example.com" for n in ("ann", "bob", "carol", "dan"))
@@ -266,3 +267,32 @@ def test_dry_run_of_a_test_send_sends_nothing(pub: Publication, smtp_server: Smt
     # Without --dry-run the same command does send: the check above can fail.
     assert invoke(pub, "send", str(pub.issue), "--to", ANN).exit_code == 0
     assert len(smtp_server.received) == 1
+
+
+# --- the sponsor's report: one placement per issue --------------------------------------
+
+
+def test_two_campaigns_of_an_issue_are_one_placement(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    sent_once_to_ann_and_bob(pub, smtp_server)
+    subscribe(pub, CAROL)
+    assert send(pub, "--new-only", "--yes").exit_code == 0
+    store = pub.store()
+    with store.begin() as conn:  # delivered an hour ago: clicks now are not scanners
+        conn.execute(
+            deliveries.update().values(sent_at=dt.datetime.now(UTC) - dt.timedelta(hours=1))
+        )
+    signer = tracking.ClickSigner(SECRET.encode())
+    for campaign_id, subscriber_id in ((1, 1), (1, 1), (2, 3), (1, 2)):
+        token = signer.sign(campaign_id, subscriber_id, 0)
+        assert tracking.record_click(store, signer, token, head=False, bot_seconds=10)
+
+    rep = sponsorship.report(pub.config(), store, "helloshuttle")
+    [line] = rep.issues
+    assert line.campaigns == [1, 2] and line.campaign == 1
+    assert (line.delivered, line.clicks, line.unique_clickers) == (3, 4, 3)
+    assert line.links[0]["clicks"] == 4 and line.links[0]["unique_clickers"] == 3
+    assert rep.totals["issues"] == 1 and rep.totals["delivered"] == 3
+    csv_lines = sponsorship.report_csv(rep).splitlines()
+    assert csv_lines[1].startswith("1 2,") and len(csv_lines) == 3
