@@ -227,8 +227,8 @@ class IssueHistory:
             # An empty list is not "nobody left": the caller says there is no one at all.
             if at_once and self.active and not self.newcomers:
                 raise NobodyLeft(
-                    f"{issue_path}: nobody left to send it to: all {_subscribers(self.active)}"
-                    " have had it (or a running campaign will send it to them); no campaign made"
+                    f"{issue_path}: nobody left to send it to: all {self.active:,} active"
+                    " subscriber(s) have had it, or have it on its way; no campaign made"
                 )
 
 
