@@ -252,10 +252,31 @@ def unsubscribe(state: State, token_or_email: str) -> None:
 # --- sending ----------------------------------------------------------------------------
 
 
+def _repeat_options(f: Any) -> Any:
+    """--again / --new-only: what to do with an issue an earlier campaign sent."""
+    f = click.option(
+        "--new-only",
+        is_flag=True,
+        help="Send an issue that went out before only to those who have not had it.",
+    )(f)
+    return click.option(
+        "--again", is_flag=True, help="Send an issue that went out before to everyone again."
+    )(f)
+
+
+def _repeat(again: bool, new_only: bool) -> campaign.Repeat:
+    if again and new_only:
+        raise click.UsageError("--again and --new-only exclude each other: choose one")
+    if again:
+        return campaign.Repeat.AGAIN
+    return campaign.Repeat.NEW_ONLY if new_only else campaign.Repeat.REFUSE
+
+
 @cli.command()
 @click.argument("issue", type=click.Path(path_type=Path))
 @click.option("--to", "to", multiple=True, help="Send a [TEST] copy to this address (repeatable).")
 @click.option("--all", "to_all", is_flag=True, help="Send a campaign to every active subscriber.")
+@_repeat_options
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
 @click.option("--dry-run", is_flag=True, help="Render every message, send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -265,33 +286,31 @@ def send(
     issue: Path,
     to: tuple[str, ...],
     to_all: bool,
+    again: bool,
+    new_only: bool,
     yes: bool,
     dry_run: bool,
     as_json: bool,
 ) -> None:
     """Send ISSUE: a test with --to ADDR, or a campaign to the whole list with --all.
 
-    A campaign asks for confirmation unless --yes. Exit code 0 only when every
-    message went out (nothing failed, deferred or left over).
+    A campaign asks for confirmation unless --yes. An issue goes to each subscriber
+    once: --all refuses an issue an earlier campaign sent (or will send), unless
+    --new-only (only those who have not had it) or --again (everyone).
+
+    Exit code 0 only when every message went out (nothing failed, deferred or left
+    over), and for --new-only when nobody is left to send to (no campaign is made).
     """
+    repeat = _repeat(again, new_only)
     if bool(to) == to_all:
         raise click.UsageError("say who gets it: --to ADDRESS (a test) or --all (a campaign)")
+    if to and (again or new_only):
+        raise click.UsageError("--again and --new-only go with --all; a --to test is not recorded")
     config = state.config
     built = publish.build_issue(config, publish.load_issue(issue))
     if to:
-        for address in to:
-            try:
-                subscriber_ops.normalize_email(address)
-            except ValueError as exc:
-                raise click.BadParameter(f"{address!r}: {exc}", param_hint="--to") from None
-        results = campaign.send_test(config, built, to)
-        failed = [r for r in results if r[1] != "sent"]
-        if as_json:
-            click.echo(json.dumps({"test": True, "results": dict(results)}))
-        else:
-            for address, outcome in results:
-                click.echo(f"{address}: {outcome}")
-        raise SystemExit(1 if failed else 0)
+        _send_test(config, built, to, dry_run, as_json)
+        return
 
     store = _store(state)
     findings = publish.check_built(config, built, publish.sample(config, built))
@@ -300,9 +319,15 @@ def send(
         raise click.ClickException(
             f"{issue}: check found errors (first: {first.message}); fix them before sending"
         )
-    count = store.count_subscribers()
+    history = campaign.issue_history(store, built.issue.slug)
+    try:
+        history.check(built.issue.path, repeat, at_once=True)
+    except campaign.NobodyLeft as exc:
+        _nobody_left(exc, as_json)
+        return
+    count = history.audience(repeat)
     if dry_run:
-        report = campaign.dry_run(store, config, built)
+        report = campaign.dry_run(store, config, built, repeat)
         if as_json:
             click.echo(
                 json.dumps({"dry_run": True, "messages": report.messages, "bytes": report.bytes})
@@ -318,11 +343,64 @@ def send(
             "no active subscribers: import some with `newsletter subscribers import`"
         )
     if not yes:
-        click.confirm(
-            f"Send {built.issue.subject!r} to {count:,} subscriber(s)?", abort=True, err=True
-        )
-    campaign_id = campaign.create(store, built)
+        click.confirm(_send_question(built, history, repeat), abort=True, err=True)
+    try:
+        # Checked again in the transaction that makes it: the answer may have taken a while.
+        campaign_id = campaign.create(store, built, repeat=repeat)
+    except campaign.NobodyLeft as exc:
+        _nobody_left(exc, as_json)
+        return
     _run_campaign(state, store, campaign_id, as_json)
+
+
+def _send_question(
+    built: publish.BuiltIssue, history: campaign.IssueHistory, repeat: campaign.Repeat
+) -> str:
+    if not history.earlier:
+        return f"Send {built.issue.subject!r} to {history.active:,} subscriber(s)?"
+    if repeat is campaign.Repeat.NEW_ONLY:
+        return f"{history.summary()}; send to {history.newcomers:,} who have not had it?"
+    return f"{history.summary()}; send it again to all {history.active:,}?"
+
+
+def _nobody_left(exc: campaign.NobodyLeft, as_json: bool) -> None:
+    # Not a failure: a script that sends each issue to newcomers finds nothing to do.
+    if as_json:
+        click.echo(json.dumps({"campaign_id": None, "sent": 0, "status": "nobody left"}))
+    else:
+        click.echo(str(exc))
+
+
+def _send_test(
+    config: config_mod.Config,
+    built: publish.BuiltIssue,
+    to: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    for address in to:
+        try:
+            subscriber_ops.normalize_email(address)
+        except ValueError as exc:
+            raise click.BadParameter(f"{address!r}: {exc}", param_hint="--to") from None
+    if dry_run:
+        rendered = campaign.render_test(config, built, to)
+        if as_json:
+            messages = [{"to": m.to, "subject": m.subject, "bytes": m.bytes} for m in rendered]
+            click.echo(json.dumps({"test": True, "dry_run": True, "messages": messages}))
+        else:
+            for m in rendered:
+                click.echo(f"{m.to}: would get {m.subject!r} ({m.bytes / 1024:.1f} KB)")
+            click.echo(f"dry run: {len(rendered)} test message(s) rendered, nothing sent")
+        return
+    results = campaign.send_test(config, built, to)
+    failed = [r for r in results if r[1] != "sent"]
+    if as_json:
+        click.echo(json.dumps({"test": True, "results": dict(results)}))
+    else:
+        for address, outcome in results:
+            click.echo(f"{address}: {outcome}")
+    raise SystemExit(1 if failed else 0)
 
 
 @cli.command()
@@ -521,6 +599,7 @@ def schedule() -> None:
 @click.option("--every", help='A cron expression for a recurring send: "0 9 * * TUE".')
 @click.option("--tz", "tz", help="Time zone (default: [publication] timezone).")
 @_fold_option
+@_repeat_options
 @pass_state
 def schedule_create(
     state: State,
@@ -529,13 +608,22 @@ def schedule_create(
     every: str | None,
     tz: str | None,
     fold: int | None,
+    again: bool,
+    new_only: bool,
 ) -> None:
-    """Schedule ISSUE --at a local time, or a recurring send --every CRON."""
+    """Schedule ISSUE --at a local time, or a recurring send --every CRON.
+
+    An issue an earlier campaign sent (or will send) is refused unless --again
+    (everyone) or --new-only (those who have not had it by the send time).
+    """
+    repeat = _repeat(again, new_only)
     config = state.config
     store = _store(state)
     if every:
         if issue or at:
             raise click.UsageError("--every takes no ISSUE and no --at")
+        if again or new_only:
+            raise click.UsageError("--every sends each issue once: no --again or --new-only")
         rid, first, tz_name = schedule_mod.add_recurring(store, config, every, tz, None)
         click.echo(
             f"recurring r{rid}: every {every!r}; next: {schedule_mod.describe(first, tz_name)}"
@@ -543,8 +631,14 @@ def schedule_create(
         return
     if not issue or not at:
         raise click.UsageError('give ISSUE and --at "YYYY-MM-DD HH:MM" (or --every CRON)')
-    cid, when, tz_name = schedule_mod.schedule_issue(store, config, issue, at, tz, fold)
+    cid, when, tz_name = schedule_mod.schedule_issue(
+        store, config, issue, at, tz, fold, repeat=repeat
+    )
     click.echo(f"campaign {cid} scheduled for {schedule_mod.describe(when, tz_name)}")
+    if repeat is campaign.Repeat.NEW_ONLY:
+        click.echo("  to the active subscribers who have not had this issue by then")
+    elif repeat is campaign.Repeat.AGAIN:
+        click.echo("  to every active subscriber, including those who have had this issue")
 
 
 @schedule.command("list")

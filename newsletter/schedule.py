@@ -188,8 +188,13 @@ def schedule_issue(
     tz_name: str | None = None,
     fold: int | None = None,
     now: dt.datetime | None = None,
+    repeat: campaign.Repeat = campaign.Repeat.REFUSE,
 ) -> tuple[int, dt.datetime, str]:
-    """Store a scheduled campaign; returns (id, UTC time, zone name)."""
+    """Store a scheduled campaign; returns (id, UTC time, zone name).
+
+    An issue an earlier campaign sent (or will send) is refused unless `repeat` says
+    AGAIN or NEW_ONLY; NEW_ONLY picks its audience when the campaign is claimed.
+    """
     tz_name = tz_name or config.publication.timezone
     when = resolve_local(parse_local(at), zone(tz_name), fold)
     now = now or utcnow()
@@ -198,7 +203,12 @@ def schedule_issue(
     built = publish.build_issue(config, read_issue(issue_path))
     _refuse_check_errors(config, built)
     cid = campaign.create(
-        store, built, status=campaign.SCHEDULED, scheduled_at=when, timezone=tz_name
+        store,
+        built,
+        status=campaign.SCHEDULED,
+        scheduled_at=when,
+        timezone=tz_name,
+        repeat=repeat,
     )
     return cid, when, tz_name
 

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from newsletter import sponsor
+from newsletter.campaign import CANCELLED, MISSED
 from newsletter.config import Config
 from newsletter.content import read_issue
 from newsletter.errors import ContentError
@@ -74,7 +75,9 @@ def bookings(config: Config, store: Store) -> list[Booking]:
 
 @dataclass
 class IssueLine:
-    campaign: int
+    """One placement: an issue, however many campaigns sent it (their figures add up)."""
+
+    campaign: int  # the first campaign that sent the issue
     issue: str
     subject: str
     sent_at: str
@@ -82,6 +85,7 @@ class IssueLine:
     unique_clickers: int
     clicks: int
     links: list[dict[str, Any]]  # {"url", "clicks", "unique_clickers"}
+    campaigns: list[int] = field(default_factory=list)  # every campaign of the issue
 
     @property
     def click_rate(self) -> float:
@@ -119,58 +123,73 @@ class Report:
 
 
 def report(config: Config, store: Store, sponsor_id: str) -> Report:
-    """What a sponsor's placement delivered: per issue and in total, bots left out."""
+    """What a sponsor's placements delivered: per issue and in total, bots left out.
+
+    An issue sent by several campaigns (`send --new-only`, `--again`) is one placement:
+    their deliveries and clicks add up, and a reader who clicked in two of them is one
+    unique clicker. Campaigns that never went out (cancelled, missed) are left out.
+    """
     sponsor_cfg = config.sponsor(sponsor_id)
     lines: list[IssueLine] = []
     with store.engine.connect() as conn:
         rows = conn.execute(
             sa.select(campaigns)
-            .where(campaigns.c.sponsor_id == sponsor_id)
+            .where(
+                campaigns.c.sponsor_id == sponsor_id,
+                campaigns.c.status.not_in((CANCELLED, MISSED)),
+            )
             .order_by(campaigns.c.id)
         ).all()
+        by_issue: dict[str, list[Any]] = {}
         for row in rows:
+            by_issue.setdefault(row.issue_slug, []).append(row)
+        for slug, placed in by_issue.items():
+            ids = [row.id for row in placed]
             delivered = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(deliveries)
-                .where(deliveries.c.campaign_id == row.id, deliveries.c.status == SENT)
+                .where(deliveries.c.campaign_id.in_(ids), deliveries.c.status == SENT)
             ).scalar_one()
-            human = sa.and_(clicks.c.campaign_id == row.id, clicks.c.suspected_bot.is_(False))
-            links = []
-            for link in conn.execute(
-                sa.select(campaign_links)
-                .where(
-                    campaign_links.c.campaign_id == row.id,
-                    campaign_links.c.in_sponsor_block.is_(True),
-                )
-                .order_by(campaign_links.c.idx)
-            ):
-                on_link = sa.and_(human, clicks.c.link_idx == link.idx)
-                n, unique = conn.execute(
-                    sa.select(sa.func.count(), sa.func.count(sa.distinct(clicks.c.subscriber_id)))
-                    .select_from(clicks)
-                    .where(on_link)
-                ).one()
-                links.append({"url": link.url, "clicks": int(n), "unique_clickers": int(unique)})
-            sponsor_links = sa.select(campaign_links.c.idx).where(
-                campaign_links.c.campaign_id == row.id,
+            human = sa.and_(clicks.c.campaign_id.in_(ids), clicks.c.suspected_bot.is_(False))
+            sponsor_links = sa.and_(
+                campaign_links.c.campaign_id == clicks.c.campaign_id,
+                campaign_links.c.idx == clicks.c.link_idx,
                 campaign_links.c.in_sponsor_block.is_(True),
             )
-            on_sponsor = sa.and_(human, clicks.c.link_idx.in_(sponsor_links))
-            n, unique = conn.execute(
-                sa.select(sa.func.count(), sa.func.count(sa.distinct(clicks.c.subscriber_id)))
-                .select_from(clicks)
-                .where(on_sponsor)
-            ).one()
+            # A link is its URL: each campaign numbers its own links.
+            urls = conn.execute(
+                sa.select(campaign_links.c.url)
+                .where(
+                    campaign_links.c.campaign_id.in_(ids),
+                    campaign_links.c.in_sponsor_block.is_(True),
+                )
+                .group_by(campaign_links.c.url)
+                .order_by(
+                    sa.func.min(campaign_links.c.campaign_id), sa.func.min(campaign_links.c.idx)
+                )
+            ).scalars()
+            on_sponsor = sa.select(
+                sa.func.count(), sa.func.count(sa.distinct(clicks.c.subscriber_id))
+            ).select_from(clicks.join(campaign_links, sponsor_links))
+            links = []
+            for url in urls:
+                n, unique = conn.execute(
+                    on_sponsor.where(human, campaign_links.c.url == url)
+                ).one()
+                links.append({"url": url, "clicks": int(n), "unique_clickers": int(unique)})
+            n, unique = conn.execute(on_sponsor.where(human)).one()
+            first = placed[0]
             lines.append(
                 IssueLine(
-                    campaign=row.id,
-                    issue=row.issue_slug,
-                    subject=row.subject,
-                    sent_at=(row.started_at.date().isoformat() if row.started_at else ""),
+                    campaign=first.id,
+                    issue=slug,
+                    subject=first.subject,
+                    sent_at=(first.started_at.date().isoformat() if first.started_at else ""),
                     delivered=int(delivered),
                     unique_clickers=int(unique),
                     clicks=int(n),
                     links=links,
+                    campaigns=ids,
                 )
             )
     return Report(sponsor_id, sponsor_cfg.name, lines)
@@ -183,8 +202,10 @@ def report_csv(rep: Report) -> str:
         ["campaign", "issue", "sent", "delivered", "unique_clickers", "clicks", "click_rate"]
     )
     for i in rep.issues:
+        # One row per issue: the campaigns that sent it, space-separated.
+        ids = " ".join(str(c) for c in i.campaigns) or str(i.campaign)
         writer.writerow(
-            [i.campaign, i.issue, i.sent_at, i.delivered, i.unique_clickers, i.clicks,
+            [ids, i.issue, i.sent_at, i.delivered, i.unique_clickers, i.clicks,
              f"{i.click_rate:.4f}"]
         )  # fmt: skip
     t = rep.totals

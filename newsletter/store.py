@@ -122,6 +122,10 @@ campaigns = sa.Table(
     # When the campaign first stopped with deliveries left: run-due retries it, less
     # often as time passes, until [schedule] give_up_after from then.
     sa.Column("incomplete_since", UTCDateTime),
+    # Who the campaign goes to, fixed when its deliveries are made (at once, or when a
+    # scheduled campaign is claimed): "all" active subscribers, or the "new" ones who
+    # have not had its issue from another campaign.
+    sa.Column("audience", sa.String(16), nullable=False, server_default="all"),
 )
 
 deliveries = sa.Table(

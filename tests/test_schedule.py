@@ -162,10 +162,21 @@ def test_bad_cron_expression() -> None:
 # --- due, late, missed -------------------------------------------------------------------
 
 
-def scheduled(pub: Publication, at_local: str, tz: str = "America/Los_Angeles") -> int:
+def scheduled(
+    pub: Publication,
+    at_local: str,
+    tz: str = "America/Los_Angeles",
+    repeat: campaign.Repeat = campaign.Repeat.REFUSE,
+) -> int:
     store = pub.store()
     cid, _, _ = schedule.schedule_issue(
-        store, pub.config(), pub.issue, at_local, tz, now=dt.datetime(2020, 1, 1, tzinfo=UTC)
+        store,
+        pub.config(),
+        pub.issue,
+        at_local,
+        tz,
+        now=dt.datetime(2020, 1, 1, tzinfo=UTC),
+        repeat=repeat,
     )
     return cid
 
@@ -234,7 +245,7 @@ def test_beyond_max_late_is_missed_never_sent(pub: Publication, smtp_server: Smt
 def test_cancel_and_move(pub: Publication, smtp_server: SmtpServer) -> None:
     add_subscribers(pub.store(), 1)
     first = scheduled(pub, "2026-12-01 09:00")
-    second = scheduled(pub, "2026-12-02 09:00")
+    second = scheduled(pub, "2026-12-02 09:00", repeat=campaign.Repeat.AGAIN)  # same issue
     assert schedule.cancel(pub.store(), str(first)) == f"campaign {first} cancelled"
     when, tz = schedule.move(pub.store(), second, "2026-12-03 10:15", now=NOW)
     assert when == dt.datetime(2026, 12, 3, 18, 15, tzinfo=UTC) and tz == "America/Los_Angeles"
