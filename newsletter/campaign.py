@@ -61,6 +61,7 @@ from newsletter.store import (
     ACTIVE,
     DEFERRED,
     FAILED,
+    GIVEN_UP,
     PENDING,
     SENDING,
     SENT,
@@ -84,6 +85,7 @@ DONE = "done"  # every delivery is sent, failed or skipped
 INCOMPLETE = "incomplete"  # stopped with deliveries left (deferred, interrupted): resume it
 CANCELLED = "cancelled"
 MISSED = "missed"
+CLOSED = "closed"  # ended by `newsletter close` with deliveries left: they were given up
 
 LEASE = dt.timedelta(seconds=120)  # a heartbeat older than this means the owner is gone
 HEARTBEAT_EVERY = 10.0
@@ -102,6 +104,10 @@ FOLLOW_EVERY = 0.5  # seconds between looks at the ledger while the workers send
 
 class CampaignBusy(NewsletterError):
     """Another live process is sending this campaign."""
+
+
+class NothingToSend(NewsletterError):
+    """The campaign is not in a state that sends (done and not resumable, cancelled...)."""
 
 
 @dataclass
@@ -421,8 +427,13 @@ def _owner_alive(owner: str | None, heartbeat: dt.datetime | None, now: dt.datet
     return True
 
 
-def claim(store: Store, campaign_id: int, owner: str, allowed: Iterable[str]) -> Any:
-    """Take the campaign for this process, atomically; refuse while a live owner has it."""
+def claim(
+    store: Store, campaign_id: int, owner: str, allowed: Iterable[str], automatic: bool = False
+) -> Any:
+    """Take the campaign for this process, atomically; refuse while a live owner has it.
+
+    A resume asked for by a person (not `automatic`, as run-due's are) starts the clock
+    of the automatic retries afresh (see `_stopped_incomplete`)."""
     now = utcnow()
     allowed = tuple(allowed)
     with store.begin() as conn:
@@ -443,7 +454,7 @@ def claim(store: Store, campaign_id: int, owner: str, allowed: Iterable[str]) ->
                 f" on {host} (since {row.started_at:%Y-%m-%d %H:%M:%S} UTC); not sending it twice"
             )
         if row.status not in (*allowed, RUNNING):
-            raise NewsletterError(f"campaign {campaign_id} is {row.status}; nothing to send")
+            raise NothingToSend(f"campaign {campaign_id} is {row.status}; nothing to send")
         conn.execute(
             campaigns.update()
             .where(campaigns.c.id == campaign_id)
@@ -453,6 +464,7 @@ def claim(store: Store, campaign_id: int, owner: str, allowed: Iterable[str]) ->
                 heartbeat_at=now,
                 started_at=row.started_at or now,
                 last_error=None,
+                **({} if automatic else {"incomplete_since": None}),
             )
         )
         if row.status == SCHEDULED:
@@ -1131,7 +1143,7 @@ def counts(store: Store, campaign_id: int, conn: sa.Connection | None = None) ->
             rows = own.execute(query).all()
     else:
         rows = conn.execute(query).all()
-    out = {s: 0 for s in (PENDING, SENDING, SENT, FAILED, DEFERRED, SKIPPED)}
+    out = {s: 0 for s in (PENDING, SENDING, SENT, FAILED, DEFERRED, SKIPPED, GIVEN_UP)}
     out.update({status: int(n) for status, n in rows})
     return out
 
@@ -1147,18 +1159,22 @@ def run(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     wait: bool = True,
+    automatic: bool = False,
 ) -> RunResult:
     """Send every delivery of the campaign that is not yet sent; return what happened.
 
     With `[workers] broker` set, the campaign is handed to the Celery workers instead;
     then `wait` follows the ledger until it is finished (reporting progress as the
     workers send), and `wait=False` returns as soon as the batches are queued.
+    `automatic`: run-due's retry of an incomplete campaign, not a person's resume.
     """
     stop = stop or threading.Event()
     if config.workers.broker:
-        return _run_on_workers(store, config, campaign_id, allowed, progress, stop, sleep, wait)
+        return _run_on_workers(
+            store, config, campaign_id, allowed, progress, stop, sleep, wait, automatic
+        )
     owner = _owner_id()
-    row = claim(store, campaign_id, owner, allowed)
+    row = claim(store, campaign_id, owner, allowed, automatic)
     rows = _Rows(store, campaign_id)
     rows.skip_unsubscribed(in_doubt=True)  # nothing is in flight yet
     before = counts(store, campaign_id)
@@ -1226,25 +1242,117 @@ def _heartbeat(store: Store, campaign_id: int, owner: str, done: threading.Event
             )
 
 
-AUTO_RESUME_AFTER = dt.timedelta(minutes=1)
+AUTO_RESUME_AFTER = dt.timedelta(minutes=1)  # run-due's first retry of an incomplete one
+AUTO_RESUME_AT_MOST = dt.timedelta(hours=1)  # and the longest wait between two
+
+
+def _stopped_incomplete(since: dt.datetime | None, now: dt.datetime) -> dict[str, Any]:
+    """The columns of a campaign that stops with deliveries left: since when it has, and
+    when run-due tries it again. Soon at first, then less and less often (half the time
+    since it first stopped, between a minute and an hour): a relay down for a minute
+    costs a minute, one down for a day costs some thirty tries, not 1,440."""
+    since = since or now
+    wait = min(max((now - since) / 2, AUTO_RESUME_AFTER), AUTO_RESUME_AT_MOST)
+    return {"status": INCOMPLETE, "incomplete_since": since, "resume_after": now + wait}
 
 
 def _release(store: Store, campaign_id: int, owner: str, status: str, error: str | None) -> None:
     now = utcnow()
     with store.begin() as conn:
+        since = conn.execute(
+            sa.select(campaigns.c.incomplete_since).where(campaigns.c.id == campaign_id)
+        ).scalar_one_or_none()
+        values: dict[str, Any] = {
+            "status": status,
+            "owner": None,
+            "heartbeat_at": None,
+            "finished_at": now if status == DONE else None,
+            "resume_after": None,
+            "incomplete_since": None,
+            "last_error": error,
+            "sweep_at": None,
+        }
+        if status == INCOMPLETE:
+            values.update(_stopped_incomplete(since, now))
         conn.execute(
             campaigns.update()
             .where(campaigns.c.id == campaign_id, campaigns.c.owner == owner)
+            .values(values)
+        )
+
+
+def stop_retrying(store: Store, campaign_id: int, note: str) -> bool:
+    """run-due gives up on an incomplete campaign (after [schedule] give_up_after): no more
+    automatic retries; `resume` tries again, `close` ends it. False if it is not
+    incomplete any more (another runner took it meanwhile)."""
+    with store.begin() as conn:
+        return bool(
+            conn.execute(
+                campaigns.update()
+                .where(campaigns.c.id == campaign_id, campaigns.c.status == INCOMPLETE)
+                .values(resume_after=None, last_error=note)
+            ).rowcount
+        )
+
+
+@dataclass(frozen=True)
+class Closed:
+    """What `close` gave up on: the deliveries still unsent, by what they were."""
+
+    campaign_id: int
+    pending: int  # never tried (the run was stopped before their turn)
+    deferred: int  # tried, a temporary failure each time
+    in_doubt: int  # the final dot went out and no reply came: maybe delivered
+
+    @property
+    def given_up(self) -> int:
+        return self.pending + self.deferred + self.in_doubt
+
+
+def close(store: Store, campaign_id: int) -> Closed:
+    """End a campaign that stopped with deliveries left: they are marked given up and
+    nothing sends them afterwards (no resume, no run-due). Refused while it is sending."""
+    now = utcnow()
+    with store.begin() as conn:
+        row = conn.execute(
+            sa.select(campaigns).where(campaigns.c.id == campaign_id).with_for_update()
+        ).one_or_none()
+        if row is None:
+            raise NewsletterError(f"campaign {campaign_id}: no such campaign")
+        if row.status == RUNNING and _owner_alive(row.owner, row.heartbeat_at, now):
+            raise CampaignBusy(
+                f"campaign {campaign_id} is sending now; stop it first (Ctrl-C, or stop the"
+                " worker), then close it"
+            )
+        if row.status == SCHEDULED:
+            raise NewsletterError(
+                f"campaign {campaign_id} is scheduled and has not started; cancel it with"
+                f" `newsletter schedule cancel {campaign_id}`"
+            )
+        if row.status not in (READY, INCOMPLETE, RUNNING):
+            raise NothingToSend(f"campaign {campaign_id} is {row.status}; nothing to close")
+        c = counts(store, campaign_id, conn)
+        closed = Closed(campaign_id, c[PENDING], c[DEFERRED], c[SENDING])
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status.in_(UNSENT))
+            .values(status=GIVEN_UP, lease_owner=None, lease_until=None, next_attempt_at=None)
+        )
+        conn.execute(
+            campaigns.update()
+            .where(campaigns.c.id == campaign_id)
             .values(
-                status=status,
+                status=CLOSED,
                 owner=None,
                 heartbeat_at=None,
-                finished_at=now if status == DONE else None,
-                resume_after=now + AUTO_RESUME_AFTER if status == INCOMPLETE else None,
-                last_error=error,
+                finished_at=now,
+                resume_after=None,
+                incomplete_since=None,
                 sweep_at=None,
+                last_error=f"closed: {closed.given_up} delivery(ies) given up",
             )
         )
+    return closed
 
 
 # --- sending on Celery workers ----------------------------------------------------------
@@ -1277,9 +1385,10 @@ def _run_on_workers(
     stop: threading.Event,
     sleep: Callable[[float], None],
     wait: bool,
+    automatic: bool,
 ) -> RunResult:
     result = RunResult(campaign_id)
-    result.in_doubt = _dispatch(store, config, campaign_id, tuple(allowed))
+    result.in_doubt_before = _dispatch(store, config, campaign_id, tuple(allowed), automatic)
     base = counts(store, campaign_id)
     if not wait:
         result.failed = base[FAILED]
@@ -1306,7 +1415,7 @@ def _run_on_workers(
                 int(LEASE.total_seconds()),
             )
             try:
-                _dispatch(store, config, campaign_id, tuple(allowed))
+                _dispatch(store, config, campaign_id, tuple(allowed), automatic=True)
             except CampaignBusy:
                 pass  # run-due or another follower got there first
         sleep(FOLLOW_EVERY)
@@ -1318,11 +1427,18 @@ def _run_on_workers(
         result.queued = now[PENDING] + now[SENDING] + now[DEFERRED]
     else:
         result.deferred = now[DEFERRED]
-        result.pending = now[PENDING] + now[SENDING]
+        result.pending = now[PENDING]
+        result.in_doubt = now[SENDING]
     return result
 
 
-def _dispatch(store: Store, config: Config, campaign_id: int, allowed: tuple[str, ...]) -> int:
+def _dispatch(
+    store: Store,
+    config: Config,
+    campaign_id: int,
+    allowed: tuple[str, ...],
+    automatic: bool = False,
+) -> int:
     """Give the campaign to the workers and queue a task per batch; the rows in doubt.
 
     A campaign the workers already have (heartbeat fresh) is left to them."""
@@ -1335,7 +1451,7 @@ def _dispatch(store: Store, config: Config, campaign_id: int, allowed: tuple[str
     if row is not None and row.status == RUNNING and row.owner == WORKERS:
         if _owner_alive(row.owner, row.heartbeat_at, utcnow()):
             return 0
-    claim(store, campaign_id, WORKERS, allowed)
+    claim(store, campaign_id, WORKERS, allowed, automatic)
     now = utcnow()
     try:
         with store.begin() as conn:
@@ -1665,6 +1781,7 @@ def _settle(
                     heartbeat_at=None,
                     finished_at=now,
                     resume_after=None,
+                    incomplete_since=None,
                     sweep_at=None,
                 )
             )
@@ -1676,11 +1793,10 @@ def _settle(
                 campaigns.update()
                 .where(campaigns.c.id == campaign_id)
                 .values(
-                    status=INCOMPLETE,
                     owner=None,
                     heartbeat_at=None,
-                    resume_after=now + AUTO_RESUME_AFTER,
                     sweep_at=None,
+                    **_stopped_incomplete(row.incomplete_since, now),
                 )
             )
             log.info("campaign %s: incomplete, %s deferred", campaign_id, left)
@@ -1792,7 +1908,7 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
                 .where(
                     deliveries.c.campaign_id == row.id,
                     deliveries.c.last_error.is_not(None),
-                    deliveries.c.status.in_((FAILED, DEFERRED)),
+                    deliveries.c.status.in_((FAILED, DEFERRED, SENDING)),
                 )
                 .order_by(deliveries.c.id.desc())
                 .limit(5)
@@ -1824,6 +1940,7 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
                     "in_doubt": c[SENDING] - in_flight,
                     "in_flight": in_flight,
                     "skipped": c[SKIPPED],
+                    "given_up": c[GIVEN_UP],
                     # Sent by Celery workers: batches claimed so far, and what holds rows now.
                     "batches": row.batches,
                     "batches_sending": len(held),
@@ -1832,6 +1949,9 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
                     "scheduled_at": _iso(row.scheduled_at),
                     "started_at": _iso(row.started_at),
                     "finished_at": _iso(row.finished_at),
+                    # Incomplete: when run-due tries again (None: it gave up), and since when.
+                    "retry_at": _iso(row.resume_after),
+                    "incomplete_since": _iso(row.incomplete_since),
                     "last_error": row.last_error,
                     "recent_errors": [
                         {"email": e.email, "status": e.status, "error": e.last_error}

@@ -7,6 +7,7 @@ configuration errors.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -412,6 +413,27 @@ def resume(state: State, campaign_id: int, as_json: bool) -> None:
     _run_campaign(state, _store(state), campaign_id, as_json)
 
 
+@cli.command()
+@click.argument("campaign_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print what was given up as JSON.")
+@pass_state
+def close(state: State, campaign_id: int, as_json: bool) -> None:
+    """End CAMPAIGN_ID, which stopped with deliveries left: they are given up.
+
+    What is still deferred, in doubt (no reply after the final dot) or never tried
+    is marked given up and counted as such; nothing resends it afterwards, neither
+    `resume` nor `run-due`. A campaign that is sending now is refused.
+    """
+    closed = campaign.close(_store(state), campaign_id)
+    if as_json:
+        click.echo(json.dumps({**dataclasses.asdict(closed), "given_up": closed.given_up}))
+        return
+    click.echo(
+        f"campaign {campaign_id} closed: {closed.given_up} given up ({closed.deferred} deferred,"
+        f" {closed.in_doubt} in doubt, {closed.pending} never tried)"
+    )
+
+
 def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -> None:
     config = state.config
     show_bar = not as_json and sys.stderr.isatty()
@@ -456,6 +478,13 @@ def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -
         )
         if result.error:
             click.echo(f"error: {result.error}", err=True)
+        if result.in_doubt:
+            click.echo(
+                f"{result.in_doubt} message(s) in doubt: no reply after the final dot, so the"
+                " server may have them; `resume` sends them again (they may arrive twice),"
+                f" `newsletter close {campaign_id}` gives up on them",
+                err=True,
+            )
         if result.status != campaign.DONE:
             click.echo(f"resume with `newsletter resume {campaign_id}`", err=True)
     if not result.ok:
@@ -480,7 +509,15 @@ def status(state: State, campaign_id: int | None, as_json: bool) -> None:
             f" {row['deferred']} deferred, {row['failed']} failed, {row['skipped']} skipped,"
             f" {row['pending']} pending, {row['in_doubt']} in doubt"
             + (f", {row['in_flight']} in flight" if row["in_flight"] else "")
+            + (f", {row['given_up']} given up" if row["given_up"] else "")
         )
+        if row["status"] == campaign.INCOMPLETE:
+            click.echo(
+                f"    retried automatically from {row['retry_at']} (run-due or worker)"
+                if row["retry_at"]
+                else f"    no more automatic retries: `newsletter resume {row['id']}` or"
+                f" `newsletter close {row['id']}`"
+            )
         if row["last_error"]:
             click.echo(f"    error: {row['last_error']}")
         for err in row["recent_errors"]:

@@ -377,17 +377,19 @@ def run_due(
             .order_by(campaigns.c.scheduled_at)
         ).all()
         # Interrupted: a runner died mid-send (still "sending"), or a run stopped with
-        # deliveries left (deferred, server down): retried at most once a minute.
+        # deliveries left (deferred, server down): retried when resume_after comes, less
+        # often as time passes; no resume_after once run-due gave up on it.
         interrupted = conn.execute(
             sa.select(
-                campaigns.c.id, campaigns.c.status, campaigns.c.owner, campaigns.c.heartbeat_at
+                campaigns.c.id,
+                campaigns.c.status,
+                campaigns.c.owner,
+                campaigns.c.heartbeat_at,
+                campaigns.c.incomplete_since,
             )
             .where(
                 (campaigns.c.status == campaign.RUNNING)
-                | (
-                    (campaigns.c.status == campaign.INCOMPLETE)
-                    & (campaigns.c.resume_after.is_(None) | (campaigns.c.resume_after <= now))
-                )
+                | ((campaigns.c.status == campaign.INCOMPLETE) & (campaigns.c.resume_after <= now))
             )
             .order_by(campaigns.c.id)
         ).all()
@@ -409,12 +411,24 @@ def run_due(
             report.notes.append(note)
         _send(store, config, row.id, (campaign.SCHEDULED,), report, stop)
 
+    give_up = dt.timedelta(seconds=config.schedule.give_up_after_seconds)
     for row in interrupted:
         if row.status == campaign.RUNNING and campaign._owner_alive(
             row.owner, row.heartbeat_at, utcnow()
         ):
             continue  # another runner has it
-        _send(store, config, row.id, (campaign.INCOMPLETE,), report, stop)
+        since = row.incomplete_since
+        if row.status == campaign.INCOMPLETE and since is not None and now - since >= give_up:
+            message = (
+                f"campaign {row.id}: still incomplete {_human(now - since)} after it first"
+                " stopped (over [schedule] give_up_after); no more automatic retries:"
+                f" `newsletter resume {row.id}` tries again, `newsletter close {row.id}` ends it"
+            )
+            if campaign.stop_retrying(store, row.id, message):  # said once, not every minute
+                log.error(message)
+                report.errors.append(message)
+            continue
+        _send(store, config, row.id, (campaign.INCOMPLETE,), report, stop, automatic=True)
     return report
 
 
@@ -425,15 +439,18 @@ def _send(
     allowed: tuple[str, ...],
     report: DueReport,
     stop: threading.Event | None,
+    automatic: bool = False,
 ) -> None:
     try:
         # With [workers] broker set, this queues the campaign's batches and returns.
-        result = campaign.run(store, config, campaign_id, allowed=allowed, stop=stop, wait=False)
+        result = campaign.run(
+            store, config, campaign_id, allowed=allowed, stop=stop, wait=False, automatic=automatic
+        )
     except campaign.CampaignBusy:
         return  # another runner claimed it first: it is being sent once
+    except campaign.NothingToSend:
+        return  # claimed and finished by another runner meanwhile
     except NewsletterError as exc:
-        if "nothing to send" in str(exc):
-            return  # claimed and finished by another runner meanwhile
         report.errors.append(f"campaign {campaign_id}: {exc}")
         log.error("campaign %s: %s", campaign_id, exc)
         return
@@ -445,12 +462,13 @@ def _send(
     level = logging.INFO if result.ok else logging.ERROR
     log.log(
         level,
-        "campaign %s: %s sent, %s deferred, %s failed, %s pending [%s]%s",
+        "campaign %s: %s sent, %s deferred, %s failed, %s pending, %s in doubt [%s]%s",
         campaign_id,
         result.sent,
         result.deferred,
         result.failed,
         result.pending,
+        result.in_doubt,
         result.status,
         f" error: {result.error}" if result.error else "",
     )

@@ -40,6 +40,7 @@ SENT = "sent"
 FAILED = "failed"  # permanent (5xx), never retried
 DEFERRED = "deferred"  # temporary (4xx, dropped connection), retried later
 SKIPPED = "skipped"  # unsubscribed before their turn came
+GIVEN_UP = "given_up"  # still unsent when the campaign was closed: never tried again
 UNSENT = (PENDING, SENDING, DEFERRED)
 
 

@@ -25,6 +25,7 @@ from alembic.runtime.migration import MigrationContext
 from click.testing import Result
 
 from newsletter import campaign, migrations, store
+from newsletter import store as store_mod
 from newsletter.errors import NewsletterError
 from newsletter.store import Store, connect, metadata
 
@@ -177,6 +178,39 @@ def test_an_older_database_is_upgraded_on_open_and_keeps_its_data(
     assert store.subscriber("ann@example.com")["created_at"] == NOW.replace(tzinfo=dt.UTC)
     [report] = campaign.status(store, 7)
     assert (report["subject"], report["sent"], report["skipped"]) == ("First issue", 1, 1)
+
+
+def test_0002_keys_the_list_and_gives_unicode_domains_their_a_labels(database_url: str) -> None:
+    # Before 0002 every address was stored lower-cased, some with a Unicode domain, and an
+    # incomplete campaign had no incomplete_since.
+    make_database_at(database_url, "0001")
+    fill(database_url)
+    with connection(database_url) as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscribers (id, email, name, attributes, status, created_at)"
+                " VALUES (3, 'zoë@bücher.example', 'Zoë', '{}', 'active', :now),"
+                " (4, 'x@bü..example', '', '{}', 'active', :now)"
+            ),
+            {"now": NOW},
+        )
+        conn.execute(sa.text("UPDATE campaigns SET status = 'incomplete'"))
+    store = Store.open(database_url)
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(store_mod.subscribers.c.email, store_mod.subscribers.c.email_key).order_by(
+                store_mod.subscribers.c.id
+            )
+        ).all()
+        since = conn.execute(sa.select(store_mod.campaigns.c.incomplete_since)).scalar_one()
+    assert [tuple(r) for r in rows] == [
+        ("ann@example.com", "ann@example.com"),
+        ("bob@example.com", "bob@example.com"),
+        ("zoë@xn--bcher-kva.example", "zoë@xn--bcher-kva.example"),
+        ("x@bü..example", "x@bü..example"),  # not a valid IDNA name: left as it was
+    ]
+    assert store.subscriber("Zoë@Bücher.example")["name"] == "Zoë"
+    assert since is not None and abs(since - store_mod.utcnow()) < dt.timedelta(minutes=1)
 
 
 def test_an_open_of_a_database_at_head_changes_nothing(database_url: str) -> None:
