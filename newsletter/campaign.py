@@ -1226,7 +1226,13 @@ def run(
         result.error = str(runner.fatal)
     unsent = after[PENDING] + after[SENDING] + after[DEFERRED]
     result.status = DONE if unsent == 0 else INCOMPLETE
-    _release(store, campaign_id, owner, result.status, result.error or None)
+    try:
+        _release(store, campaign_id, owner, result.status, result.error or None)
+    except NewsletterError as exc:
+        raise NewsletterError(
+            f"campaign {campaign_id} stopped ({result.sent} sent): {exc};"
+            f" `newsletter resume {campaign_id}` sends the rest once it is free"
+        ) from None
     if interrupted:
         raise KeyboardInterrupt
     return result
@@ -1234,12 +1240,17 @@ def run(
 
 def _heartbeat(store: Store, campaign_id: int, owner: str, done: threading.Event) -> None:
     while not done.wait(HEARTBEAT_EVERY):
-        with store.begin() as conn:
-            conn.execute(
-                campaigns.update()
-                .where(campaigns.c.id == campaign_id, campaigns.c.owner == owner)
-                .values(heartbeat_at=utcnow())
-            )
+        try:
+            with store.begin() as conn:
+                conn.execute(
+                    campaigns.update()
+                    .where(campaigns.c.id == campaign_id, campaigns.c.owner == owner)
+                    .values(heartbeat_at=utcnow())
+                )
+        except (NewsletterError, sa.exc.OperationalError) as exc:
+            # A beat missed (the database is busy or away) is told, not fatal: the
+            # senders find out for themselves when they next record a reply.
+            log.warning("campaign %s: heartbeat not recorded: %s", campaign_id, exc)
 
 
 AUTO_RESUME_AFTER = dt.timedelta(minutes=1)  # run-due's first retry of an incomplete one

@@ -126,8 +126,9 @@ def check_database(config: config_mod.Config) -> Check:
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
-        return Check(FAIL, "database", f"[database] url: not a database URL: {url!r}")
-    shown = parsed.render_as_string(hide_password=True)
+        shown = store.shown_url(url)
+        return Check(FAIL, "database", f"[database] url: not a database URL: {shown!r}")
+    shown = store.shown_url(url)
     not_yet = "not created yet; it will be on first use"
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         # Connecting would create the file: look before touching it.

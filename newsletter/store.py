@@ -9,7 +9,10 @@ skipped. The ledger is the truth: a campaign sends only rows not yet sent.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import re
+import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -216,7 +219,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
 
 
@@ -234,13 +236,41 @@ _WRITE = "newsletter_write"
 _SCHEMA_LOCK = 0x6E6C736368656D61
 
 
+def shown_url(url: str) -> str:
+    """The database URL without its password, for every message and log line."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:  # not a URL SQLAlchemy reads: mask user:password@ anyway
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _unsecret(text: str, url: str) -> str:
+    """`text` (a driver's message, say) with the URL's password masked wherever it shows."""
+    try:
+        password = sa.engine.make_url(url).password
+    except sa.exc.ArgumentError:
+        password = None
+    text = text.replace(url, shown_url(url))
+    return text.replace(str(password), "***") if password else text
+
+
 @contextmanager
 def _database_errors(url: str) -> Iterator[None]:
     """A database that cannot be reached or read becomes one line naming it."""
     try:
         yield
     except sa.exc.OperationalError as exc:
-        raise NewsletterError(f"database {url}: {exc.orig}") from None
+        reason = _unsecret(" ".join(str(exc.orig).split()), url)
+        raise NewsletterError(f"database {shown_url(url)}: {reason}") from None
+
+
+# How long a SQLite writer waits for another process's lock before it gives up, unless
+# the URL says (sqlite:///newsletter.db?timeout=5).
+SQLITE_BUSY_SECONDS = 30.0
+
+
+class DatabaseLocked(NewsletterError):
+    """Another process held the SQLite file's write lock for longer than we wait."""
 
 
 def connect(url: str, **engine_options: Any) -> Engine:
@@ -249,13 +279,33 @@ def connect(url: str, **engine_options: Any) -> Engine:
     # cap them (the default 5 + 10 made [smtp] concurrency above ~14 time out).
     engine_options.setdefault("max_overflow", -1)
     try:
+        parsed = sa.engine.make_url(url)
+        busy = SQLITE_BUSY_SECONDS
+        if parsed.get_backend_name() == "sqlite":
+            # sqlite3's own timeout is the busy handler's: the URL's, or ours.
+            busy = float(str(parsed.query.get("timeout", busy)))
+            engine_options.setdefault("connect_args", {}).setdefault("timeout", busy)
         engine = sa.create_engine(url, future=True, **engine_options)
-    except (sa.exc.ArgumentError, ImportError) as exc:
-        raise NewsletterError(f"[database] url: cannot use {url!r}: {exc}") from None
+    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
+        raise NewsletterError(
+            f"[database] url: cannot use {shown_url(url)!r}: {_unsecret(str(exc), url)}"
+        ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "handle_error", functools.partial(_locked, parsed.database, busy))
     return engine
+
+
+def _locked(path: str | None, waited: float, context: sa.engine.ExceptionContext) -> None:
+    """SQLite's "database is locked" as one line that says what it means (in every
+    command and thread), rather than a traceback with the statement in it."""
+    original = context.original_exception
+    if isinstance(original, sqlite3.OperationalError) and "locked" in str(original):
+        raise DatabaseLocked(
+            f"database {path}: another process held it locked for over {waited:g} s"
+            " (the SQLite busy timeout; set it with ?timeout=SECONDS in [database] url)"
+        ) from None
 
 
 class Store:

@@ -28,6 +28,21 @@ def read_csv(path: Path) -> tuple[list[SubscriberRow], list[str]]:
     """
     text = read_text(path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return _read_rows(path, reader)
+    except csv.Error as exc:
+        # A field over the csv module's limit, a stray quote at the end...: the file as a
+        # whole is not what it seems; nothing of it is imported.
+        reason = str(exc)
+        if "field limit" in reason:
+            reason = (
+                f"a field is longer than {csv.field_size_limit():,} characters"
+                " (is this a CSV file of subscribers?)"
+            )
+        raise ContentError(f"{path}:{reader.reader.line_num}: {reason}") from None
+
+
+def _read_rows(path: Path, reader: csv.DictReader[str]) -> tuple[list[SubscriberRow], list[str]]:
     if reader.fieldnames is None:
         raise ContentError(f"{path}: the file is empty")
     columns = [c.strip().lower() for c in reader.fieldnames]

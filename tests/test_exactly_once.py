@@ -11,6 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from smtp_fixtures import SmtpServer, running_smtp_server
 
 from newsletter import campaign, schedule
 from newsletter.cli import cli
-from newsletter.store import GIVEN_UP, SENDING, SKIPPED, campaigns, deliveries, utcnow
+from newsletter.store import GIVEN_UP, SENDING, SKIPPED, Store, campaigns, deliveries, utcnow
 
 LIST = [
     "ann@example.com",
@@ -350,3 +355,105 @@ def test_resume_after_a_relay_change_sends_only_what_failed_before(
             sa.select(deliveries.c.last_error).where(deliveries.c.status == "failed")
         ).scalar_one()
     assert "needs SMTPUTF8 (RFC 6531)" in error
+
+
+# --- the database locked by another process during a campaign ---------------------------
+
+
+def test_a_database_locked_during_a_campaign_stops_it_in_one_line(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    db = tmp_path / "list.db"
+    # The busy timeout from the URL, so that the test waits a third of a second, not 30.
+    pub = make_publication(tmp_path, f"sqlite:///{db}?timeout=0.3", smtp_server.port)
+    emails = [f"reader{n:02d}@example.com" for n in range(30)]
+    import_list(pub, emails)
+    smtp_server.handler.delay = 0.05
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "send", str(pub.issue), "--all", "--yes"],
+        env=pub.subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while len(smtp_server.received) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    holder = sqlite3.connect(db, isolation_level=None, timeout=10)
+    holder.execute("BEGIN EXCLUSIVE")  # another process (a backup, a second tool) holds it
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert proc.returncode == 1, (out, err)
+    assert "Traceback" not in err, err
+    assert "another process held it locked for over 0.3 s" in err
+    assert err.strip().splitlines()[-1].startswith("Error: campaign 1 stopped")
+    # Once it is free, resume sends the rest; only the one in doubt may come twice.
+    again = invoke(pub, "resume", "1")
+    assert again.exit_code == 0, again.output
+    copies = smtp_server.handler.count_by_recipient()
+    assert set(copies) == set(emails) and sum(copies.values()) - len(emails) <= 1
+
+
+def test_a_heartbeat_that_cannot_be_recorded_is_a_warning_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "beat.db"
+    store = Store.open(f"sqlite:///{db}?timeout=0.1")
+    monkeypatch.setattr(campaign, "HEARTBEAT_EVERY", 0.05)
+    crashed: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
+    holder = sqlite3.connect(db, isolation_level=None, timeout=10)
+    holder.execute("BEGIN EXCLUSIVE")
+    done = threading.Event()
+    beat = threading.Thread(target=campaign._heartbeat, args=(store, 1, "me", done))
+    beat.start()
+    time.sleep(0.5)
+    done.set()
+    beat.join()
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert crashed == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings and "heartbeat not recorded: database" in warnings[0]
+    assert "another process held it locked" in warnings[0]
+
+
+# --- one-line errors, and no secret in them ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://news:s3cret-pw@127.0.0.1:9/letters",  # nothing listens there
+        "postgresql+nodriver://news:s3cret-pw@127.0.0.1/letters",  # no such driver
+        "mysql+nodb://news:s3cret-pw@db.example/letters",
+    ],
+)
+@pytest.mark.parametrize("command", [["subscribers", "count"], ["status"], ["doctor"]])
+def test_the_database_password_is_never_printed(
+    publication: Path, url: str, command: list[str]
+) -> None:
+    result = CliRunner().invoke(
+        cli, ["--config", str(publication), *command], env={"NEWSLETTER_DATABASE_URL": url}
+    )
+    assert result.exit_code != 0
+    assert "s3cret-pw" not in result.output
+    assert "news:***@" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_csv_field_over_the_csv_limit_is_a_one_line_error(
+    pub: Publication, assert_user_error: object
+) -> None:
+    path = pub.root / "list.csv"
+    path.write_text(
+        "email,name\nann@example.com,Ann\nbob@example.com," + "x" * 200_000 + "\n",
+        encoding="utf-8",
+    )
+    result = invoke(pub, "subscribers", "import", str(path))
+    line = assert_user_error(result, f"{path}:3: a field is longer than 131,072 characters")
+    assert line.startswith("Error: ")
+    assert invoke(pub, "subscribers", "count").stdout.strip() == "0"  # nothing imported
