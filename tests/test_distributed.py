@@ -257,6 +257,33 @@ def test_every_subscriber_gets_exactly_one_copy(
     assert len(senders(store, 1)) >= 2  # the work was shared
 
 
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_late_reply_after_the_dot_stays_in_doubt_and_no_batch_sends_it_again(
+    pub: Publication, workers: Workers, smtp_server: SmtpServer
+) -> None:
+    # The relay stores one message at its final dot and answers after the workers'
+    # dot timeout: the row is in doubt, and the next batches (and the sweep) leave it
+    # alone until the campaign is dispatched again, as a resume does in-process.
+    store = pub.store()
+    emails = add_subscribers(store, 250)
+    smtp_server.handler.answer_late = {emails[120]: 1.5}
+    workers.start(2, NEWSLETTER_SMTP_DOT_TIMEOUT="0.3", NEWSLETTER_SMTP_RETRIES="3")
+    # In a process of its own, with a time limit: were the row sent again, the
+    # campaign would never end, and following it would never return.
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "send", str(pub.issue), "--all", "--yes", "--json"],
+        env=pub.subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, (result.stdout, result.stderr, workers.output(0))
+    assert '"in_doubt": 1' in result.stdout and '"status": "incomplete"' in result.stdout
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
+    row = campaign.status(store, 1)[0]
+    assert (row["sent"], row["in_doubt"], row["pending"]) == (249, 1, 0)
+
+
 def test_worker_killed_mid_campaign_loses_nobody(
     pub: Publication, workers: Workers, smtp_server: SmtpServer
 ) -> None:
