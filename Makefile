@@ -36,11 +36,13 @@ demo: $(BIN)/newsletter
 test: $(BIN)/newsletter
 	$(BIN)/ruff check newsletter tests bench
 	$(BIN)/ruff format --check newsletter tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(BIN)/newsletter
 	$(BIN)/ruff check newsletter tests bench
 	$(BIN)/ruff format --check newsletter tests bench
+	$(BIN)/mypy
 
 format: $(BIN)/newsletter
 	$(BIN)/ruff format newsletter tests bench

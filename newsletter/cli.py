@@ -30,10 +30,16 @@ from newsletter.fileio import read_text, write_files
 from newsletter.store import SUBSCRIBER_STATUSES, Store
 
 
-class NewsletterClickError(click.ClickException):
-    def __init__(self, error: NewsletterError) -> None:
-        super().__init__(str(error))
-        self.exit_code = error.exit_code
+class _Failed(click.ClickException):
+    """A failed operation: exit 1."""
+
+    exit_code = 1
+
+
+class _Refused(click.ClickException):
+    """Usage or configuration: exit 2."""
+
+    exit_code = 2
 
 
 class Group(click.Group):
@@ -43,7 +49,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except NewsletterError as exc:
-            raise NewsletterClickError(exc) from None
+            raise (_Refused if exc.exit_code == 2 else _Failed)(str(exc)) from None
 
 
 class State:

@@ -175,7 +175,8 @@ class _SMTP(smtplib.SMTP):
 
         smtplib's own connect() waits for the greeting as long as for the connection."""
         self._host = host  # SMTP_SSL checks the certificate against it
-        self.sock = self._get_socket(host, port, self.timeout)
+        # smtplib's own hook (SMTP_SSL's wraps the socket in TLS); not in typeshed.
+        self.sock = self._get_socket(host, port, self.timeout)  # type: ignore[attr-defined]
         self.file = None
         self.phase = _GREETING
         self._wait(self.waits.greeting_timeout)
@@ -398,14 +399,14 @@ class SmtpConnection:
                 sender, recipient, data, meanwhile, (sender, then) if then else None
             )
         except SmtpSessionRefused as exc:
-            code, resp = exc.smtp_code, exc.smtp_error
+            code, resp = exc.smtp_code, _as_bytes(exc.smtp_error)
             self._drop()
             raise SmtpError(
                 f"SMTP server {self.settings.host}:{self.settings.port} refused to take mail"
                 f" from {sender}: {code} {resp.decode(errors='replace')}"
             ) from None
         except smtplib.SMTPResponseException as exc:
-            code, resp = exc.smtp_code, exc.smtp_error
+            code, resp = exc.smtp_code, _as_bytes(exc.smtp_error)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:  # TimeoutError is an OSError
             return self._broken(smtp.phase, exc)
         except AssertionError:
@@ -486,6 +487,11 @@ class SmtpConnection:
                 smtp.close()
 
 
+def _as_bytes(reply: bytes | str) -> bytes:
+    """smtplib's exceptions carry the reply as bytes, or as str when it made it up."""
+    return reply if isinstance(reply, bytes) else reply.encode()
+
+
 def _describe(exc: BaseException, where: str, s: SmtpSettings, phase: str = "") -> BaseException:
     """The one-line error for a connection that could not be set up."""
     if isinstance(exc, SmtpError) or not isinstance(exc, Exception):
@@ -494,7 +500,7 @@ def _describe(exc: BaseException, where: str, s: SmtpSettings, phase: str = "") 
     if phase == _GREETING and timed_out:
         return SmtpError(f"{where}: no greeting within {s.greeting_timeout:g} s (timed out)")
     if isinstance(exc, smtplib.SMTPAuthenticationError):
-        reply = exc.smtp_error.decode(errors="replace")
+        reply = _as_bytes(exc.smtp_error).decode(errors="replace")
         return SmtpLoginError(f"{where}: login as {s.username!r} refused: {exc.smtp_code} {reply}")
     if isinstance(exc, ssl.SSLError):
         return SmtpError(f"{where}: TLS failed: {exc.reason or exc}")
@@ -507,7 +513,8 @@ def _describe(exc: BaseException, where: str, s: SmtpSettings, phase: str = "") 
             return SmtpError(f"{where}: timed out after {s.timeout:g} s")
         return SmtpError(f"{where}: closed the connection: {exc}")
     if isinstance(exc, smtplib.SMTPResponseException):
-        return SmtpError(f"{where}: {exc.smtp_code} {exc.smtp_error.decode(errors='replace')}")
+        reply = _as_bytes(exc.smtp_error).decode(errors="replace")
+        return SmtpError(f"{where}: {exc.smtp_code} {reply}")
     if isinstance(exc, TimeoutError):
         return SmtpError(f"{where}: timed out after {s.timeout:g} s")
     if isinstance(exc, OSError):

@@ -327,14 +327,15 @@ class _SlotLines:
         if not self._lines:
             return []
         joined = "\n".join([t.fill(values) for t in self._values])
+        encoded: list[str | None]
         if joined.isascii() and _PRINTABLE_LINES.fullmatch(joined):
-            encoded = joined.replace("=", "=3D").split("\n")
+            encoded = list(joined.replace("=", "=3D").split("\n"))
         else:
             encoded = [_qp_value(value) for value in joined.split("\n")]
         if len(encoded) != self._value_count or None in encoded:
             # A value with a line break: fill and encode each line as it is.
             return [_qp(line.fill(values)) for line in self._lines]
-        values_at = self._pick(encoded)
+        values_at = self._pick(encoded)  # type: ignore[arg-type]  # no None: checked above
         pieces = self._pieces.copy()
         pieces[1::2] = values_at
         text = "".join(pieces)

@@ -412,23 +412,24 @@ def run_due(
         _send(store, config, row.id, (campaign.SCHEDULED,), report, stop)
 
     give_up = dt.timedelta(seconds=config.schedule.give_up_after_seconds)
-    for row in interrupted:
-        if row.status == campaign.RUNNING and campaign._owner_alive(
-            row.owner, row.heartbeat_at, utcnow()
+    for stopped in interrupted:
+        if stopped.status == campaign.RUNNING and campaign._owner_alive(
+            stopped.owner, stopped.heartbeat_at, utcnow()
         ):
             continue  # another runner has it
-        since = row.incomplete_since
-        if row.status == campaign.INCOMPLETE and since is not None and now - since >= give_up:
+        since = stopped.incomplete_since
+        if stopped.status == campaign.INCOMPLETE and since is not None and now - since >= give_up:
+            cid = stopped.id
             message = (
-                f"campaign {row.id}: still incomplete {_human(now - since)} after it first"
+                f"campaign {cid}: still incomplete {_human(now - since)} after it first"
                 " stopped (over [schedule] give_up_after); no more automatic retries:"
-                f" `newsletter resume {row.id}` tries again, `newsletter close {row.id}` ends it"
+                f" `newsletter resume {cid}` tries again, `newsletter close {cid}` ends it"
             )
-            if campaign.stop_retrying(store, row.id, message):  # said once, not every minute
+            if campaign.stop_retrying(store, stopped.id, message):  # said once, not every minute
                 log.error(message)
                 report.errors.append(message)
             continue
-        _send(store, config, row.id, (campaign.INCOMPLETE,), report, stop, automatic=True)
+        _send(store, config, stopped.id, (campaign.INCOMPLETE,), report, stop, automatic=True)
     return report
 
 

@@ -17,10 +17,11 @@ import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from email.headerregistry import HeaderRegistry
+from email.headerregistry import AddressHeader, HeaderRegistry
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import Any
 
 from newsletter import config as config_mod
 from newsletter.errors import ConfigError, NewsletterError
@@ -121,10 +122,17 @@ def sample_publication() -> config_mod.Publication:
     return _validated(text).publication
 
 
+def _from_header(value: str) -> Any:
+    """The parsed From header: an AddressHeader (and a BaseHeader: its `defects`)."""
+    header = HeaderRegistry()("from", value)
+    assert isinstance(header, AddressHeader)  # the registry's class for "from"
+    return header
+
+
 def parse_sender(text: str) -> str:
     """A From value: "Name <address>" or a bare address. Raises ValueError saying why."""
     value = _one_line(text, "the sender")
-    header = HeaderRegistry()("from", value)
+    header = _from_header(value)
     if header.defects or len(header.addresses) != 1:
         raise ValueError(f"not one email address: {value!r} (use: Name <address@example.com>)")
     address = header.addresses[0].addr_spec
@@ -175,7 +183,7 @@ def create(folder: Path, identity: Identity | None = None, force: bool = False) 
     write_files({folder / rel: data for rel, data in files.items()})
     recipient = EXAMPLE_RECIPIENT
     if "from" in values:
-        recipient = HeaderRegistry()("from", values["from"]).addresses[0].addr_spec
+        recipient = _from_header(values["from"]).addresses[0].addr_spec
     return Created(
         folder=folder,
         files=tuple(Path(rel) for rel in files),

@@ -415,6 +415,7 @@ class Store:
         """A write transaction for creating or altering tables, one process at a time."""
         with self.engine.connect() as conn:
             driver = conn.connection.driver_connection
+            assert driver is not None  # a live connection has its driver's
             if self.is_sqlite:
                 # Batch mode alters a SQLite table by copying it, dropping the old one and
                 # renaming the copy; with foreign keys on, dropping `campaigns` would
@@ -524,7 +525,7 @@ class Store:
             row = conn.execute(
                 sa.select(subscribers).where(subscribers.c.email_key == addresses.key(email))
             ).one_or_none()
-        return row._mapping if row else None
+        return dict(row._mapping) if row else None
 
     def iter_subscribers(self, status: str | None = None, batch: int = 1000) -> Iterator[Any]:
         """Stream subscribers in id order, a batch at a time: memory stays flat."""
