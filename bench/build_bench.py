@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from newsletter import config as config_mod
-from newsletter import publish, tokens
+from newsletter import tokens
+from newsletter.issue import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "issues" / "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"

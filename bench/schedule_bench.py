@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from newsletter import config as config_mod  # noqa: E402
 from newsletter import schedule  # noqa: E402
-from newsletter.store import Store, SubscriberRow  # noqa: E402
+from newsletter.ledger.store import Store, SubscriberRow  # noqa: E402
 
 
 class Arrivals:

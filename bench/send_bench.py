@@ -342,7 +342,7 @@ class Publication:
 
 def make_publication(tmp: Path) -> Publication:
     from newsletter import config as config_mod
-    from newsletter import publish
+    from newsletter.issue import publish
 
     root = tmp / "pub"
     root.mkdir()
@@ -376,7 +376,7 @@ def make_publication(tmp: Path) -> Publication:
 
 def seed_database(path: Path, n: int) -> None:
     """N active subscribers through the store's own import path, in chunks."""
-    from newsletter.store import Store, SubscriberRow
+    from newsletter.ledger.store import Store, SubscriberRow
 
     store = Store.open(f"sqlite:///{path}")
     try:
@@ -418,9 +418,10 @@ class Databases:
 
 def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Create and run a campaign end to end: store, ledger, SMTP."""
-    from newsletter import campaign, publish
+    from newsletter import campaign
     from newsletter import config as config_mod
-    from newsletter.store import Store
+    from newsletter.issue import publish
+    from newsletter.ledger.store import Store
 
     n = spec["n"]
     config = config_mod.load(spec["config"], spec["env"])
@@ -446,7 +447,8 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     phases: dict[str, float] = {}
     calls: dict[str, int] = {}
     if spec.get("phases"):
-        from newsletter import mailer, message, tracking
+        from newsletter.mail import message, transport
+        from newsletter.send import tracking
 
         # Exclusive times: SmtpConnection.send runs `meanwhile` between writing a message
         # and reading its reply, and the runner's takes the next row there (_take, which
@@ -460,7 +462,7 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
             (message.MessageTemplate, "render", "MessageTemplate.render"),
             (campaign._Runner, "_commit", "ledger transaction (_commit)"),
             (
-                mailer.SmtpConnection,
+                transport.SmtpConnection,
                 "send",
                 "SMTP transaction (send), without the next message made meanwhile",
             ),
@@ -608,7 +610,7 @@ def child_naive(spec: dict[str, Any]) -> dict[str, Any]:
     import jinja2
 
     from newsletter import config as config_mod
-    from newsletter import publish
+    from newsletter.issue import publish
 
     config = config_mod.load(spec["config"], spec["env"])
     built = publish.build_issue(config, publish.load_issue(spec["issue"]))
@@ -719,7 +721,7 @@ def mailmerge_files(
 ) -> list[str]:
     """Template, database and config for mailmerge: the same issue, slots as Jinja2."""
     from newsletter import config as config_mod
-    from newsletter import publish
+    from newsletter.issue import publish
 
     folder.mkdir()
     config = config_mod.load(pub.config_path, overrides(db, port))
@@ -1048,7 +1050,7 @@ class Bench:
         from email.utils import parseaddr
 
         from newsletter import config as config_mod
-        from newsletter import publish
+        from newsletter.issue import publish
 
         config = config_mod.load(self.pub.config_path, overrides(self.tmp / "x.db", 25))
         built = publish.build_issue(config, publish.load_issue(self.issue))
@@ -1311,8 +1313,8 @@ def dkim_cost(n: int = 300) -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
     from newsletter import config as config_mod
-    from newsletter import publish
-    from newsletter.signing import DkimSigner
+    from newsletter.issue import publish
+    from newsletter.mail.dkim import DkimSigner
 
     config = config_mod.load(ROOT / "newsletter.toml", {"NEWSLETTER_SECRET": "bench"})
     built = publish.build_issue(config, publish.load_issue(SAMPLE))
@@ -1330,7 +1332,7 @@ def dkim_cost(n: int = 300) -> None:
             t = time.perf_counter()
             signer.sign(message)
             times.append(time.perf_counter() - t)
-        print(f"  {label:<24} {statistics.median(times) * 1e6:8.0f} µs  (newsletter.signing)")
+        print(f"  {label:<24} {statistics.median(times) * 1e6:8.0f} µs  (newsletter.mail.dkim)")
     try:
         import dkim
     except ImportError:

@@ -43,12 +43,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter import distributed, mailer, tokens, tracking
+from newsletter import tokens
 from newsletter.config import Config
 from newsletter.config import load as load_config
 from newsletter.errors import NewsletterError
-from newsletter.message import MessageTemplate
-from newsletter.publish import (
+from newsletter.issue.publish import (
     BuiltIssue,
     Personalizer,
     build_issue,
@@ -56,8 +55,8 @@ from newsletter.publish import (
     load_issue,
     message_template,
 )
-from newsletter.render import html_slots, text_slots
-from newsletter.store import (
+from newsletter.issue.render import html_slots, text_slots
+from newsletter.ledger.store import (
     ACTIVE,
     DEFERRED,
     FAILED,
@@ -74,6 +73,9 @@ from newsletter.store import (
     subscribers,
     utcnow,
 )
+from newsletter.mail import transport
+from newsletter.mail.message import MessageTemplate
+from newsletter.send import broker, tracking
 
 log = logging.getLogger("newsletter.campaign")
 
@@ -640,20 +642,20 @@ class _Lane:
     """One SMTP connection of a runner: its server and that server's rate limiter."""
 
     server: str
-    settings: mailer.SmtpSettings
-    rate: mailer.RateLimiter | mailer.SharedRateLimiter
+    settings: transport.SmtpSettings
+    rate: transport.RateLimiter | transport.SharedRateLimiter
 
 
 def _lanes(
     config: Config,
-    limiters: dict[str, mailer.RateLimiter | mailer.SharedRateLimiter],
+    limiters: dict[str, transport.RateLimiter | transport.SharedRateLimiter],
     only: str | None = None,
 ) -> list[_Lane]:
     """`concurrency` connections to each configured server (or to `only`)."""
     lanes = []
-    for name, smtp in mailer.servers(config):
+    for name, smtp in transport.servers(config):
         if only is None or name == only:
-            settings = mailer.SmtpSettings.from_config(config, name)
+            settings = transport.SmtpSettings.from_config(config, name)
             lanes += [_Lane(name, settings, limiters[name])] * smtp.concurrency
     return lanes
 
@@ -893,8 +895,8 @@ class _Runner:
     def _work(self) -> None:
         with self.lock:
             lane = self.lanes[next(self._lane_numbers) % len(self.lanes)]
-        smtp = mailer.SmtpConnection(lane.settings)
-        unrecorded: tuple[_Item, mailer.SendResult] | None = None
+        smtp = transport.SmtpConnection(lane.settings)
+        unrecorded: tuple[_Item, transport.SendResult] | None = None
         # The next row is taken before a message goes out: its envelope follows the
         # message in the same write, and its message is made while the server
         # answers (`prepare`). Its content goes out only once it is marked `sending`.
@@ -933,7 +935,7 @@ class _Runner:
                         item = taken
                     try:
                         smtp.connect()
-                    except mailer.SmtpError as exc:
+                    except transport.SmtpError as exc:
                         self._stop_on(exc)
                         continue
                     data, fault = prepared or self._make(item)
@@ -950,7 +952,7 @@ class _Runner:
                         # its row fails alone, and the run goes on. Its envelope may have
                         # gone ahead: no content follows it.
                         smtp.abandon_ahead()
-                        unrecorded = (item, mailer.SendResult(FAILED, None, fault, fault=True))
+                        unrecorded = (item, transport.SendResult(FAILED, None, fault, fault=True))
                         continue
                     try:
                         following, made = self._take(idle=False), None
@@ -963,7 +965,7 @@ class _Runner:
                             item,
                             smtp.send(self.sender, item.email, data, prepare, then),
                         )
-                    except mailer.SmtpError as exc:
+                    except transport.SmtpError as exc:
                         # The server refused us, not this recipient: stop, blame nobody.
                         with db.begin():
                             db.execute(
@@ -995,7 +997,7 @@ class _Runner:
             values.update(self.links.values(item.subscriber_id))
         return self.template.render(item.email, item.name, values, token)
 
-    def _stop_on(self, exc: mailer.SmtpError) -> None:
+    def _stop_on(self, exc: transport.SmtpError) -> None:
         """The server refused the session: the run stops; the row taken goes back."""
         with self.lock:
             self.fatal = self.fatal or exc
@@ -1005,7 +1007,7 @@ class _Runner:
     def _commit(
         self,
         ledger: _Ledger,
-        unrecorded: tuple[_Item, mailer.SendResult] | None,
+        unrecorded: tuple[_Item, transport.SendResult] | None,
         next_item: _Item | None,
     ) -> bool:
         """One transaction: record the last reply and mark the next message `sending`.
@@ -1029,7 +1031,7 @@ class _Runner:
         return marked
 
     def _record_params(
-        self, ledger: _Ledger, now: dt.datetime, item: _Item, res: mailer.SendResult
+        self, ledger: _Ledger, now: dt.datetime, item: _Item, res: transport.SendResult
     ) -> tuple[dict[str, Any], float]:
         """The ledger's record of one reply (see _Ledger.RECORD), and when to retry it."""
         params: dict[str, Any] = {
@@ -1041,22 +1043,22 @@ class _Runner:
             "retry_at": None,
         }
         retry_at = 0.0
-        if res.status == mailer.SENT:
+        if res.status == transport.SENT:
             params["when_sent"] = ledger.time(now)
         else:
             params["error"] = res.error[:500]
-        if res.status == mailer.IN_DOUBT:
+        if res.status == transport.IN_DOUBT:
             # The server may have it: the row stays `sending` (in doubt), never retried
             # in this run; a resume treats it as a crash's in-doubt row.
             params["new_status"] = SENDING
-        if res.status == mailer.DEFERRED:
+        if res.status == transport.DEFERRED:
             tries = self.retry.get(item.delivery_id, (item, 0, 0.0))[1] + 1
             delay = self.config.smtp.retry_delay * (2 ** (tries - 1)) * random.uniform(0.8, 1.2)
             retry_at = self.clock() + delay
             params["retry_at"] = ledger.time(now + dt.timedelta(seconds=delay))
         return params, retry_at
 
-    def _account(self, item: _Item, res: mailer.SendResult, retry_at: float) -> None:
+    def _account(self, item: _Item, res: transport.SendResult, retry_at: float) -> None:
         """Count a recorded reply; the row is settled."""
         with self.lock:
             r = self.result
@@ -1070,15 +1072,15 @@ class _Runner:
                         " that points at the issue or the tool rather than the addresses"
                     )
                     self.changed.notify_all()
-            elif res.status != mailer.FAILED:
+            elif res.status != transport.FAILED:
                 self.faults.clear()
-            if res.status == mailer.SENT:
+            if res.status == transport.SENT:
                 r.sent += 1
                 self.retry.pop(item.delivery_id, None)
-            elif res.status == mailer.FAILED:
+            elif res.status == transport.FAILED:
                 r.failed += 1
                 r.errors.append(f"{item.email}: {res.error}")
-            elif res.status == mailer.IN_DOUBT:
+            elif res.status == transport.IN_DOUBT:
                 r.in_doubt += 1
                 self.retry.pop(item.delivery_id, None)
                 r.errors.append(f"{item.email}: in doubt: {res.error}")
@@ -1180,9 +1182,9 @@ def run(
     before = counts(store, campaign_id)
     try:
         template, links = campaign_template(store, config, row)
-        limiters: dict[str, mailer.RateLimiter | mailer.SharedRateLimiter] = {
-            name: mailer.RateLimiter(smtp.rate, clock=clock, sleep=sleep)
-            for name, smtp in mailer.servers(config)
+        limiters: dict[str, transport.RateLimiter | transport.SharedRateLimiter] = {
+            name: transport.RateLimiter(smtp.rate, clock=clock, sleep=sleep)
+            for name, smtp in transport.servers(config)
         }
         runner = _Runner(
             store,
@@ -1498,7 +1500,7 @@ def _dispatch(
         # At least one task: it finishes a campaign with nothing left, or waits for rows
         # a worker still holds.
         tasks = max(1, math.ceil(claimable / config.workers.batch_size))
-        distributed.enqueue(config, campaign_id, tasks)
+        broker.enqueue(config, campaign_id, tasks)
     except NewsletterError as exc:
         _release(store, campaign_id, WORKERS, INCOMPLETE, str(exc))
         raise
@@ -1614,7 +1616,7 @@ def _send_claimed(
 ) -> None:
     campaign_id = row.id
     # Batches take the servers in turn: [smtp], then each [smtp.<name>], round-robin.
-    names = [name for name, _ in mailer.servers(config)]
+    names = [name for name, _ in transport.servers(config)]
     server = names[number % len(names)]
     halt = threading.Event()
     runner: _Runner | None = None
@@ -1829,26 +1831,26 @@ def _settle(
 
 def _shared_limiters(
     store: Store, config: Config, sleep: Callable[[float], None]
-) -> tuple[dict[str, mailer.RateLimiter | mailer.SharedRateLimiter], Callable[[], None]]:
+) -> tuple[dict[str, transport.RateLimiter | transport.SharedRateLimiter], Callable[[], None]]:
     """Each server's [smtp] rate as one budget for every worker: kept in the broker's
     Redis, or (RabbitMQ) in the database."""
-    limiters: dict[str, mailer.RateLimiter | mailer.SharedRateLimiter] = {}
+    limiters: dict[str, transport.RateLimiter | transport.SharedRateLimiter] = {}
     closers: list[Callable[[], None]] = []
     redis = config.workers.broker.startswith(("redis://", "rediss://"))
-    for name, smtp in mailer.servers(config):
+    for name, smtp in transport.servers(config):
         if smtp.rate <= 0:
-            limiters[name] = mailer.RateLimiter(0)
+            limiters[name] = transport.RateLimiter(0)
             continue
         # The relay account is what the limit is about.
         key = f"newsletter:rate:{smtp.host}:{smtp.port}:{smtp.username}"
         reserve: Callable[[float], float]
         if redis:
-            client = mailer.RedisReserve(config.workers.broker, key)
+            client = transport.RedisReserve(config.workers.broker, key)
             closers.append(client.close)
             reserve = client
         else:
             reserve = _DatabaseReserve(store, key)
-        limiters[name] = mailer.SharedRateLimiter(smtp.rate, reserve, sleep=sleep)
+        limiters[name] = transport.SharedRateLimiter(smtp.rate, reserve, sleep=sleep)
 
     def close() -> None:
         for c in closers:
@@ -1986,7 +1988,7 @@ def send_test(
     """Send the issue to a few addresses with "[TEST]" in the subject; nothing is recorded."""
     template = message_template(config, built, subject_prefix="[TEST] ")
     personalizer = Personalizer(config, built.issue.slug)
-    conn = mailer.SmtpConnection(mailer.SmtpSettings.from_config(config))
+    conn = transport.SmtpConnection(transport.SmtpSettings.from_config(config))
     results = []
     try:
         for address in addresses:
@@ -1995,7 +1997,7 @@ def send_test(
                 template.from_address, address, template.render(address, "", values, token)
             )
             results.append(
-                (address, "sent" if res.status == mailer.SENT else f"{res.status}: {res.error}")
+                (address, "sent" if res.status == transport.SENT else f"{res.status}: {res.error}")
             )
     finally:
         conn.close()

@@ -19,15 +19,18 @@ from typing import Any
 
 import click
 
-from newsletter import __version__, campaign, content, publish, signing, sponsorship, tokens
+from newsletter import __version__, campaign, tokens
 from newsletter import config as config_mod
 from newsletter import schedule as schedule_mod
-from newsletter import smtpd as smtpd_mod
-from newsletter import subscribers as subscriber_ops
-from newsletter.check import Finding, has_errors
+from newsletter.audience import subscribers as subscriber_ops
 from newsletter.errors import NewsletterError
 from newsletter.fileio import read_text, write_files
-from newsletter.store import SUBSCRIBER_STATUSES, Store
+from newsletter.issue import content, publish
+from newsletter.issue.check import Finding, has_errors
+from newsletter.ledger import sponsorship
+from newsletter.ledger.store import SUBSCRIBER_STATUSES, Store
+from newsletter.mail import capture as smtpd_mod
+from newsletter.mail import dkim as dkim_keys
 
 
 class _Failed(click.ClickException):
@@ -588,7 +591,7 @@ def preview(
 ) -> None:
     """Serve a live preview of ISSUE: desktop and phone, plain text, headers and checks."""
     # Imported here so that the web stack loads only for this command.
-    from newsletter import preview as previews
+    from newsletter.web import preview as previews
 
     if (issue is None) == (outbox is None):
         raise click.UsageError("give an ISSUE or --outbox DIR")
@@ -789,7 +792,7 @@ def dkim() -> None:
 @click.option("--selector", help="Selector (default: [dkim] selector, else 'newsletter').")
 @click.option(
     "--algorithm",
-    type=click.Choice(signing.ALGORITHMS),
+    type=click.Choice(dkim_keys.ALGORITHMS),
     default="rsa-sha256",
     show_default=True,
     help="rsa-sha256 is what every receiver checks; ed25519-sha256 as a second key.",
@@ -816,7 +819,7 @@ def dkim_keygen(
     domain = domain.strip(" >")
     selector = selector or config.dkim.selector or "newsletter"
     path = output or config.root / f"dkim-{selector}.pem"
-    key = signing.keygen(path, domain, selector, algorithm, bits)
+    key = dkim_keys.keygen(path, domain, selector, algorithm, bits)
     click.echo(f"private key written to {key.path} (keep it secret; mode 0600)", err=True)
     click.echo("publish this DNS record:", err=True)
     click.echo(key.zone_record())
@@ -835,7 +838,7 @@ def _stdin_is_terminal() -> bool:
 
 
 def _sender(value: str) -> str:
-    from newsletter import starter
+    from newsletter.setup import starter
 
     try:
         return starter.parse_sender(value)
@@ -876,7 +879,7 @@ def init(
     scripts pass --name, --from and --postal-address. Existing files are kept
     unless --force.
     """
-    from newsletter import starter
+    from newsletter.setup import starter
 
     starter.check_target(directory, force)  # before asking anything
     if _stdin_is_terminal():
@@ -913,7 +916,7 @@ def doctor(state: State, as_json: bool) -> None:
 
     One line per check: ok, warn or fail. Exit 1 when any check fails.
     """
-    from newsletter import doctor as doctor_mod
+    from newsletter.setup import doctor as doctor_mod
 
     colors = {doctor_mod.OK: "green", doctor_mod.WARN: "yellow", doctor_mod.FAIL: "red"}
     checks = []
@@ -1039,7 +1042,7 @@ def serve(state: State, host: str, port: int) -> None:
     confirmation email, and the archive of sent issues with its Atom feed.
     """
     # Imported here so that the web stack loads only for this command.
-    from newsletter import site
+    from newsletter.web import site
 
     def log(message: str) -> None:
         click.echo(message, err=True)
@@ -1061,7 +1064,7 @@ def archive_export(state: State, directory: Path) -> None:
     index.html, feed.xml, site.css and issues/<slug>/index.html: the same bytes
     `newsletter serve` answers for /, /feed.xml, /site.css and /issues/<slug>.
     """
-    from newsletter import archive as archive_mod
+    from newsletter.web import archive as archive_mod
 
     written = archive_mod.export(_store(state), state.config, directory)
     issues = sum(1 for path in written if path.name == "index.html") - 1
@@ -1149,7 +1152,7 @@ def workers_start(state: State, concurrency: int, loglevel: str) -> None:
     try:
         from newsletter import tasks
     except ImportError:
-        from newsletter.distributed import NO_CELERY
+        from newsletter.send.broker import NO_CELERY
 
         raise click.ClickException(NO_CELERY) from None
     tasks.start_worker(state.config, concurrency, loglevel.upper())

@@ -25,11 +25,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from newsletter import campaign, publish
+from newsletter import campaign
 from newsletter.config import Config
-from newsletter.content import read_issue
 from newsletter.errors import NewsletterError
-from newsletter.store import Store, campaigns, recurring, utcnow
+from newsletter.issue import publish
+from newsletter.issue.content import read_issue
+from newsletter.ledger.store import Store, campaigns, recurring, utcnow
 
 log = logging.getLogger("newsletter.schedule")
 

@@ -19,9 +19,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_shutting_down
 
-from newsletter import campaign, distributed
+from newsletter import campaign
 from newsletter.config import ENV_CONFIG, Config, find_config, load
-from newsletter.store import Store
+from newsletter.ledger.store import Store
+from newsletter.send import broker
 
 log = logging.getLogger("newsletter.tasks")
 
@@ -31,7 +32,7 @@ class _Settings(Mapping[str, Any]):
     (so importing this module needs no configuration)."""
 
     def _data(self) -> dict[str, Any]:
-        return distributed.celery_settings(_config())
+        return broker.celery_settings(_config())
 
     def __getitem__(self, key: str) -> Any:
         return self._data()[key]
@@ -65,14 +66,14 @@ def _store(url: str) -> Store:
     return Store.open(url, pool_size=20, max_overflow=40)
 
 
-@app.task(name=distributed.SEND_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True)
+@app.task(name=broker.SEND_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True)
 def send_batch(self: Any, campaign_id: int, sweep: bool = False) -> None:
     """Claim a batch of the campaign's deliveries, send it, and settle the campaign."""
     config = _config()
 
     def enqueue(countdown: float) -> None:
         self.app.send_task(
-            distributed.SEND_BATCH,
+            broker.SEND_BATCH,
             args=[campaign_id],
             kwargs={"sweep": True},
             queue=config.workers.queue,
@@ -86,7 +87,7 @@ def send_batch(self: Any, campaign_id: int, sweep: bool = False) -> None:
 
 def start_worker(config: Config, concurrency: int = 1, loglevel: str = "INFO") -> None:
     """Run a Celery worker for this publication until it is stopped (SIGTERM, Ctrl-C)."""
-    distributed.celery_settings(config)  # a clear error when [workers] broker is not set
+    broker.celery_settings(config)  # a clear error when [workers] broker is not set
     os.environ[ENV_CONFIG] = str(config.path)
     _config.cache_clear()
     app.worker_main(

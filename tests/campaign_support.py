@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from services import postgres_url
 
 from newsletter import config as config_mod
-from newsletter.store import Store, SubscriberRow, metadata
+from newsletter.ledger.store import Store, SubscriberRow, metadata
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = next((REPO / "issues").glob("*.md"))

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from newsletter import config as config_mod
-from newsletter import site as site_mod
-from newsletter import web
+from newsletter.web import serving
+from newsletter.web import site as site_mod
 
 BASE_URL = "https://news.helloshuttle.com"
 
@@ -23,7 +23,7 @@ class Running:
     """A site being served; `get`/`post` take the path of a public URL or the URL itself."""
 
     site: site_mod.Site
-    server: web.Server
+    server: serving.Server
 
     @property
     def url(self) -> str:

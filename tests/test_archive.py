@@ -17,10 +17,12 @@ from click.testing import CliRunner, Result
 from site_support import BASE_URL, Running, running
 from smtp_fixtures import SmtpServer
 
-from newsletter import archive, campaign, publish, tokens
+from newsletter import campaign, tokens
 from newsletter.cli import cli
 from newsletter.errors import NewsletterError
-from newsletter.store import Store, SubscriberRow, campaigns
+from newsletter.issue import publish
+from newsletter.ledger.store import Store, SubscriberRow, campaigns
+from newsletter.web import archive
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 SECRET = b"test-secret-not-for-production"

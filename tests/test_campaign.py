@@ -17,11 +17,12 @@ import sqlalchemy as sa
 from campaign_support import Publication, add_subscribers, make_publication
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, publish
+from newsletter import campaign
 from newsletter.errors import NewsletterError
-from newsletter.mailer import SmtpError
-from newsletter.message import MessageTemplate
-from newsletter.store import FAILED, SENDING, SENT, SKIPPED, Store
+from newsletter.issue import publish
+from newsletter.ledger.store import FAILED, SENDING, SENT, SKIPPED, Store
+from newsletter.mail.message import MessageTemplate
+from newsletter.mail.transport import SmtpError
 
 
 @pytest.fixture
@@ -230,7 +231,7 @@ def test_a_stop_during_the_wait_for_a_retry_ends_the_run_soon(
 def test_resume_sends_only_what_is_not_sent(pub: Publication, smtp_server: SmtpServer) -> None:
     store, cid, emails = start_campaign(pub, 8)
     # Simulate a crash: half recorded sent, one in doubt, the rest pending.
-    from newsletter.store import deliveries
+    from newsletter.ledger.store import deliveries
 
     with store.begin() as conn:
         conn.execute(
@@ -247,7 +248,7 @@ def test_rows_are_fetched_in_windows_across_gaps_each_once(
 ) -> None:
     # Each fetch looks at a bounded span of ids (so a long list costs no more per row);
     # small windows and batches here, a resumed campaign with a long run already sent.
-    from newsletter.store import deliveries
+    from newsletter.ledger.store import deliveries
 
     monkeypatch.setattr(campaign, "BATCH", 4)
     monkeypatch.setattr(campaign._Rows, "WINDOW", 3)
@@ -314,7 +315,7 @@ def test_starttls_required_but_not_offered_is_an_error(
 def test_crlf_in_subscriber_name_adds_no_header(pub: Publication, smtp_server: SmtpServer) -> None:
     config = pub.config()
     store = Store.open(config.database_url)
-    from newsletter.store import SubscriberRow
+    from newsletter.ledger.store import SubscriberRow
 
     store.upsert_subscribers(
         [SubscriberRow("evil@example.com", "Eve\r\nBcc: victim@example.com\r\nX-Injected: 1")]

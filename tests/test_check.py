@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from newsletter import check, config, publish
+from newsletter import config
+from newsletter.issue import check, publish
 
 ADDRESS = "Hello Shuttle, Westminster, CA 92683, USA"
 

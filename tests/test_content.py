@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from newsletter import content
 from newsletter.errors import ContentError
+from newsletter.issue import content
 
 SEED = Path(__file__).resolve().parents[1] / "examples" / "article.txt"
 SUBHEADINGS = [

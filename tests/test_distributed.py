@@ -29,9 +29,11 @@ from click.testing import CliRunner
 from services import REDIS, postgres_url
 from smtp_fixtures import SmtpServer, running_smtp_server
 
-from newsletter import campaign, config, mailer, publish, schedule
+from newsletter import campaign, config, schedule
 from newsletter.cli import cli
-from newsletter.store import SENT, UNSENT, Store, deliveries, metadata
+from newsletter.issue import publish
+from newsletter.ledger.store import SENT, UNSENT, Store, deliveries, metadata
+from newsletter.mail import transport
 
 REDIS_DB = 13  # the tests' Redis database; each test removes only its own keys
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -475,7 +477,7 @@ def test_workers_and_smtp_server_tables_in_the_config(tmp_path: Path) -> None:
     # Unset keys are [smtp]'s (port from its environment override, timeout from the file).
     assert (backup.host, backup.rate, backup.port) == ("relay2.example.com", 20.0, 587)
     assert backup.timeout == loaded.smtp.timeout
-    assert [name for name, _ in mailer.servers(loaded)] == ["smtp", "backup"]
+    assert [name for name, _ in transport.servers(loaded)] == ["smtp", "backup"]
     assert loaded.smtp.host == "127.0.0.1"  # [smtp] itself is unchanged
 
     pub.config_path.write_text(text + '\n[smtp.backup]\nhots = "x"\n')
@@ -506,7 +508,7 @@ def test_shared_rate_in_the_database_spaces_messages(tmp_path: Path) -> None:
 def test_shared_rate_in_redis_spaces_messages() -> None:
     url = f"redis://{REDIS[0]}:{REDIS[1]}/{REDIS_DB}"
     key = f"test-relay-{uuid.uuid4().hex}"
-    first, second = mailer.RedisReserve(url, key), mailer.RedisReserve(url, key)
+    first, second = transport.RedisReserve(url, key), transport.RedisReserve(url, key)
     try:
         assert_spaced([r(0.1) for r in (first, second, first, second, first)], 0.1)
         time.sleep(0.7)
@@ -525,9 +527,9 @@ def test_shared_rate_limiter_sleeps_what_the_store_says() -> None:
         asked.append((interval, tolerance))
         return [-0.05, 0.25][len(asked) - 1]
 
-    limiter = mailer.SharedRateLimiter(4.0, reserve, sleep=slept.append)
+    limiter = transport.SharedRateLimiter(4.0, reserve, sleep=slept.append)
     limiter.acquire()
     limiter.acquire()
     assert asked == [(0.25, 0.1), (0.25, 0.1)] and slept == [0.25]
-    mailer.SharedRateLimiter(0, reserve, sleep=slept.append).acquire()  # unlimited: no call
+    transport.SharedRateLimiter(0, reserve, sleep=slept.append).acquire()  # unlimited: no call
     assert len(asked) == 2

@@ -17,8 +17,10 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from smtp_fixtures import FaultyHandler, SmtpServer, free_port
 
-from newsletter import doctor, signing, store
 from newsletter.cli import cli
+from newsletter.ledger import store
+from newsletter.mail import dkim
+from newsletter.setup import doctor
 
 self_signed = tls_fixtures.self_signed
 starttls_server = tls_fixtures.starttls_server
@@ -342,7 +344,7 @@ def dkim_key(
 ) -> str:
     """[dkim] configured with a new Ed25519 key; returns the TXT record to publish."""
     smtp_env(smtp_server.port)
-    key = signing.keygen(
+    key = dkim.keygen(
         publication.parent / "dkim.pem", "helloshuttle.com", "news2026", "ed25519-sha256"
     )
     for name, value in {
@@ -390,7 +392,7 @@ def test_dkim_fails_without_a_record_or_with_another_key(
         "fail  no DKIM record at news2026._domainkey.helloshuttle.com: publish"
     )
 
-    other = signing.dns_value(ed25519.Ed25519PrivateKey.generate().public_key())
+    other = dkim.dns_value(ed25519.Ed25519PrivateKey.generate().public_key())
     publish_dns(monkeypatch, {"news2026._domainkey.helloshuttle.com": [other]})
     result = run_cli("doctor")
     assert result.exit_code == 1

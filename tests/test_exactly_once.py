@@ -28,7 +28,15 @@ from smtp_fixtures import SmtpServer, running_smtp_server
 
 from newsletter import campaign, schedule
 from newsletter.cli import cli
-from newsletter.store import GIVEN_UP, SENDING, SKIPPED, Store, campaigns, deliveries, utcnow
+from newsletter.ledger.store import (
+    GIVEN_UP,
+    SENDING,
+    SKIPPED,
+    Store,
+    campaigns,
+    deliveries,
+    utcnow,
+)
 
 LIST = [
     "ann@example.com",
@@ -150,7 +158,7 @@ def test_a_fault_in_the_middle_of_the_list_fails_that_row_alone(
     # run marks that row failed with the reason and sends the rest, once each.
     emails = [f"reader{n}@example.com" for n in range(9)]
     import_list(pub, emails)
-    from newsletter import publish
+    from newsletter.issue import publish
 
     values = publish.Personalizer.values
 

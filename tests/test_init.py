@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 from conftest import REPO_ROOT, SAMPLE_ISSUE_NAME
 
 from newsletter import config as config_mod
-from newsletter import starter
 from newsletter.cli import cli
+from newsletter.setup import starter
 
 ISSUE = f"issues/{SAMPLE_ISSUE_NAME}"
 FLAGS = [

@@ -7,7 +7,7 @@ import premailer
 import pytest
 
 from newsletter.errors import TemplateError
-from newsletter.inline import inline_css
+from newsletter.issue.inline import inline_css
 
 PAGE = """\
 <!DOCTYPE html>

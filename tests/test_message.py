@@ -15,10 +15,12 @@ from email.utils import formatdate, parseaddr
 
 import pytest
 
-from newsletter import config, message, publish, tokens
+from newsletter import config, tokens
 from newsletter.errors import NewsletterError
-from newsletter.message import Envelope, MessageTemplate
-from newsletter.render import html_slots, marker, text_slots
+from newsletter.issue import publish
+from newsletter.issue.render import html_slots, marker, text_slots
+from newsletter.mail import message
+from newsletter.mail.message import Envelope, MessageTemplate
 
 LINE_MAX = 998
 

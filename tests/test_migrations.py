@@ -24,10 +24,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import Result
 
-from newsletter import campaign, migrations, store
-from newsletter import store as store_mod
+from newsletter import campaign
 from newsletter.errors import NewsletterError
-from newsletter.store import Store, connect, metadata
+from newsletter.ledger import migrations, store
+from newsletter.ledger import store as store_mod
+from newsletter.ledger.store import Store, connect, metadata
 
 NOW = dt.datetime(2026, 11, 2, 9, 30, 15)
 OLD = [(migrations.BASELINE, False), (migrations.BASELINE, True)]
@@ -239,7 +240,7 @@ def test_opening_a_database_at_head_does_not_import_alembic(tmp_path: Path) -> N
     url = f"sqlite:///{tmp_path / 'newsletter.db'}"
     Store.open(url).close()
     code = (
-        "import sys; from newsletter.store import Store;"
+        "import sys; from newsletter.ledger.store import Store;"
         f"Store.open({url!r}).close();"
         "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'alembic'))"
     )

@@ -16,9 +16,12 @@ from campaign_support import SECRET, Publication, make_publication
 from click.testing import CliRunner, Result
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, publish, schedule, sponsorship, tracking
+from newsletter import campaign, schedule
 from newsletter.cli import cli
-from newsletter.store import deliveries
+from newsletter.issue import publish
+from newsletter.ledger import sponsorship
+from newsletter.ledger.store import deliveries
+from newsletter.send import tracking
 
 UTC = dt.UTC
 ANN, BOB, CAROL, DAN = (f"{n}@example.com" for n in ("ann", "bob", "carol", "dan"))

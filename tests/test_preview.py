@@ -33,9 +33,12 @@ import pytest
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, config, preview, publish, smtpd
+from newsletter import campaign, config
 from newsletter.cli import cli
 from newsletter.errors import NewsletterError
+from newsletter.issue import publish
+from newsletter.mail import capture
+from newsletter.web import preview
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
@@ -547,12 +550,12 @@ def test_outbox_shows_what_newsletter_smtpd_captured(site: Site, start: Start) -
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    capture = smtpd.start(outbox, "127.0.0.1", port)
+    server = capture.start(outbox, "127.0.0.1", port)
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
             client.sendmail(cfg.publication.from_addr, [cfg.sample.email], filled.message)
     finally:
-        capture.stop()
+        server.stop()
 
     events.wait_for(lambda: "1 message<" in page(url), "the captured message")
     (name,) = [p.name for p in outbox.glob("*.eml")]

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from services import CHROMIUM
 
-from newsletter import preview
+from newsletter.web import preview
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"

@@ -9,8 +9,9 @@ import lxml.html
 import premailer
 import pytest
 
-from newsletter import article, config, inline, publish, render
+from newsletter import config
 from newsletter.errors import TemplateError
+from newsletter.issue import inline, markdown, publish, render
 
 
 @pytest.fixture
@@ -177,8 +178,8 @@ def test_filling_does_not_rerun_markdown_jinja_or_premailer(built, monkeypatch):
     monkeypatch.setattr(premailer, "Premailer", forbidden)
     monkeypatch.setattr(premailer.premailer.Premailer, "transform", forbidden)
     monkeypatch.setattr(inline, "inline_css", forbidden)
-    monkeypatch.setattr(article, "to_html", forbidden)
-    monkeypatch.setattr(article, "to_text", forbidden)
+    monkeypatch.setattr(markdown, "to_html", forbidden)
+    monkeypatch.setattr(markdown, "to_text", forbidden)
     monkeypatch.setattr(render, "render", forbidden)
     monkeypatch.setattr(jinja2.Environment, "get_template", forbidden)
     monkeypatch.setattr(jinja2.Template, "render", forbidden)

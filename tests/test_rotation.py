@@ -12,9 +12,10 @@ from campaign_support import Publication, add_subscribers, make_publication
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, publish, sponsor
+from newsletter import campaign
 from newsletter.cli import cli
-from newsletter.content import read_issue
+from newsletter.issue import publish, sponsor
+from newsletter.issue.content import read_issue
 
 BOOKINGS = """
 [sponsors.acme]
@@ -158,7 +159,7 @@ def test_bad_booking_config_is_a_clear_error(pub: Publication) -> None:
 
 
 def test_preview_shows_the_same_sponsor_as_build_and_send(pub: Publication) -> None:
-    from newsletter import preview
+    from newsletter.web import preview
 
     paths = daily(pub, dt.date(2026, 12, 1), 3)
     assert chosen(pub, paths[1]) == "bolt"

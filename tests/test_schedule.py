@@ -417,8 +417,8 @@ def test_worker_picks_up_new_campaign_survives_kill_and_stops_on_sigterm(
 def test_incomplete_campaign_is_retried_at_most_once_a_minute(
     pub: Publication, smtp_server: SmtpServer
 ) -> None:
-    from newsletter import publish
-    from newsletter.store import campaigns
+    from newsletter.issue import publish
+    from newsletter.ledger.store import campaigns
 
     store = pub.store()
     add_subscribers(store, 2)

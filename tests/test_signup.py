@@ -15,9 +15,11 @@ from click.testing import CliRunner
 from site_support import BASE_URL, Running, confirm_link, running
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, publish, signup, tokens
+from newsletter import campaign, tokens
 from newsletter.cli import cli
-from newsletter.store import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED, Store, subscribers
+from newsletter.issue import publish
+from newsletter.ledger.store import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED, Store, subscribers
+from newsletter.web import signup
 
 SECRET = b"test-secret-not-for-production"
 ANN = "ann@example.com"

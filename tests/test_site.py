@@ -19,8 +19,9 @@ from campaign_support import Publication, add_subscribers, make_publication
 from site_support import BASE_URL, Running, running
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, publish, tokens
-from newsletter.store import ACTIVE, SKIPPED, UNSUBSCRIBED, Store
+from newsletter import campaign, tokens
+from newsletter.issue import publish
+from newsletter.ledger.store import ACTIVE, SKIPPED, UNSUBSCRIBED, Store
 
 SECRET = b"test-secret-not-for-production"
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}

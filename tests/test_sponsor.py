@@ -8,9 +8,10 @@ from urllib.parse import parse_qs, urlsplit
 import lxml.html
 import pytest
 
-from newsletter import config, publish, sponsor
-from newsletter.content import read_issue
+from newsletter import config
 from newsletter.errors import ContentError
+from newsletter.issue import publish, sponsor
+from newsletter.issue.content import read_issue
 
 ACME = """
 [sponsors.acme]

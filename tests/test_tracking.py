@@ -17,10 +17,13 @@ from campaign_support import SECRET, Publication, add_subscribers, make_publicat
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, publish, sponsorship, tracking
+from newsletter import campaign
 from newsletter.cli import cli
-from newsletter.render import html_slots, text_slots
-from newsletter.store import deliveries
+from newsletter.issue import publish
+from newsletter.issue.render import html_slots, text_slots
+from newsletter.ledger import sponsorship
+from newsletter.ledger.store import deliveries
+from newsletter.send import tracking
 
 UTC = dt.UTC
 

@@ -17,8 +17,9 @@ import pytest
 from conftest import REPO_ROOT, SAMPLE_ISSUE_NAME
 from smtp_fixtures import SmtpServer
 
-from newsletter import __version__, starter
-from newsletter.migrations import HEAD
+from newsletter import __version__
+from newsletter.ledger.migrations import HEAD
+from newsletter.setup import starter
 
 pytestmark = pytest.mark.slow
 
@@ -93,10 +94,13 @@ def test_the_wheel_carries_the_starter_publication(wheel: Path) -> None:
             if name.startswith(f"newsletter/{starter.PACKAGED_DIR}/")
         }
     assert packaged == starter.starter_files()  # the repository's files, byte for byte
-    assert "newsletter/cli.py" in names
+    assert "newsletter/__main__.py" in names
     # Alembic finds these beside the installed package: no alembic.ini is needed.
     for name in ("env.py", "script.py.mako", "versions/0001_the_schema_of_version_1.py"):
-        assert f"newsletter/migrations/{name}" in names
+        assert f"newsletter/ledger/migrations/{name}" in names
+    # The web pages' templates and assets, read as package data.
+    for name in ("site_pages/layout.html", "preview_page/preview.js"):
+        assert f"newsletter/web/{name}" in names
     assert not any(name.startswith(("templates/", "issues/", "tests/")) for name in names)
 
 
@@ -112,7 +116,7 @@ def test_the_installed_tool_starts_a_publication_and_sends_a_test(
         return run([newsletter, *args], RUN_TIMEOUT, env=env, cwd=folder)
 
     located = run(
-        [venv / "python", "-c", "from newsletter import starter; print(starter.source())"],
+        [venv / "python", "-c", "from newsletter.setup import starter; print(starter.source())"],
         RUN_TIMEOUT,
         env=env,
         cwd=folder,

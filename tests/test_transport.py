@@ -9,7 +9,7 @@ import tls_fixtures
 from campaign_support import make_publication
 from smtp_fixtures import FaultyHandler, SmtpServer
 
-from newsletter import mailer
+from newsletter.mail import transport
 
 MESSAGE = (
     b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\n.leading dot\r\nbody\r\n"
@@ -31,7 +31,7 @@ class FakeClock:
 
 def test_rate_limiter_spaces_messages_evenly() -> None:
     clock = FakeClock()
-    limiter = mailer.RateLimiter(4.0, clock=clock, sleep=clock.sleep)
+    limiter = transport.RateLimiter(4.0, clock=clock, sleep=clock.sleep)
     for _ in range(9):
         limiter.acquire()
     assert clock.slept == [0.25] * 8
@@ -40,7 +40,7 @@ def test_rate_limiter_spaces_messages_evenly() -> None:
 
 def test_rate_limiter_does_not_bank_idle_time_into_a_burst() -> None:
     clock = FakeClock()
-    limiter = mailer.RateLimiter(2.0, clock=clock, sleep=clock.sleep)
+    limiter = transport.RateLimiter(2.0, clock=clock, sleep=clock.sleep)
     limiter.acquire()
     clock.now += 60  # idle for a minute
     limiter.acquire()
@@ -50,13 +50,13 @@ def test_rate_limiter_does_not_bank_idle_time_into_a_burst() -> None:
 
 def test_rate_zero_is_unlimited() -> None:
     clock = FakeClock()
-    limiter = mailer.RateLimiter(0, clock=clock, sleep=clock.sleep)
+    limiter = transport.RateLimiter(0, clock=clock, sleep=clock.sleep)
     for _ in range(100):
         limiter.acquire()
     assert clock.slept == []
 
 
-def settings(port: int, **kw: object) -> mailer.SmtpSettings:
+def settings(port: int, **kw: object) -> transport.SmtpSettings:
     base: dict[str, object] = {
         "host": "127.0.0.1",
         "port": port,
@@ -65,17 +65,17 @@ def settings(port: int, **kw: object) -> mailer.SmtpSettings:
         "password": "",
         "timeout": 5.0,
     }
-    return mailer.SmtpSettings(**{**base, **kw})  # type: ignore[arg-type]
+    return transport.SmtpSettings(**{**base, **kw})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_dot_stuffing_and_reuse(smtp_server: SmtpServer, pipelining: bool) -> None:
     smtp_server.handler.pipelining = pipelining
-    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
         for n in range(3):
             result = conn.send("a@example.com", f"b{n}@example.com", MESSAGE)
-            assert result.status == mailer.SENT and result.code == 250
+            assert result.status == transport.SENT and result.code == 250
     finally:
         conn.close()
     assert conn.connects == 1
@@ -95,14 +95,14 @@ def test_meanwhile_runs_after_the_message_is_written_before_its_reply(
     def meanwhile() -> None:
         accepted_meanwhile.append(len(handler.received))
 
-    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
         first = conn.send("a@example.com", "b@example.com", MESSAGE, meanwhile)
         second = conn.send("a@example.com", "c@example.com", MESSAGE, meanwhile)
         refused = conn.send("a@example.com", "perm@example.com", MESSAGE, meanwhile)
     finally:
         conn.close()
-    assert first.status == second.status == mailer.SENT and refused.status == mailer.FAILED
+    assert first.status == second.status == transport.SENT and refused.status == transport.FAILED
     # Each time, the message being sent was not accepted yet: it ran before the reply.
     # The refused recipient's message never went out, so nothing ran for it.
     assert accepted_meanwhile == [0, 1]
@@ -116,7 +116,7 @@ def test_the_next_envelope_goes_ahead_of_its_message(
     handler = smtp_server.handler
     handler.pipelining = pipelining
     handler.rcpt_replies = {"perm@example.com": ["550 5.1.1 no such user"]}
-    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
         sent = [conn.send("a@example.com", "b@example.com", MESSAGE, then="c@example.com")]
         sent.append(conn.send("a@example.com", "c@example.com", MESSAGE, then="perm@example.com"))
@@ -127,8 +127,8 @@ def test_the_next_envelope_goes_ahead_of_its_message(
         sent.append(conn.send("a@example.com", "e@example.com", MESSAGE))
     finally:
         conn.close()
-    assert [r.status for r in sent] == [mailer.SENT] * 4
-    assert (refused.status, refused.code) == (mailer.FAILED, 550)
+    assert [r.status for r in sent] == [transport.SENT] * 4
+    assert (refused.status, refused.code) == (transport.FAILED, 550)
     assert handler.count_by_recipient() == {f"{r}@example.com": 1 for r in "bcde"}
     assert all(r.data.endswith(b"body\r\n") for r in handler.received)  # no empty one
     # perm's refusal came back on the same connection; abandoning the DATA opened for
@@ -144,7 +144,7 @@ def test_reply_codes_are_classified(smtp_server: SmtpServer, pipelining: bool) -
         "perm@example.com": ["550 5.1.1 no such user"],
         "bye@example.com": ["421 4.3.2 shutting down"],
     }
-    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
         temp = conn.send("a@example.com", "temp@example.com", MESSAGE)
         perm = conn.send("a@example.com", "perm@example.com", MESSAGE)
@@ -152,11 +152,11 @@ def test_reply_codes_are_classified(smtp_server: SmtpServer, pipelining: bool) -
         after = conn.send("a@example.com", "ok@example.com", MESSAGE)
     finally:
         conn.close()
-    assert (temp.status, temp.code) == (mailer.DEFERRED, 450)
-    assert (perm.status, perm.code) == (mailer.FAILED, 550)
+    assert (temp.status, temp.code) == (transport.DEFERRED, 450)
+    assert (perm.status, perm.code) == (transport.FAILED, 550)
     assert perm.error == "550 5.1.1 no such user"
-    assert (bye.status, bye.dropped) == (mailer.DEFERRED, True)
-    assert after.status == mailer.SENT
+    assert (bye.status, bye.dropped) == (transport.DEFERRED, True)
+    assert after.status == transport.SENT
     assert conn.connects == 2  # reconnected after the 421
 
 
@@ -166,12 +166,12 @@ def test_password_comes_from_the_named_environment_variable(
     pub = make_publication(tmp_path, "sqlite:///x.db", 25)
     env = {"NEWSLETTER_SMTP_USERNAME": "news", "NEWSLETTER_SMTP_PASSWORD_ENV": "RELAY_PW"}
     monkeypatch.delenv("RELAY_PW", raising=False)
-    with pytest.raises(mailer.SmtpError, match="environment variable RELAY_PW is not set"):
-        mailer.SmtpSettings.from_config(pub.config(**env))
+    with pytest.raises(transport.SmtpError, match="environment variable RELAY_PW is not set"):
+        transport.SmtpSettings.from_config(pub.config(**env))
     monkeypatch.setenv("RELAY_PW", "s3cret")
-    assert mailer.SmtpSettings.from_config(pub.config(**env)).password == "s3cret"
-    with pytest.raises(mailer.SmtpError, match="password_env"):
-        mailer.SmtpSettings.from_config(pub.config(NEWSLETTER_SMTP_USERNAME="news"))
+    assert transport.SmtpSettings.from_config(pub.config(**env)).password == "s3cret"
+    with pytest.raises(transport.SmtpError, match="password_env"):
+        transport.SmtpSettings.from_config(pub.config(NEWSLETTER_SMTP_USERNAME="news"))
 
 
 # --- TLS ------------------------------------------------------------------------------
@@ -184,8 +184,8 @@ starttls_server = tls_fixtures.starttls_server
 
 def test_starttls_verifies_the_certificate(starttls_server: tuple[int, FaultyHandler]) -> None:
     port, handler = starttls_server
-    conn = mailer.SmtpConnection(settings(port, security="starttls"))
-    with pytest.raises(mailer.SmtpError, match="TLS failed: CERTIFICATE_VERIFY_FAILED"):
+    conn = transport.SmtpConnection(settings(port, security="starttls"))
+    with pytest.raises(transport.SmtpError, match="TLS failed: CERTIFICATE_VERIFY_FAILED"):
         conn.send("a@example.com", "b@example.com", MESSAGE)
     assert not handler.received  # no fallback to plain text
 
@@ -194,9 +194,11 @@ def test_starttls_with_the_named_ca_sends(
     starttls_server: tuple[int, FaultyHandler], self_signed: tuple[Path, Path]
 ) -> None:
     port, handler = starttls_server
-    conn = mailer.SmtpConnection(settings(port, security="starttls", ca_file=str(self_signed[0])))
+    conn = transport.SmtpConnection(
+        settings(port, security="starttls", ca_file=str(self_signed[0]))
+    )
     try:
-        assert conn.send("a@example.com", "b@example.com", MESSAGE).status == mailer.SENT
+        assert conn.send("a@example.com", "b@example.com", MESSAGE).status == transport.SENT
     finally:
         conn.close()
     assert len(handler.received) == 1
@@ -206,9 +208,11 @@ def test_a_server_refusing_the_session_is_an_error_not_a_failed_recipient(
     starttls_server: tuple[int, FaultyHandler],
 ) -> None:
     port, handler = starttls_server
-    conn = mailer.SmtpConnection(settings(port))
+    conn = transport.SmtpConnection(settings(port))
     try:
-        with pytest.raises(mailer.SmtpError, match="refused to take mail from a@example.com: 530"):
+        with pytest.raises(
+            transport.SmtpError, match="refused to take mail from a@example.com: 530"
+        ):
             conn.send("a@example.com", "b@example.com", MESSAGE)
     finally:
         conn.close()
@@ -227,40 +231,40 @@ def test_a_reply_to_the_final_dot_after_the_timeout_is_in_doubt(
     handler = smtp_server.handler
     handler.pipelining = pipelining
     handler.answer_late = {"slow@example.com": 1.0}
-    conn = mailer.SmtpConnection(settings(smtp_server.port, dot_timeout=0.3, rcpt_timeout=5))
+    conn = transport.SmtpConnection(settings(smtp_server.port, dot_timeout=0.3, rcpt_timeout=5))
     try:
         late = conn.send("a@example.com", "slow@example.com", MESSAGE, then="b@example.com")
         after = conn.send("a@example.com", "b@example.com", MESSAGE)
     finally:
         conn.close()
-    assert late.status == mailer.IN_DOUBT and late.dropped
+    assert late.status == transport.IN_DOUBT and late.dropped
     assert "no reply to the final dot within 0.3 s" in late.error
-    assert after.status == mailer.SENT  # on a new connection; b's envelope was not lost
+    assert after.status == transport.SENT  # on a new connection; b's envelope was not lost
     assert handler.count_by_recipient() == {"slow@example.com": 1, "b@example.com": 1}
     assert conn.connects == 2
 
 
 def test_a_connection_lost_after_the_final_dot_is_in_doubt(smtp_server: SmtpServer) -> None:
     smtp_server.handler.drop_at_data = {1}  # closes instead of answering the final dot
-    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
         result = conn.send("a@example.com", "b@example.com", MESSAGE)
     finally:
         conn.close()
-    assert result.status == mailer.IN_DOUBT
+    assert result.status == transport.IN_DOUBT
     assert "the connection broke after the final dot" in result.error
 
 
 def test_a_connection_lost_before_the_message_is_deferred(smtp_server: SmtpServer) -> None:
     smtp_server.handler.drop_at_rcpt = {1}
-    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
         result = conn.send("a@example.com", "b@example.com", MESSAGE)
         again = conn.send("a@example.com", "b@example.com", MESSAGE)
     finally:
         conn.close()
-    assert result.status == mailer.DEFERRED and result.dropped
-    assert again.status == mailer.SENT and len(smtp_server.received) == 1
+    assert result.status == transport.DEFERRED and result.dropped
+    assert again.status == transport.SENT and len(smtp_server.received) == 1
 
 
 def test_each_wait_has_its_own_timeout(smtp_server: SmtpServer) -> None:
@@ -271,17 +275,17 @@ def test_each_wait_has_its_own_timeout(smtp_server: SmtpServer) -> None:
     patient = settings(smtp_server.port, dot_timeout=2, mail_timeout=0.2, rcpt_timeout=0.2)
     results = []
     for waits in (quick, patient):
-        conn = mailer.SmtpConnection(waits)
+        conn = transport.SmtpConnection(waits)
         try:
             results.append(conn.send("a@example.com", "b@example.com", MESSAGE).status)
         finally:
             conn.close()
-    assert results == [mailer.IN_DOUBT, mailer.SENT]
+    assert results == [transport.IN_DOUBT, transport.SENT]
 
 
 def test_no_greeting_within_the_greeting_timeout(silent_server: tuple[str, int]) -> None:
-    conn = mailer.SmtpConnection(settings(silent_server[1], greeting_timeout=0.3))
-    with pytest.raises(mailer.SmtpError, match=r"no greeting within 0.3 s"):
+    conn = transport.SmtpConnection(settings(silent_server[1], greeting_timeout=0.3))
+    with pytest.raises(transport.SmtpError, match=r"no greeting within 0.3 s"):
         conn.connect()
 
 
@@ -289,7 +293,7 @@ def test_the_settings_take_every_wait_from_the_config(tmp_path: Path) -> None:
     pub = make_publication(tmp_path, "sqlite://", 2525)
     waits = ("greeting", "mail", "rcpt", "data", "block", "dot")
     env = {f"NEWSLETTER_SMTP_{w.upper()}_TIMEOUT": str(n + 1) for n, w in enumerate(waits)}
-    s = mailer.SmtpSettings.from_config(pub.config(**env))
+    s = transport.SmtpSettings.from_config(pub.config(**env))
     assert [getattr(s, f"{w}_timeout") for w in waits] == [1, 2, 3, 4, 5, 6]
 
 
@@ -298,27 +302,27 @@ def test_the_settings_take_every_wait_from_the_config(tmp_path: Path) -> None:
 
 def test_an_international_domain_goes_out_as_its_a_label(smtp_server: SmtpServer) -> None:
     # Stored before domains were kept in ASCII, or typed on the command line.
-    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
         result = conn.send("a@example.com", "user@bücher.example", MESSAGE)
     finally:
         conn.close()
-    assert result.status == mailer.SENT
+    assert result.status == transport.SENT
     assert smtp_server.received[0].rcpt_tos == ["user@xn--bcher-kva.example"]
 
 
 def test_a_local_part_that_is_not_ascii_fails_alone_without_smtputf8(
     smtp_server: SmtpServer,
 ) -> None:
-    conn = mailer.SmtpConnection(settings(smtp_server.port))
+    conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
         refused = conn.send("a@example.com", "zoë@example.com", MESSAGE, then="b@example.com")
         after = conn.send("a@example.com", "b@example.com", MESSAGE)
     finally:
         conn.close()
-    assert refused.status == mailer.FAILED
+    assert refused.status == transport.FAILED
     assert "needs SMTPUTF8 (RFC 6531)" in refused.error and "does not offer" in refused.error
-    assert after.status == mailer.SENT and conn.connects == 1
+    assert after.status == transport.SENT and conn.connects == 1
     assert smtp_server.handler.count_by_recipient() == {"b@example.com": 1}
 
 
@@ -327,7 +331,7 @@ def test_a_local_part_that_is_not_ascii_goes_out_with_smtputf8(
     utf8_smtp_server: SmtpServer, pipelining: bool
 ) -> None:
     utf8_smtp_server.handler.pipelining = pipelining
-    conn = mailer.SmtpConnection(settings(utf8_smtp_server.port))
+    conn = transport.SmtpConnection(settings(utf8_smtp_server.port))
     try:
         sent = [
             conn.send("a@example.com", "b@example.com", MESSAGE, then="zoë@bücher.example"),
@@ -336,7 +340,7 @@ def test_a_local_part_that_is_not_ascii_goes_out_with_smtputf8(
         ]
     finally:
         conn.close()
-    assert [r.status for r in sent] == [mailer.SENT] * 3
+    assert [r.status for r in sent] == [transport.SENT] * 3
     assert [r.rcpt_tos for r in utf8_smtp_server.received] == [
         ["b@example.com"],
         ["zoë@xn--bcher-kva.example"],

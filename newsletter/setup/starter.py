@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from newsletter import config as config_mod
+from newsletter.audience.subscribers import normalize_email
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.fileio import write_files
-from newsletter.subscribers import normalize_email
 
 PACKAGED_DIR = "starter_files"
 SAMPLE_ISSUE = "issues/2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
@@ -83,8 +83,8 @@ def source() -> Traversable:
     if packaged.is_dir():
         return packaged
     # An editable (development) install: force-include does not apply there, and the
-    # package sits in the repository, one level below the files.
-    tree = Path(__file__).resolve().parent.parent
+    # package sits in the repository, two levels below the files.
+    tree = Path(__file__).resolve().parents[2]  # newsletter/setup/starter.py -> the checkout
     if all((tree / path).exists() for path in STARTER_PATHS):
         return tree
     raise NewsletterError(

@@ -15,13 +15,14 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from newsletter import article, check, inline, render, sponsor, tokens
+from newsletter import tokens
 from newsletter.config import Config, Sponsor
-from newsletter.content import Issue, read_issue
 from newsletter.errors import CheckFailed, NewsletterError
 from newsletter.fileio import write_files
-from newsletter.message import Envelope, MessageTemplate
-from newsletter.signing import DkimSigner
+from newsletter.issue import check, inline, markdown, render, sponsor
+from newsletter.issue.content import Issue, read_issue
+from newsletter.mail.dkim import DkimSigner
+from newsletter.mail.message import Envelope, MessageTemplate
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def build_issue(config: Config, issue: Issue) -> BuiltIssue:
         render.HTML_TEMPLATE,
         {
             **context,
-            "body_html": Markup(article.to_html(issue.body)),
+            "body_html": Markup(markdown.to_html(issue.body)),
             "sponsor_html": Markup(sponsor_html),
         },
     )
@@ -85,7 +86,7 @@ def build_issue(config: Config, issue: Issue) -> BuiltIssue:
         render.TEXT_TEMPLATE,
         {
             **context,
-            "body_text": article.to_text(issue.body).rstrip(),
+            "body_text": markdown.to_text(issue.body).rstrip(),
             "sponsor_text": sponsor_text,
         },
     )

@@ -57,9 +57,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from newsletter import config as config_mod
-from newsletter import publish, web
-from newsletter.check import Finding
 from newsletter.errors import NewsletterError
+from newsletter.issue import publish
+from newsletter.issue.check import Finding
+from newsletter.web import serving
 
 ISSUE_KEY = "issue"
 TOKEN_HEADER = "x-preview-token"
@@ -484,7 +485,7 @@ class Watcher:
 
 
 def _page_environment() -> jinja2.Environment:
-    folder = resources.files("newsletter").joinpath("preview_page")
+    folder = resources.files("newsletter.web").joinpath("preview_page")
     return jinja2.Environment(
         loader=jinja2.DictLoader({"index.html": folder.joinpath("index.html").read_text("utf-8")}),
         autoescape=True,
@@ -495,7 +496,7 @@ def _page_environment() -> jinja2.Environment:
 
 
 def _page_assets() -> dict[str, bytes]:
-    folder = resources.files("newsletter").joinpath("preview_page")
+    folder = resources.files("newsletter.web").joinpath("preview_page")
     return {name: folder.joinpath(name).read_bytes() for name in PAGE_ASSETS}
 
 
@@ -510,7 +511,7 @@ class Preview:
     ) -> None:
         self.source = source
         self.token = secrets.token_urlsafe(32)
-        self.broadcast = web.Broadcast()
+        self.broadcast = serving.Broadcast()
         self._send_test = send_test if source.mode == "issue" else None
         self._sending = threading.Lock()
         self._log = log
@@ -526,7 +527,7 @@ class Preview:
         ]
         if self._send_test is not None:
             routes.append(Route("/send-test", self.send_test, methods=["POST"]))
-        self.app: Starlette = web.application(routes, lifespan=self._lifespan)
+        self.app: Starlette = serving.application(routes, lifespan=self._lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -579,7 +580,7 @@ class Preview:
         return HTMLResponse(html, headers={"content-security-policy": _PAGE_CSP})
 
     async def events(self, request: Request) -> Response:
-        return web.event_stream(
+        return serving.event_stream(
             self.broadcast, "render", lambda: {"version": self.broadcast.version}
         )
 
@@ -661,9 +662,9 @@ def outbox_preview(folder: Path, log: Log = _quiet) -> Preview:
     return Preview(OutboxSource(folder, log), None, log)
 
 
-def server(preview: Preview, host: str = "127.0.0.1", port: int = 0) -> web.Server:
+def server(preview: Preview, host: str = "127.0.0.1", port: int = 0) -> serving.Server:
     """A server for the preview, bound already: its `url` is known, `run` or `start` it."""
-    return web.Server(preview, host, port, on_exit=preview.close)
+    return serving.Server(preview, host, port, on_exit=preview.close)
 
 
 def serve(

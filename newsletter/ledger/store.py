@@ -23,8 +23,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from newsletter import addresses, migrations
+from newsletter import addresses
 from newsletter.errors import NewsletterError
+from newsletter.ledger import migrations
 
 # Releases before migrations refuse a database whose newsletter_meta says more than
 # this; the schema's own version is now the Alembic revision (newsletter/migrations).

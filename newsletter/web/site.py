@@ -36,9 +36,11 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from newsletter import archive, signup, tokens, tracking, web
+from newsletter import tokens
 from newsletter.config import Config
-from newsletter.store import UNSUBSCRIBED, Store
+from newsletter.ledger.store import UNSUBSCRIBED, Store
+from newsletter.send import tracking
+from newsletter.web import archive, serving, signup
 
 MAX_FORM_BYTES = 8192
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -99,7 +101,7 @@ class Site:
                 Route("/subscribe", self.subscribe, methods=["GET", "POST"]),
                 Route("/confirm/{token}", self.confirm, methods=["GET", "POST"]),
             ]
-        self.app: Starlette = web.application(routes, lifespan=self._lifespan)
+        self.app: Starlette = serving.application(routes, lifespan=self._lifespan)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -346,9 +348,9 @@ def public_hosts(config: Config) -> list[str]:
     return [host] if host else []
 
 
-def server(site: Site, host: str = "127.0.0.1", port: int = 0) -> web.Server:
+def server(site: Site, host: str = "127.0.0.1", port: int = 0) -> serving.Server:
     """A server for the site, bound already: its `url` is known, `run` or `start` it."""
-    return web.Server(site, host, port, extra_hosts=public_hosts(site.config))
+    return serving.Server(site, host, port, extra_hosts=public_hosts(site.config))
 
 
 def serve(

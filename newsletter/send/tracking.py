@@ -23,8 +23,8 @@ import lxml.html
 import sqlalchemy as sa
 
 from newsletter.config import Config
-from newsletter.render import has_slots, marker
-from newsletter.store import Store, campaign_links, clicks, deliveries, utcnow
+from newsletter.issue.render import has_slots, marker
+from newsletter.ledger.store import Store, campaign_links, clicks, deliveries, utcnow
 
 _HREF = re.compile(r'href="([^"]*)"')
 _SIG_BYTES = 12

@@ -8,8 +8,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from newsletter.config import Config, Sponsor
-from newsletter.content import Issue, read_issue
 from newsletter.errors import ContentError
+from newsletter.issue.content import Issue, read_issue
 
 NO_SPONSOR = "none"
 

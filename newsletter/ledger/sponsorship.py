@@ -10,12 +10,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter import sponsor
 from newsletter.campaign import CANCELLED, MISSED
 from newsletter.config import Config
-from newsletter.content import read_issue
 from newsletter.errors import ContentError
-from newsletter.store import SENT, Store, campaign_links, campaigns, clicks, deliveries
+from newsletter.issue import sponsor
+from newsletter.issue.content import read_issue
+from newsletter.ledger.store import SENT, Store, campaign_links, campaigns, clicks, deliveries
 
 
 @dataclass

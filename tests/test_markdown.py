@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from newsletter import article
+from newsletter.issue import markdown
 
 BODY = """\
 Intro paragraph with a [link](https://example.com/a) and `code`.
@@ -24,7 +24,7 @@ See <https://example.com/b> for more.
 
 
 def test_html_renders_commonmark():
-    html = article.to_html(BODY)
+    html = markdown.to_html(BODY)
     assert '<a href="https://example.com/a">link</a>' in html
     assert "<h2>Section One</h2>" in html
     assert "<h3>Smaller heading</h3>" in html
@@ -33,13 +33,13 @@ def test_html_renders_commonmark():
 
 
 def test_raw_html_in_an_issue_is_escaped():
-    html = article.to_html("Hello <script>alert(1)</script> world\n")
+    html = markdown.to_html("Hello <script>alert(1)</script> world\n")
     assert "<script>" not in html
     assert "&lt;script&gt;" in html
 
 
 def test_text_underlines_headings_and_spells_out_links():
-    text = article.to_text(BODY)
+    text = markdown.to_text(BODY)
     assert "Section One\n-----------\n" in text
     assert "Smaller heading\n---------------\n" in text
     assert "with a link (https://example.com/a) and code." in text
@@ -49,7 +49,7 @@ def test_text_underlines_headings_and_spells_out_links():
 
 
 def test_text_keeps_list_markers_and_quotes():
-    lines = article.to_text(BODY).split("\n")
+    lines = markdown.to_text(BODY).split("\n")
     for line in ("- first item", "- second item", "1. one", "2. two", "> quoted words"):
         assert line in lines
 
@@ -57,7 +57,7 @@ def test_text_keeps_list_markers_and_quotes():
 def test_text_wraps_paragraphs_at_72_columns_without_breaking_words():
     words = " ".join(f"word{n}" for n in range(60))
     url = "https://example.com/" + "x" * 90
-    text = article.to_text(f"{words}\n\nVisit {url} now.\n")
+    text = markdown.to_text(f"{words}\n\nVisit {url} now.\n")
     lines = text.rstrip("\n").split("\n")
     assert " ".join(" ".join(lines).split()) == f"{words} Visit {url} now."
     assert all(len(line) <= 72 for line in lines if url not in line)
@@ -67,10 +67,10 @@ def test_text_wraps_paragraphs_at_72_columns_without_breaking_words():
 
 def test_text_wraps_list_items_under_their_marker():
     item = " ".join(["words"] * 30)
-    text = article.to_text(f"- {item}\n")
+    text = markdown.to_text(f"- {item}\n")
     first, second = text.split("\n")[:2]
     assert first.startswith("- words") and second.startswith("  words")
 
 
 def test_h1_is_underlined_with_equals_signs():
-    assert article.to_text("# Top\n") == "Top\n===\n"
+    assert markdown.to_text("# Top\n") == "Top\n===\n"

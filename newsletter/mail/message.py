@@ -38,7 +38,7 @@ from typing import Protocol
 from urllib.parse import quote
 
 from newsletter.errors import NewsletterError
-from newsletter.render import SlotTemplate, has_slots, marker
+from newsletter.issue.render import SlotTemplate, has_slots, marker
 
 _PERSONAL = "X-Newsletter-Personal"
 _BODY = re.compile(rb"__nlbody_(text|html)__\r?\n")

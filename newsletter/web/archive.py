@@ -36,12 +36,13 @@ import sqlalchemy as sa
 from feedgen.feed import FeedGenerator
 from lxml.etree import ParserError
 
-from newsletter import __version__, render, tokens
+from newsletter import __version__, tokens
 from newsletter.campaign import DONE
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.fileio import write_files
-from newsletter.store import Store, campaign_links, campaigns
+from newsletter.issue import render
+from newsletter.ledger.store import Store, campaign_links, campaigns
 
 PAGES_PACKAGE = "site_pages"
 STYLESHEET = "site.css"
@@ -60,7 +61,7 @@ class Pages:
     """The web pages' templates and style sheet (newsletter/site_pages), not the email look."""
 
     def __init__(self, config: Config) -> None:
-        folder = resources.files("newsletter").joinpath(PAGES_PACKAGE)
+        folder = resources.files("newsletter.web").joinpath(PAGES_PACKAGE)
         sources = {
             entry.name: entry.read_text("utf-8")
             for entry in folder.iterdir()

@@ -15,10 +15,12 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, publish, signing
+from newsletter import campaign
 from newsletter import config as config_mod
 from newsletter.cli import cli
 from newsletter.errors import ConfigError, NewsletterError
+from newsletter.issue import publish
+from newsletter.mail import dkim as signing  # beside dkimpy's `dkim`, which checks ours
 
 
 @pytest.fixture

@@ -18,9 +18,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from newsletter import config as config_mod
-from newsletter import mailer, publish, signing, store
-from newsletter.content import Issue
 from newsletter.errors import NewsletterError
+from newsletter.issue import publish
+from newsletter.issue.content import Issue
+from newsletter.ledger import store
+from newsletter.mail import dkim, transport
 
 OK = "ok"
 WARN = "warn"
@@ -206,10 +208,10 @@ def check_smtp(config: config_mod.Config, have_password: bool = True) -> Check:
         # Without a password, still check the connection and TLS; only the login is left out.
         config = dataclasses.replace(config, smtp=dataclasses.replace(smtp, username=""))
     try:
-        connection = mailer.SmtpConnection(mailer.SmtpSettings.from_config(config))
+        connection = transport.SmtpConnection(transport.SmtpSettings.from_config(config))
         connection.connect()
         connection.close()
-    except mailer.SmtpError as exc:
+    except transport.SmtpError as exc:
         return Check(FAIL, "smtp", f"{exc}{_smtp_hint(config, str(exc))}")
     steps = ["connected", "EHLO accepted"]
     if smtp.security == "starttls":
@@ -285,12 +287,12 @@ class DnsLookupError(Exception):
 def check_dkim(config: config_mod.Config, lookup_txt: Callable[[str], list[str]]) -> Check:
     """The private key is readable, and the record its selector names publishes that key."""
     try:
-        signer = signing.DkimSigner.from_config(config)
+        signer = dkim.DkimSigner.from_config(config)
     except NewsletterError as exc:
         return Check(FAIL, "dkim", str(exc))
     assert signer is not None  # [dkim] domain is set
     name = f"{signer.selector}._domainkey.{signer.domain}"
-    published = _dkim_tags(signing.dns_value(signer.key.public_key()))["p"]
+    published = _dkim_tags(dkim.dns_value(signer.key.public_key()))["p"]
     try:
         records = [_dkim_tags(text) for text in lookup_txt(name)]
     except DnsLookupError as exc:

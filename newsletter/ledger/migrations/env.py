@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from newsletter import migrations
-from newsletter.store import metadata
+from newsletter.ledger import migrations
+from newsletter.ledger.store import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None or context.is_offline_mode():

@@ -29,18 +29,20 @@ from email.utils import format_datetime, make_msgid, parseaddr
 import jinja2
 import sqlalchemy as sa
 
-from newsletter import addresses, mailer, render, tokens
+from newsletter import addresses, tokens
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
-from newsletter.message import clean_display_name
-from newsletter.signing import DkimSigner
-from newsletter.store import (
+from newsletter.issue import render
+from newsletter.ledger.store import (
     ACTIVE,
     PENDING_CONFIRMATION,
     Store,
     subscribers,
     utcnow,
 )
+from newsletter.mail import transport
+from newsletter.mail.dkim import DkimSigner
+from newsletter.mail.message import clean_display_name
 
 TEXT_TEMPLATE = "confirm.txt"
 HTML_TEMPLATE = "confirm.html"
@@ -308,7 +310,7 @@ class Outbox:
         self._store = store
         self._config = config
         self._composer = Composer(config)
-        self._settings = mailer.SmtpSettings.from_config(config)
+        self._settings = transport.SmtpSettings.from_config(config)
         self._log = log
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._idle = threading.Condition()
@@ -355,12 +357,12 @@ class Outbox:
     def _send(self, job: _Job) -> None:
         try:
             data = self._composer.message(job.email, job.token, job.claimed_at)
-            conn = mailer.SmtpConnection(self._settings)
+            conn = transport.SmtpConnection(self._settings)
             try:
                 result = conn.send(self._composer.sender, job.email, data)
             finally:
                 conn.close()
-            problem = "" if result.status == mailer.SENT else result.error
+            problem = "" if result.status == transport.SENT else result.error
         except NewsletterError as exc:
             problem = str(exc)
         except Exception as exc:  # a bug must not end the thread: the next signup still works

@@ -10,8 +10,8 @@ from pathlib import Path
 from newsletter import addresses
 from newsletter.errors import ContentError, NewsletterError
 from newsletter.fileio import read_text
-from newsletter.message import clean_display_name
-from newsletter.store import ACTIVE, UNSUBSCRIBED, Store, SubscriberRow
+from newsletter.ledger.store import ACTIVE, UNSUBSCRIBED, Store, SubscriberRow
+from newsletter.mail.message import clean_display_name
 
 
 @dataclass
