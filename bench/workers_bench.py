@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from newsletter import campaign, config  # noqa: E402
 from newsletter.issue import publish  # noqa: E402
-from newsletter.ledger.store import SENT, Store, SubscriberRow, deliveries, metadata  # noqa: E402
+from newsletter.ledger.store import Store, SubscriberRow  # noqa: E402
+from newsletter.ledger.tables import SENT, deliveries, metadata  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_BENCH = "postgresql+psycopg://postgres@127.0.0.1:5432/newsletter_bench"

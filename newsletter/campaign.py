@@ -56,7 +56,8 @@ from newsletter.issue.publish import (
     message_template,
 )
 from newsletter.issue.render import html_slots, text_slots
-from newsletter.ledger.store import (
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import (
     ACTIVE,
     DEFERRED,
     FAILED,
@@ -66,7 +67,6 @@ from newsletter.ledger.store import (
     SENT,
     SKIPPED,
     UNSENT,
-    Store,
     campaigns,
     deliveries,
     rate_buckets,

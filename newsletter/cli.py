@@ -28,7 +28,8 @@ from newsletter.fileio import read_text, write_files
 from newsletter.issue import content, publish
 from newsletter.issue.check import Finding, has_errors
 from newsletter.ledger import sponsorship
-from newsletter.ledger.store import SUBSCRIBER_STATUSES, Store
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import SUBSCRIBER_STATUSES
 from newsletter.mail import capture as smtpd_mod
 from newsletter.mail import dkim as dkim_keys
 

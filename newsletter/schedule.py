@@ -30,7 +30,8 @@ from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.issue import publish
 from newsletter.issue.content import read_issue
-from newsletter.ledger.store import Store, campaigns, recurring, utcnow
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import campaigns, recurring, utcnow
 
 log = logging.getLogger("newsletter.schedule")
 

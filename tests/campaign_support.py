@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from services import postgres_url
 
 from newsletter import config as config_mod
-from newsletter.ledger.store import Store, SubscriberRow, metadata
+from newsletter.ledger.store import Store, SubscriberRow
+from newsletter.ledger.tables import metadata
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = next((REPO / "issues").glob("*.md"))

@@ -21,7 +21,8 @@ from newsletter import campaign, tokens
 from newsletter.cli import cli
 from newsletter.errors import NewsletterError
 from newsletter.issue import publish
-from newsletter.ledger.store import Store, SubscriberRow, campaigns
+from newsletter.ledger.store import Store, SubscriberRow
+from newsletter.ledger.tables import campaigns
 from newsletter.web import archive
 
 ATOM = "{http://www.w3.org/2005/Atom}"

@@ -20,7 +20,8 @@ from smtp_fixtures import SmtpServer
 from newsletter import campaign
 from newsletter.errors import NewsletterError
 from newsletter.issue import publish
-from newsletter.ledger.store import FAILED, SENDING, SENT, SKIPPED, Store
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import FAILED, SENDING, SENT, SKIPPED
 from newsletter.mail.message import MessageTemplate
 from newsletter.mail.transport import SmtpError
 
@@ -231,7 +232,7 @@ def test_a_stop_during_the_wait_for_a_retry_ends_the_run_soon(
 def test_resume_sends_only_what_is_not_sent(pub: Publication, smtp_server: SmtpServer) -> None:
     store, cid, emails = start_campaign(pub, 8)
     # Simulate a crash: half recorded sent, one in doubt, the rest pending.
-    from newsletter.ledger.store import deliveries
+    from newsletter.ledger.tables import deliveries
 
     with store.begin() as conn:
         conn.execute(
@@ -248,7 +249,7 @@ def test_rows_are_fetched_in_windows_across_gaps_each_once(
 ) -> None:
     # Each fetch looks at a bounded span of ids (so a long list costs no more per row);
     # small windows and batches here, a resumed campaign with a long run already sent.
-    from newsletter.ledger.store import deliveries
+    from newsletter.ledger.tables import deliveries
 
     monkeypatch.setattr(campaign, "BATCH", 4)
     monkeypatch.setattr(campaign._Rows, "WINDOW", 3)

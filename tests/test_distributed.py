@@ -32,7 +32,8 @@ from smtp_fixtures import SmtpServer, running_smtp_server
 from newsletter import campaign, config, schedule
 from newsletter.cli import cli
 from newsletter.issue import publish
-from newsletter.ledger.store import SENT, UNSENT, Store, deliveries, metadata
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import SENT, UNSENT, deliveries, metadata
 from newsletter.mail import transport
 
 REDIS_DB = 13  # the tests' Redis database; each test removes only its own keys

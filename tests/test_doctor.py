@@ -19,6 +19,7 @@ from smtp_fixtures import FaultyHandler, SmtpServer, free_port
 
 from newsletter.cli import cli
 from newsletter.ledger import store
+from newsletter.ledger.migrations import HEAD, VERSION_TABLE
 from newsletter.mail import dkim
 from newsletter.setup import doctor
 
@@ -86,7 +87,14 @@ def test_the_database_is_reported_not_created(
     store.Store.open(f"sqlite:///{database}").close()
     result = run_cli("doctor")
     assert lines_of(result)["database"] == (
-        f"ok  {database} (SQLite): schema version 1 (current), 0 active subscriber(s)"
+        f"ok  {database} (SQLite): schema revision {HEAD} (current), 0 active subscriber(s)"
+    )
+    with sa.create_engine(f"sqlite:///{database}").begin() as conn:  # as a release before
+        conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '0001'"))
+    result = run_cli("doctor")
+    assert lines_of(result)["database"] == (
+        f"warn  {database} (SQLite): schema revision 0001; the next command upgrades it to"
+        f" {HEAD} (or run `newsletter db upgrade`)"
     )
 
 
@@ -99,12 +107,13 @@ def test_a_database_newer_than_the_tool_fails(
     smtp_env(smtp_server.port)
     opened = store.Store.open(f"sqlite:///{publication.parent / 'newsletter.db'}")
     with opened.begin() as conn:
-        conn.execute(sa.update(store.meta_table).values(value=str(store.SCHEMA_VERSION + 1)))
+        conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
     opened.close()
     result = run_cli("doctor")
     assert result.exit_code == 1
     assert lines_of(result)["database"].startswith(
-        f"fail  {publication.parent / 'newsletter.db'} (SQLite): schema version 2 is newer"
+        f"fail  {publication.parent / 'newsletter.db'} (SQLite): the database is at schema"
+        " revision 9999, made by a newer release of newsletter"
     )
 
 

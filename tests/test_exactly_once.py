@@ -28,15 +28,8 @@ from smtp_fixtures import SmtpServer, running_smtp_server
 
 from newsletter import campaign, schedule
 from newsletter.cli import cli
-from newsletter.ledger.store import (
-    GIVEN_UP,
-    SENDING,
-    SKIPPED,
-    Store,
-    campaigns,
-    deliveries,
-    utcnow,
-)
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import GIVEN_UP, SENDING, SKIPPED, campaigns, deliveries, utcnow
 
 LIST = [
     "ann@example.com",

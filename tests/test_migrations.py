@@ -27,8 +27,9 @@ from click.testing import Result
 from newsletter import campaign
 from newsletter.errors import NewsletterError
 from newsletter.ledger import migrations, store
-from newsletter.ledger import store as store_mod
-from newsletter.ledger.store import Store, connect, metadata
+from newsletter.ledger import tables as store_mod
+from newsletter.ledger.store import Store, connect
+from newsletter.ledger.tables import metadata
 
 NOW = dt.datetime(2026, 11, 2, 9, 30, 15)
 OLD = [(migrations.BASELINE, False), (migrations.BASELINE, True)]
@@ -499,7 +500,7 @@ def test_a_drafted_revision_upgrades_an_older_database_to_the_changed_tables(
     changed = sa.MetaData()
     for table in metadata.sorted_tables:
         table.to_metadata(changed)
-    changed.tables["campaigns"].append_column(sa.Column("note", store.UTCDateTime))
+    changed.tables["campaigns"].append_column(sa.Column("note", store_mod.UTCDateTime))
     monkeypatch.setattr(store, "metadata", changed)  # what env.py compares with
 
     with connection(database_url) as conn:

@@ -20,7 +20,7 @@ from newsletter import campaign, schedule
 from newsletter.cli import cli
 from newsletter.issue import publish
 from newsletter.ledger import sponsorship
-from newsletter.ledger.store import deliveries
+from newsletter.ledger.tables import deliveries
 from newsletter.send import tracking
 
 UTC = dt.UTC

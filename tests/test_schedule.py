@@ -418,7 +418,7 @@ def test_incomplete_campaign_is_retried_at_most_once_a_minute(
     pub: Publication, smtp_server: SmtpServer
 ) -> None:
     from newsletter.issue import publish
-    from newsletter.ledger.store import campaigns
+    from newsletter.ledger.tables import campaigns
 
     store = pub.store()
     add_subscribers(store, 2)

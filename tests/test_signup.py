@@ -18,7 +18,8 @@ from smtp_fixtures import SmtpServer
 from newsletter import campaign, tokens
 from newsletter.cli import cli
 from newsletter.issue import publish
-from newsletter.ledger.store import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED, Store, subscribers
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED, subscribers
 from newsletter.web import signup
 
 SECRET = b"test-secret-not-for-production"

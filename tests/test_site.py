@@ -21,7 +21,8 @@ from smtp_fixtures import SmtpServer
 
 from newsletter import campaign, tokens
 from newsletter.issue import publish
-from newsletter.ledger.store import ACTIVE, SKIPPED, UNSUBSCRIBED, Store
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import ACTIVE, SKIPPED, UNSUBSCRIBED
 
 SECRET = b"test-secret-not-for-production"
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}

@@ -22,7 +22,7 @@ from newsletter.cli import cli
 from newsletter.issue import publish
 from newsletter.issue.render import html_slots, text_slots
 from newsletter.ledger import sponsorship
-from newsletter.ledger.store import deliveries
+from newsletter.ledger.tables import deliveries
 from newsletter.send import tracking
 
 UTC = dt.UTC

@@ -10,7 +10,8 @@ from pathlib import Path
 from newsletter import addresses
 from newsletter.errors import ContentError, NewsletterError
 from newsletter.fileio import read_text
-from newsletter.ledger.store import ACTIVE, UNSUBSCRIBED, Store, SubscriberRow
+from newsletter.ledger.store import Store, SubscriberRow
+from newsletter.ledger.tables import ACTIVE, UNSUBSCRIBED
 from newsletter.mail.message import clean_display_name
 
 

@@ -15,7 +15,8 @@ from newsletter.config import Config
 from newsletter.errors import ContentError
 from newsletter.issue import sponsor
 from newsletter.issue.content import read_issue
-from newsletter.ledger.store import SENT, Store, campaign_links, campaigns, clicks, deliveries
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import SENT, campaign_links, campaigns, clicks, deliveries
 
 
 @dataclass

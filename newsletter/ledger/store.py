@@ -1,14 +1,12 @@
-"""SQLAlchemy Core tables: subscribers, campaigns, deliveries (the ledger).
+"""The database of one publication: the engine, the schema kept at this release's
+revision, and the subscriber list's reads and writes.
 
 SQLite (a file next to newsletter.toml, WAL mode) by default; the same code runs
-on PostgreSQL. Every (campaign, subscriber) pair has one row in `deliveries`,
-unique on that pair, moving pending -> sending -> sent | failed | deferred |
-skipped. The ledger is the truth: a campaign sends only rows not yet sent.
+on PostgreSQL. The tables and statuses are in tables.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import json
 import re
@@ -26,189 +24,14 @@ from sqlalchemy.engine import Connection, Engine
 from newsletter import addresses
 from newsletter.errors import NewsletterError
 from newsletter.ledger import migrations
-
-# Releases before migrations refuse a database whose newsletter_meta says more than
-# this; the schema's own version is now the Alembic revision (newsletter/migrations).
-SCHEMA_VERSION = 1
-
-# Subscriber statuses
-ACTIVE = "active"
-PENDING_CONFIRMATION = "pending"  # signed up on the web, confirmation link not yet followed
-UNSUBSCRIBED = "unsubscribed"
-SUBSCRIBER_STATUSES = (ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED)
-
-# Delivery statuses
-PENDING = "pending"
-SENDING = "sending"  # handed to the SMTP server, reply not yet recorded: in doubt after a crash
-SENT = "sent"
-FAILED = "failed"  # permanent (5xx), never retried
-DEFERRED = "deferred"  # temporary (4xx, dropped connection), retried later
-SKIPPED = "skipped"  # unsubscribed before their turn came
-GIVEN_UP = "given_up"  # still unsent when the campaign was closed: never tried again
-UNSENT = (PENDING, SENDING, DEFERRED)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
-    """Aware UTC datetimes on every backend (SQLite keeps no zone)."""
-
-    impl = sa.DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
-        return value.astimezone(dt.UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        return None if value is None else value.replace(tzinfo=dt.UTC)
-
-
-metadata = sa.MetaData()
-
-meta_table = sa.Table(
-    "newsletter_meta",
+from newsletter.ledger.tables import (
+    ACTIVE,
+    SCHEMA_VERSION,
+    UNSUBSCRIBED,
+    meta_table,
     metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(255), nullable=False),
-)
-
-subscribers = sa.Table(
-    "subscribers",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    # As sent: the local part as given, the domain in ASCII (see addresses.py); one
-    # subscriber per email_key (the last column), the address with its case folded.
-    sa.Column("email", sa.String(320), nullable=False, unique=True),
-    sa.Column("name", sa.String(255), nullable=False, server_default=""),
-    sa.Column("attributes", sa.Text, nullable=False, server_default="{}"),
-    sa.Column("status", sa.String(16), nullable=False, server_default=ACTIVE),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("unsubscribed_at", UTCDateTime),
-    # When the last signup confirmation went to this address: repeated signups are throttled.
-    sa.Column("confirm_sent_at", UTCDateTime),
-    sa.Column("email_key", sa.String(320), nullable=False),
-    sa.UniqueConstraint("email_key", name="uq_subscribers_email_key"),
-    sa.Index("ix_subscribers_status", "status", "id"),
-)
-
-campaigns = sa.Table(
-    "campaigns",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("issue_slug", sa.String(200), nullable=False),
-    sa.Column("issue_path", sa.Text, nullable=False),
-    sa.Column("subject", sa.Text, nullable=False),
-    sa.Column("sponsor_id", sa.String(64)),
-    # The issue as built when the campaign was created: a resume sends the same thing.
-    sa.Column("html_template", sa.Text, nullable=False),
-    sa.Column("text_template", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("scheduled_at", UTCDateTime),
-    sa.Column("timezone", sa.String(64)),
-    sa.Column("started_at", UTCDateTime),
-    sa.Column("finished_at", UTCDateTime),
-    sa.Column("owner", sa.String(200)),  # host:pid:nonce of the process sending it
-    sa.Column("heartbeat_at", UTCDateTime),
-    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
-    # An incomplete campaign is resumed by run-due/worker no sooner than this.
-    sa.Column("resume_after", UTCDateTime),
-    # Sent by Celery workers: batches claimed so far, and when the one pending sweep
-    # task (which picks up rows of a stopped worker once their lease ends) is due.
-    sa.Column("batches", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("sweep_at", UTCDateTime),
-    sa.Column("last_error", sa.Text),
-    # When the campaign first stopped with deliveries left: run-due retries it, less
-    # often as time passes, until [schedule] give_up_after from then.
-    sa.Column("incomplete_since", UTCDateTime),
-    # Who the campaign goes to, fixed when its deliveries are made (at once, or when a
-    # scheduled campaign is claimed): "all" active subscribers, or the "new" ones who
-    # have not had its issue from another campaign.
-    sa.Column("audience", sa.String(16), nullable=False, server_default="all"),
-)
-
-deliveries = sa.Table(
-    "deliveries",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column(
-        "campaign_id",
-        sa.Integer,
-        sa.ForeignKey("campaigns.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id"), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, server_default=PENDING),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("last_code", sa.Integer),
-    sa.Column("last_error", sa.Text),
-    sa.Column("next_attempt_at", UTCDateTime),
-    sa.Column("sent_at", UTCDateTime),
-    # Sent by Celery workers: the batch that holds the row, and until when. A row whose
-    # lease has run out belongs to nobody and is claimed by the next batch.
-    sa.Column("lease_owner", sa.String(200)),
-    sa.Column("lease_until", UTCDateTime),
-    sa.UniqueConstraint("campaign_id", "subscriber_id", name="uq_delivery_campaign_subscriber"),
-    sa.Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
-    sa.Index("ix_deliveries_lease_owner", "lease_owner"),
-)
-
-# The shared token buckets of [smtp] rate when workers on several machines send and the
-# broker has no Redis: the "theoretical arrival time" of the next message, per server.
-rate_buckets = sa.Table(
-    "rate_buckets",
-    metadata,
-    sa.Column("name", sa.String(300), primary_key=True),
-    sa.Column("next_at", sa.Float, nullable=False),
-)
-
-
-recurring = sa.Table(
-    "recurring_schedules",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("cron", sa.String(100), nullable=False),
-    sa.Column("timezone", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # active | cancelled
-    sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("next_run_at", UTCDateTime, nullable=False),
-    sa.Column("last_run_at", UTCDateTime),
-    sa.Column("last_note", sa.Text),
-)
-
-campaigns_due_index = sa.Index(
-    "ix_campaigns_status_scheduled", campaigns.c.status, campaigns.c.scheduled_at
-)
-
-
-# Click tracking: the links a campaign tracks, and each click on one.
-campaign_links = sa.Table(
-    "campaign_links",
-    metadata,
-    sa.Column("campaign_id", sa.Integer, sa.ForeignKey("campaigns.id", ondelete="CASCADE"),
-              primary_key=True),
-    sa.Column("idx", sa.Integer, primary_key=True),
-    sa.Column("url", sa.Text, nullable=False),
-    sa.Column("in_sponsor_block", sa.Boolean, nullable=False),
-)  # fmt: skip
-
-clicks = sa.Table(
-    "clicks",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("campaign_id", sa.Integer, nullable=False),
-    sa.Column("subscriber_id", sa.Integer, nullable=False),
-    sa.Column("link_idx", sa.Integer, nullable=False),
-    sa.Column("clicked_at", UTCDateTime, nullable=False),
-    sa.Column("suspected_bot", sa.Boolean, nullable=False),
-    sa.Column("reason", sa.String(64)),
-    sa.Index("ix_clicks_campaign", "campaign_id", "link_idx"),
+    subscribers,
+    utcnow,
 )
 
 

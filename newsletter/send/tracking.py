@@ -24,7 +24,8 @@ import sqlalchemy as sa
 
 from newsletter.config import Config
 from newsletter.issue.render import has_slots, marker
-from newsletter.ledger.store import Store, campaign_links, clicks, deliveries, utcnow
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import campaign_links, clicks, deliveries, utcnow
 
 _HREF = re.compile(r'href="([^"]*)"')
 _SIG_BYTES = 12

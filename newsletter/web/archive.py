@@ -42,7 +42,8 @@ from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.fileio import write_files
 from newsletter.issue import render
-from newsletter.ledger.store import Store, campaign_links, campaigns
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import campaign_links, campaigns
 
 PAGES_PACKAGE = "site_pages"
 STYLESHEET = "site.css"

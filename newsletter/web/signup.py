@@ -33,13 +33,8 @@ from newsletter import addresses, tokens
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.issue import render
-from newsletter.ledger.store import (
-    ACTIVE,
-    PENDING_CONFIRMATION,
-    Store,
-    subscribers,
-    utcnow,
-)
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, subscribers, utcnow
 from newsletter.mail import transport
 from newsletter.mail.dkim import DkimSigner
 from newsletter.mail.message import clean_display_name

@@ -38,7 +38,8 @@ from starlette.types import Receive, Scope, Send
 
 from newsletter import tokens
 from newsletter.config import Config
-from newsletter.ledger.store import UNSUBSCRIBED, Store
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import UNSUBSCRIBED
 from newsletter.send import tracking
 from newsletter.web import archive, serving, signup
 

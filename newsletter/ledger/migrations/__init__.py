@@ -12,7 +12,7 @@ Alembic is imported only when a database is created, upgraded or inspected:
 importing it costs about 85 ms, which the usual open (a database already at HEAD,
 one query) does not pay.
 
-To add a revision: change the tables in store.py, then let `write_revision` draft
+To add a revision: change the tables in tables.py, then let `write_revision` draft
 versions/NNNN_what_it_does.py from the difference with a database at HEAD, e.g.
 
     with sa.create_engine("sqlite:///newsletter.db").begin() as conn:
@@ -20,7 +20,7 @@ versions/NNNN_what_it_does.py from the difference with a database at HEAD, e.g.
 
 Read and edit the draft (a rename looks like a drop and an add), run ruff format
 on it, and move HEAD to it: a test checks that HEAD names the newest revision.
-A revision never imports store, whose tables keep changing.
+A revision never imports tables.py, whose tables keep changing.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def at_head(conn: Connection) -> bool:
 
 def context_options() -> dict[str, Any]:
     """Alembic's migration context options: our version table, and how autogenerate
-    compares a database with store.metadata and writes a revision (env.py, tests)."""
+    compares a database with tables.metadata and writes a revision (env.py, tests)."""
     return {
         "version_table": VERSION_TABLE,
         "compare_type": True,
@@ -184,7 +184,7 @@ def upgrade(conn: Connection, current: str, target: str = "head") -> None:
 
 def write_revision(conn: Connection, message: str, revision: str) -> Path:
     """Draft versions/<revision>_<message>.py: what turns the database at `conn` (at
-    HEAD) into store.metadata, as Alembic's autogenerate finds it. Returns its path."""
+    HEAD) into tables.metadata, as Alembic's autogenerate finds it. Returns its path."""
     from alembic import command
 
     script = command.revision(config(conn), message, autogenerate=True, rev_id=revision)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 
 from newsletter.ledger import migrations
-from newsletter.ledger.store import metadata
+from newsletter.ledger.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None or context.is_offline_mode():

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-29
 
-Written out table by table rather than from store.metadata, which keeps changing:
+Written out table by table rather than from tables.metadata, which keeps changing:
 this revision must always create what version 1 was. A database made before
 migrations (newsletter_meta says schema_version 1) is recorded as this revision
 without running it.
