@@ -26,8 +26,8 @@ from click.testing import Result
 
 from newsletter import campaign
 from newsletter.errors import NewsletterError
-from newsletter.ledger import migrations, store
-from newsletter.ledger import tables as store_mod
+from newsletter.ledger import migrations
+from newsletter.ledger import tables as tables_mod
 from newsletter.ledger.store import Store, connect
 from newsletter.ledger.tables import metadata
 
@@ -200,11 +200,11 @@ def test_0002_keys_the_list_and_gives_unicode_domains_their_a_labels(database_ur
     store = Store.open(database_url)
     with store.engine.connect() as conn:
         rows = conn.execute(
-            sa.select(store_mod.subscribers.c.email, store_mod.subscribers.c.email_key).order_by(
-                store_mod.subscribers.c.id
+            sa.select(tables_mod.subscribers.c.email, tables_mod.subscribers.c.email_key).order_by(
+                tables_mod.subscribers.c.id
             )
         ).all()
-        since = conn.execute(sa.select(store_mod.campaigns.c.incomplete_since)).scalar_one()
+        since = conn.execute(sa.select(tables_mod.campaigns.c.incomplete_since)).scalar_one()
     assert [tuple(r) for r in rows] == [
         ("ann@example.com", "ann@example.com"),
         ("bob@example.com", "bob@example.com"),
@@ -212,7 +212,7 @@ def test_0002_keys_the_list_and_gives_unicode_domains_their_a_labels(database_ur
         ("x@bü..example", "x@bü..example"),  # not a valid IDNA name: left as it was
     ]
     assert store.subscriber("Zoë@Bücher.example")["name"] == "Zoë"
-    assert since is not None and abs(since - store_mod.utcnow()) < dt.timedelta(minutes=1)
+    assert since is not None and abs(since - tables_mod.utcnow()) < dt.timedelta(minutes=1)
 
 
 def test_an_open_of_a_database_at_head_changes_nothing(database_url: str) -> None:
@@ -500,8 +500,8 @@ def test_a_drafted_revision_upgrades_an_older_database_to_the_changed_tables(
     changed = sa.MetaData()
     for table in metadata.sorted_tables:
         table.to_metadata(changed)
-    changed.tables["campaigns"].append_column(sa.Column("note", store_mod.UTCDateTime))
-    monkeypatch.setattr(store, "metadata", changed)  # what env.py compares with
+    changed.tables["campaigns"].append_column(sa.Column("note", tables_mod.UTCDateTime))
+    monkeypatch.setattr(tables_mod, "metadata", changed)  # what env.py compares with
 
     with connection(database_url) as conn:
         draft = migrations.write_revision(conn, "add campaigns.note", "9001")
