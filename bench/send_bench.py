@@ -64,6 +64,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from newsletter.ledger import lifecycle
+from newsletter.send import campaign, runner
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "issues" / "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
 SECRET = "bench-secret"
@@ -418,7 +421,7 @@ class Databases:
 
 def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Create and run a campaign end to end: store, ledger, SMTP."""
-    from newsletter import campaign
+
     from newsletter import config as config_mod
     from newsletter.issue import publish
     from newsletter.ledger.store import Store
@@ -440,7 +443,7 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     built = publish.build_issue(config, publish.load_issue(spec["issue"]))
     size = len(publish.sample(config, built).message)
     t0 = time.perf_counter()
-    campaign_id = campaign.create(store, built)
+    campaign_id = lifecycle.create(store, built)
     create_s = time.perf_counter() - t0
     rss_before = peak_rss_mb()
 
@@ -460,15 +463,15 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
             (publish.Personalizer, "values", "slot values (signed token)"),
             (tracking.LinkSlots, "values", "click-link slot values (LinkSlots.values)"),
             (message.MessageTemplate, "render", "MessageTemplate.render"),
-            (campaign._Runner, "_commit", "ledger transaction (_commit)"),
+            (runner.Runner, "_commit", "ledger transaction (_commit)"),
             (
                 transport.SmtpConnection,
                 "send",
                 "SMTP transaction (send), without the next message made meanwhile",
             ),
-            (campaign._Runner, "_fetch", "fetching rows (skip + select, per 500)"),
-            (campaign._Runner, "_take", "taking a row (_take), without fetching"),
-            (campaign._Runner, "_message", "_message itself, without the slot values and render"),
+            (runner.Runner, "_fetch", "fetching rows (skip + select, per 500)"),
+            (runner.Runner, "_take", "taking a row (_take), without fetching"),
+            (runner.Runner, "_message", "_message itself, without the slot values and render"),
         ):
             phases[key] = 0.0
             calls[key] = 0
@@ -478,7 +481,7 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("profile"):
         import cProfile
 
-        work = campaign._Runner.work
+        work = runner.Runner.work
 
         def profiled_work(self: Any) -> None:
             prof = cProfile.Profile(time.thread_time)  # CPU time, not time spent waiting
@@ -489,7 +492,7 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
             finally:
                 prof.disable()
 
-        campaign._Runner.work = profiled_work  # type: ignore[method-assign]
+        runner.Runner.work = profiled_work  # type: ignore[method-assign]
         main_prof = cProfile.Profile(time.thread_time)
         profiles.append(main_prof)
         main_prof.enable()
@@ -1007,7 +1010,7 @@ class Bench:
     def end_to_end(self) -> None:
         c = self.counts
         print(
-            "\nend to end (campaign.create + campaign.run: store, ledger, SMTP), fast sink,"
+            "\nend to end (lifecycle.create + campaign.run: store, ledger, SMTP), fast sink,"
             f" {c.main:,} subscribers:"
         )
         runs = [("sample", self.pub.issue, 1)]
@@ -1042,7 +1045,7 @@ class Bench:
         if self.main:
             print(
                 f"  peak RSS before sending {self.main['rss_before_mb']:.1f} MB;"
-                f" campaign.create took {self.main['create_s']:.2f} s"
+                f" lifecycle.create took {self.main['create_s']:.2f} s"
                 f" for {self.main['n']:,} deliveries (not in the rate)"
             )
 

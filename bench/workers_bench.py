@@ -45,10 +45,12 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from newsletter import campaign, config  # noqa: E402
+from newsletter import config  # noqa: E402
 from newsletter.issue import publish  # noqa: E402
+from newsletter.ledger import lifecycle  # noqa: E402
 from newsletter.ledger.store import Store, SubscriberRow  # noqa: E402
-from newsletter.ledger.tables import SENT, deliveries, metadata  # noqa: E402
+from newsletter.ledger.tables import DONE, SENT, deliveries, metadata  # noqa: E402
+from newsletter.send import campaign  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_BENCH = "postgresql+psycopg://postgres@127.0.0.1:5432/newsletter_bench"
@@ -186,7 +188,7 @@ def one_run(
     for start in range(0, len(rows), 5000):
         store.upsert_subscribers(rows[start : start + 5000])
     built = publish.build_issue(cfg, publish.load_issue(next(cfg.issues_dir.glob("*.md"))))
-    campaign_id = campaign.create(store, built)
+    campaign_id = lifecycle.create(store, built)
 
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     child_env.update(env, NEWSLETTER_CONFIG=str(config_path))
@@ -236,7 +238,7 @@ def one_run(
             ).where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == SENT)
         ).one()
     store.close()
-    if result.status != campaign.DONE or sent != subscribers:
+    if result.status != DONE or sent != subscribers:
         raise SystemExit(f"campaign not done: {result}")
     span = (last - first).total_seconds()
     return {"sent": sent, "span": span, "rate": (sent - 1) / span, "wall": wall}

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from newsletter import __version__, campaign, tokens
+from newsletter import __version__, tokens
 from newsletter import config as config_mod
 from newsletter import schedule as schedule_mod
 from newsletter.audience import subscribers as subscriber_ops
@@ -27,11 +27,12 @@ from newsletter.errors import NewsletterError
 from newsletter.fileio import read_text, write_files
 from newsletter.issue import content, publish
 from newsletter.issue.check import Finding, has_errors
-from newsletter.ledger import sponsorship
+from newsletter.ledger import campaign_status, delivery_rows, lifecycle, once, sponsorship
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import SUBSCRIBER_STATUSES
+from newsletter.ledger.tables import DONE, INCOMPLETE, SUBSCRIBER_STATUSES
 from newsletter.mail import capture as smtpd_mod
 from newsletter.mail import dkim as dkim_keys
+from newsletter.send import campaign, runner, trial
 
 
 class _Failed(click.ClickException):
@@ -275,12 +276,12 @@ def _repeat_options(f: Any) -> Any:
     )(f)
 
 
-def _repeat(again: bool, new_only: bool) -> campaign.Repeat:
+def _repeat(again: bool, new_only: bool) -> once.Repeat:
     if again and new_only:
         raise click.UsageError("--again and --new-only exclude each other: choose one")
     if again:
-        return campaign.Repeat.AGAIN
-    return campaign.Repeat.NEW_ONLY if new_only else campaign.Repeat.REFUSE
+        return once.Repeat.AGAIN
+    return once.Repeat.NEW_ONLY if new_only else once.Repeat.REFUSE
 
 
 @cli.command()
@@ -330,15 +331,15 @@ def send(
         raise click.ClickException(
             f"{issue}: check found errors (first: {first.message}); fix them before sending"
         )
-    history = campaign.issue_history(store, built.issue.slug)
+    history = once.issue_history(store, built.issue.slug)
     try:
         history.check(built.issue.path, repeat, at_once=True)
-    except campaign.NobodyLeft as exc:
+    except once.NobodyLeft as exc:
         _nobody_left(exc, as_json)
         return
     count = history.audience(repeat)
     if dry_run:
-        report = campaign.dry_run(store, config, built, repeat)
+        report = trial.dry_run(store, config, built, repeat)
         if as_json:
             click.echo(
                 json.dumps({"dry_run": True, "messages": report.messages, "bytes": report.bytes})
@@ -357,24 +358,24 @@ def send(
         click.confirm(_send_question(built, history, repeat), abort=True, err=True)
     try:
         # Checked again in the transaction that makes it: the answer may have taken a while.
-        campaign_id = campaign.create(store, built, repeat=repeat)
-    except campaign.NobodyLeft as exc:
+        campaign_id = lifecycle.create(store, built, repeat=repeat)
+    except once.NobodyLeft as exc:
         _nobody_left(exc, as_json)
         return
     _run_campaign(state, store, campaign_id, as_json)
 
 
 def _send_question(
-    built: publish.BuiltIssue, history: campaign.IssueHistory, repeat: campaign.Repeat
+    built: publish.BuiltIssue, history: once.IssueHistory, repeat: once.Repeat
 ) -> str:
     if not history.earlier:
         return f"Send {built.issue.subject!r} to {history.active:,} subscriber(s)?"
-    if repeat is campaign.Repeat.NEW_ONLY:
+    if repeat is once.Repeat.NEW_ONLY:
         return f"{history.summary()}; send to {history.newcomers:,} who have not had it?"
     return f"{history.summary()}; send it again to all {history.active:,}?"
 
 
-def _nobody_left(exc: campaign.NobodyLeft, as_json: bool) -> None:
+def _nobody_left(exc: once.NobodyLeft, as_json: bool) -> None:
     # Not a failure: a script that sends each issue to newcomers finds nothing to do.
     if as_json:
         click.echo(json.dumps({"campaign_id": None, "sent": 0, "status": "nobody left"}))
@@ -395,7 +396,7 @@ def _send_test(
         except ValueError as exc:
             raise click.BadParameter(f"{address!r}: {exc}", param_hint="--to") from None
     if dry_run:
-        rendered = campaign.render_test(config, built, to)
+        rendered = trial.render_test(config, built, to)
         if as_json:
             messages = [{"to": m.to, "subject": m.subject, "bytes": m.bytes} for m in rendered]
             click.echo(json.dumps({"test": True, "dry_run": True, "messages": messages}))
@@ -404,7 +405,7 @@ def _send_test(
                 click.echo(f"{m.to}: would get {m.subject!r} ({m.bytes / 1024:.1f} KB)")
             click.echo(f"dry run: {len(rendered)} test message(s) rendered, nothing sent")
         return
-    results = campaign.send_test(config, built, to)
+    results = trial.send_test(config, built, to)
     failed = [r for r in results if r[1] != "sent"]
     if as_json:
         click.echo(json.dumps({"test": True, "results": dict(results)}))
@@ -434,7 +435,7 @@ def close(state: State, campaign_id: int, as_json: bool) -> None:
     is marked given up and counted as such; nothing resends it afterwards, neither
     `resume` nor `run-due`. A campaign that is sending now is refused.
     """
-    closed = campaign.close(_store(state), campaign_id)
+    closed = lifecycle.close(_store(state), campaign_id)
     if as_json:
         click.echo(json.dumps({**dataclasses.asdict(closed), "given_up": closed.given_up}))
         return
@@ -447,7 +448,7 @@ def close(state: State, campaign_id: int, as_json: bool) -> None:
 def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -> None:
     config = state.config
     show_bar = not as_json and sys.stderr.isatty()
-    total = campaign.counts(store, campaign_id)
+    total = delivery_rows.counts(store, campaign_id)
     todo = total["pending"] + total["sending"] + total["deferred"]
     bar = (
         click.progressbar(length=todo, label=f"campaign {campaign_id}", file=sys.stderr)
@@ -456,7 +457,7 @@ def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -
     )
     done = [0]
 
-    def progress(result: campaign.RunResult) -> None:
+    def progress(result: runner.RunResult) -> None:
         if bar is not None:
             now = result.sent + result.failed
             bar.update(now - done[0])
@@ -495,7 +496,7 @@ def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -
                 f" `newsletter close {campaign_id}` gives up on them",
                 err=True,
             )
-        if result.status != campaign.DONE:
+        if result.status != DONE:
             click.echo(f"resume with `newsletter resume {campaign_id}`", err=True)
     if not result.ok:
         raise SystemExit(1)
@@ -507,7 +508,7 @@ def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -
 @pass_state
 def status(state: State, campaign_id: int | None, as_json: bool) -> None:
     """Show campaigns (or CAMPAIGN_ID): counts per status and recent errors."""
-    rows = campaign.status(_store(state), campaign_id)
+    rows = campaign_status.status(_store(state), campaign_id)
     if as_json:
         click.echo(json.dumps({"campaigns": rows}, indent=2))
         return
@@ -521,7 +522,7 @@ def status(state: State, campaign_id: int | None, as_json: bool) -> None:
             + (f", {row['in_flight']} in flight" if row["in_flight"] else "")
             + (f", {row['given_up']} given up" if row["given_up"] else "")
         )
-        if row["status"] == campaign.INCOMPLETE:
+        if row["status"] == INCOMPLETE:
             click.echo(
                 f"    retried automatically from {row['retry_at']} (run-due or worker)"
                 if row["retry_at"]
@@ -605,7 +606,7 @@ def preview(
     else:
         assert issue is not None
         config_path = state.config_path or config_mod.find_config()
-        sender = campaign.test_sender(config_path, issue)
+        sender = trial.test_sender(config_path, issue)
         shown = previews.issue_preview(config_path, issue, send_test=sender, log=log)
     previews.serve(shown, host, port, open_browser=open_browser, announce=click.echo, log=log)
 
@@ -682,9 +683,9 @@ def schedule_create(
         store, config, issue, at, tz, fold, repeat=repeat
     )
     click.echo(f"campaign {cid} scheduled for {schedule_mod.describe(when, tz_name)}")
-    if repeat is campaign.Repeat.NEW_ONLY:
+    if repeat is once.Repeat.NEW_ONLY:
         click.echo("  to the active subscribers who have not had this issue by then")
-    elif repeat is campaign.Repeat.AGAIN:
+    elif repeat is once.Repeat.AGAIN:
         click.echo("  to every active subscriber, including those who have had this issue")
 
 
@@ -1151,7 +1152,7 @@ def workers_start(state: State, concurrency: int, loglevel: str) -> None:
     batches from the broker and records every message in the shared ledger.
     """
     try:
-        from newsletter import tasks
+        from newsletter.send import tasks
     except ImportError:
         from newsletter.send.broker import NO_CELERY
 

@@ -25,13 +25,24 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from newsletter import campaign
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.issue import publish
 from newsletter.issue.content import read_issue
+from newsletter.ledger import lifecycle, once
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import campaigns, recurring, utcnow
+from newsletter.ledger.tables import (
+    CANCELLED,
+    INCOMPLETE,
+    MISSED,
+    READY,
+    RUNNING,
+    SCHEDULED,
+    campaigns,
+    recurring,
+    utcnow,
+)
+from newsletter.send import campaign
 
 log = logging.getLogger("newsletter.schedule")
 
@@ -190,7 +201,7 @@ def schedule_issue(
     tz_name: str | None = None,
     fold: int | None = None,
     now: dt.datetime | None = None,
-    repeat: campaign.Repeat = campaign.Repeat.REFUSE,
+    repeat: once.Repeat = once.Repeat.REFUSE,
 ) -> tuple[int, dt.datetime, str]:
     """Store a scheduled campaign; returns (id, UTC time, zone name).
 
@@ -204,10 +215,10 @@ def schedule_issue(
         raise NewsletterError(f"{describe(when, tz_name)} is in the past (now: {now:%H:%M} UTC)")
     built = publish.build_issue(config, read_issue(issue_path))
     _refuse_check_errors(config, built)
-    cid = campaign.create(
+    cid = lifecycle.create(
         store,
         built,
-        status=campaign.SCHEDULED,
+        status=SCHEDULED,
         scheduled_at=when,
         timezone=tz_name,
         repeat=repeat,
@@ -241,7 +252,7 @@ def move(
             raise NewsletterError(f"{describe(when, tz_name)} is in the past")
         conn.execute(
             campaigns.update()
-            .where(campaigns.c.id == campaign_id, campaigns.c.status == campaign.SCHEDULED)
+            .where(campaigns.c.id == campaign_id, campaigns.c.status == SCHEDULED)
             .values(scheduled_at=when, timezone=tz_name)
         )
     return when, tz_name
@@ -264,8 +275,8 @@ def cancel(store: Store, ref: str) -> str:
         _scheduled_row(conn, int(ref))
         conn.execute(
             campaigns.update()
-            .where(campaigns.c.id == int(ref), campaigns.c.status == campaign.SCHEDULED)
-            .values(status=campaign.CANCELLED)
+            .where(campaigns.c.id == int(ref), campaigns.c.status == SCHEDULED)
+            .values(status=CANCELLED)
         )
     return f"campaign {ref} cancelled"
 
@@ -276,7 +287,7 @@ def _scheduled_row(conn: sa.Connection, campaign_id: int) -> Any:
     ).one_or_none()
     if row is None:
         raise NewsletterError(f"campaign {campaign_id}: no such campaign")
-    if row.status != campaign.SCHEDULED:
+    if row.status != SCHEDULED:
         raise NewsletterError(f"campaign {campaign_id} is {row.status}, not scheduled")
     return row
 
@@ -375,7 +386,7 @@ def run_due(
     with store.engine.connect() as conn:
         due = conn.execute(
             sa.select(campaigns.c.id, campaigns.c.scheduled_at, campaigns.c.timezone)
-            .where(campaigns.c.status == campaign.SCHEDULED, campaigns.c.scheduled_at <= now)
+            .where(campaigns.c.status == SCHEDULED, campaigns.c.scheduled_at <= now)
             .order_by(campaigns.c.scheduled_at)
         ).all()
         # Interrupted: a runner died mid-send (still "sending"), or a run stopped with
@@ -390,8 +401,8 @@ def run_due(
                 campaigns.c.incomplete_since,
             )
             .where(
-                (campaigns.c.status == campaign.RUNNING)
-                | ((campaigns.c.status == campaign.INCOMPLETE) & (campaigns.c.resume_after <= now))
+                (campaigns.c.status == RUNNING)
+                | ((campaigns.c.status == INCOMPLETE) & (campaigns.c.resume_after <= now))
             )
             .order_by(campaigns.c.id)
         ).all()
@@ -411,27 +422,27 @@ def run_due(
             note = f"campaign {row.id} is {_human(late)} late; sending now"
             log.warning(note)
             report.notes.append(note)
-        _send(store, config, row.id, (campaign.SCHEDULED,), report, stop)
+        _send(store, config, row.id, (SCHEDULED,), report, stop)
 
     give_up = dt.timedelta(seconds=config.schedule.give_up_after_seconds)
     for stopped in interrupted:
-        if stopped.status == campaign.RUNNING and campaign._owner_alive(
+        if stopped.status == RUNNING and lifecycle.owner_alive(
             stopped.owner, stopped.heartbeat_at, utcnow()
         ):
             continue  # another runner has it
         since = stopped.incomplete_since
-        if stopped.status == campaign.INCOMPLETE and since is not None and now - since >= give_up:
+        if stopped.status == INCOMPLETE and since is not None and now - since >= give_up:
             cid = stopped.id
             message = (
                 f"campaign {cid}: still incomplete {_human(now - since)} after it first"
                 " stopped (over [schedule] give_up_after); no more automatic retries:"
                 f" `newsletter resume {cid}` tries again, `newsletter close {cid}` ends it"
             )
-            if campaign.stop_retrying(store, stopped.id, message):  # said once, not every minute
+            if lifecycle.stop_retrying(store, stopped.id, message):  # said once, not every minute
                 log.error(message)
                 report.errors.append(message)
             continue
-        _send(store, config, stopped.id, (campaign.INCOMPLETE,), report, stop, automatic=True)
+        _send(store, config, stopped.id, (INCOMPLETE,), report, stop, automatic=True)
     return report
 
 
@@ -449,9 +460,9 @@ def _send(
         result = campaign.run(
             store, config, campaign_id, allowed=allowed, stop=stop, wait=False, automatic=automatic
         )
-    except campaign.CampaignBusy:
+    except lifecycle.CampaignBusy:
         return  # another runner claimed it first: it is being sent once
-    except campaign.NothingToSend:
+    except lifecycle.NothingToSend:
         return  # claimed and finished by another runner meanwhile
     except NewsletterError as exc:
         report.errors.append(f"campaign {campaign_id}: {exc}")
@@ -482,9 +493,9 @@ def _mark_missed(store: Store, campaign_id: int, late: dt.timedelta) -> bool:
         return bool(
             conn.execute(
                 campaigns.update()
-                .where(campaigns.c.id == campaign_id, campaigns.c.status == campaign.SCHEDULED)
+                .where(campaigns.c.id == campaign_id, campaigns.c.status == SCHEDULED)
                 .values(
-                    status=campaign.MISSED,
+                    status=MISSED,
                     last_error=f"found {_human(late)} late, over [schedule] max_late",
                 )
             ).rowcount
@@ -543,11 +554,11 @@ def _tick_recurring(
             report.errors.append(f"recurring r{rule.id}: {exc}")
             log.error("recurring r%s: %s", rule.id, exc)
             continue
-        cid = campaign.create(store, built, scheduled_at=tick, timezone=rule.timezone)
+        cid = lifecycle.create(store, built, scheduled_at=tick, timezone=rule.timezone)
         _note(
             store, rule.id, f"tick {tick:%Y-%m-%d %H:%M} UTC: campaign {cid} ({built.issue.slug})"
         )
-        _send(store, config, cid, (campaign.READY,), report, None)
+        _send(store, config, cid, (READY,), report, None)
 
 
 def _note(store: Store, rule_id: int, note: str) -> None:
@@ -562,7 +573,7 @@ def oldest_unsent_issue(store: Store, config: Config, today: dt.date) -> Path | 
             slug
             for (slug,) in conn.execute(
                 sa.select(campaigns.c.issue_slug).where(
-                    campaigns.c.status.not_in((campaign.CANCELLED, campaign.MISSED))
+                    campaigns.c.status.not_in((CANCELLED, MISSED))
                 )
             )
         }

@@ -17,12 +17,14 @@ from click.testing import CliRunner, Result
 from site_support import BASE_URL, Running, running
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, tokens
+from newsletter import tokens
 from newsletter.cli import cli
 from newsletter.errors import NewsletterError
 from newsletter.issue import publish
+from newsletter.ledger import lifecycle
 from newsletter.ledger.store import Store, SubscriberRow
-from newsletter.ledger.tables import campaigns
+from newsletter.ledger.tables import INCOMPLETE, SCHEDULED, campaigns
+from newsletter.send import campaign
 from newsletter.web import archive
 
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -71,7 +73,7 @@ def send(pub: Publication, store: Store, issue: Path, at: dt.datetime) -> int:
     """Send the issue to the list for real, then date the campaign `at` (when it went out)."""
     config = pub.config()
     built = publish.build_issue(config, publish.load_issue(issue))
-    cid = campaign.create(store, built)
+    cid = lifecycle.create(store, built)
     assert campaign.run(store, config, cid).ok
     with store.begin() as conn:
         conn.execute(
@@ -108,12 +110,10 @@ def test_index_lists_sent_issues_newest_first_once_each(
     config = pub.config()
     unsent = write_issue(pub, "not-sent", dt.date(2024, 11, 20), "Not sent")
     built = publish.build_issue(config, publish.load_issue(unsent))
-    campaign.create(store, built, status=campaign.SCHEDULED, scheduled_at=utc(1, month=12))
-    stopped = campaign.create(store, built)
+    lifecycle.create(store, built, status=SCHEDULED, scheduled_at=utc(1, month=12))
+    stopped = lifecycle.create(store, built)
     with store.begin() as conn:
-        conn.execute(
-            campaigns.update().where(campaigns.c.id == stopped).values(status=campaign.INCOMPLETE)
-        )
+        conn.execute(campaigns.update().where(campaigns.c.id == stopped).values(status=INCOMPLETE))
 
     page = site.get("/")
     assert page.status_code == 200

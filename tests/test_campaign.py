@@ -17,13 +17,14 @@ import sqlalchemy as sa
 from campaign_support import Publication, add_subscribers, make_publication
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign
 from newsletter.errors import NewsletterError
 from newsletter.issue import publish
+from newsletter.ledger import campaign_status, delivery_rows, lifecycle
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import FAILED, SENDING, SENT, SKIPPED
+from newsletter.ledger.tables import DONE, FAILED, INCOMPLETE, READY, SENDING, SENT, SKIPPED
 from newsletter.mail.message import MessageTemplate
 from newsletter.mail.transport import SmtpError
+from newsletter.send import campaign, runner
 
 
 @pytest.fixture
@@ -36,17 +37,17 @@ def start_campaign(pub: Publication, n: int, **config_env: str) -> tuple[Store, 
     store = Store.open(config.database_url)
     emails = add_subscribers(store, n)
     built = publish.build_issue(config, publish.load_issue(pub.issue))
-    return store, campaign.create(store, built), emails
+    return store, lifecycle.create(store, built), emails
 
 
-def run(pub: Publication, store: Store, campaign_id: int, **config_env: str) -> campaign.RunResult:
+def run(pub: Publication, store: Store, campaign_id: int, **config_env: str) -> runner.RunResult:
     return campaign.run(store, pub.config(**config_env), campaign_id)
 
 
 def test_every_subscriber_gets_exactly_one_copy(pub: Publication, smtp_server: SmtpServer) -> None:
     store, cid, emails = start_campaign(pub, 40)
     result = run(pub, store, cid, NEWSLETTER_SMTP_CONCURRENCY="3")
-    assert result.ok and result.status == campaign.DONE
+    assert result.ok and result.status == DONE
     assert result.sent == 40
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
     # Connections are reused: one per worker, not one per message.
@@ -95,10 +96,10 @@ def test_permanent_failure_is_recorded_not_retried(
     smtp_server.handler.rcpt_replies[bad] = ["550 5.1.1 no such user", "550 5.1.1 no such user"]
     result = run(pub, store, cid)
     assert result.failed == 1 and result.sent == 5 and not result.ok
-    assert result.status == campaign.DONE  # nothing left to send: the failure is permanent
+    assert result.status == DONE  # nothing left to send: the failure is permanent
     assert bad not in smtp_server.handler.count_by_recipient()
     assert len(smtp_server.handler.rcpt_replies[bad]) == 1  # asked once, not retried
-    row = campaign.status(store, cid)[0]
+    row = campaign_status.status(store, cid)[0]
     assert row["failed"] == 1
     assert "550" in row["recent_errors"][0]["error"]
     # A resume does not retry a permanent failure either.
@@ -112,7 +113,7 @@ def test_temporary_failure_beyond_retries_is_left_deferred_for_resume(
     store, cid, emails = start_campaign(pub, 4)
     smtp_server.handler.data_replies[emails[0]] = ["451 4.3.0 try later"] * 3
     result = run(pub, store, cid, NEWSLETTER_SMTP_RETRIES="1")
-    assert result.deferred == 1 and result.status == campaign.INCOMPLETE and not result.ok
+    assert result.deferred == 1 and result.status == INCOMPLETE and not result.ok
     again = run(pub, store, cid, NEWSLETTER_SMTP_RETRIES="1")
     assert again.ok
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
@@ -140,8 +141,8 @@ def test_server_that_never_greets_times_out(
     result = run(pub, store, cid, NEWSLETTER_SMTP_GREETING_TIMEOUT="0.5")
     assert time.monotonic() - started < 10
     assert "no greeting within 0.5 s" in result.error
-    assert result.status == campaign.INCOMPLETE and result.pending == 3
-    assert campaign.counts(store, cid)[FAILED] == 0
+    assert result.status == INCOMPLETE and result.pending == 3
+    assert delivery_rows.counts(store, cid)[FAILED] == 0
 
 
 def test_unsubscribe_during_campaign_stops_later_messages(
@@ -151,14 +152,14 @@ def test_unsubscribe_during_campaign_stops_later_messages(
     store, cid, emails = start_campaign(pub, 1200)
     leaving = emails[-1]
 
-    def progress(result: campaign.RunResult) -> None:
+    def progress(result: runner.RunResult) -> None:
         if result.sent == 1:
             store.set_subscriber_status(leaving, "unsubscribed")
 
     result = campaign.run(store, config, cid, progress=progress)
     assert result.ok and result.skipped == 1
     assert leaving not in smtp_server.handler.count_by_recipient()
-    assert campaign.counts(store, cid)[SKIPPED] == 1
+    assert delivery_rows.counts(store, cid)[SKIPPED] == 1
 
 
 def test_unsubscribe_before_a_retry_skips_the_deferred_message(
@@ -169,7 +170,7 @@ def test_unsubscribe_before_a_retry_skips_the_deferred_message(
     leaving = emails[1]
     smtp_server.handler.rcpt_replies[leaving] = ["451 4.7.1 greylisted"]
 
-    def progress(result: campaign.RunResult) -> None:
+    def progress(result: runner.RunResult) -> None:
         if result.errors and leaving in result.errors[-1]:  # just deferred
             store.set_subscriber_status(leaving, "unsubscribed")
 
@@ -177,7 +178,7 @@ def test_unsubscribe_before_a_retry_skips_the_deferred_message(
     assert result.ok and result.skipped == 1, result
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails if e != leaving}
     assert smtp_server.handler.rcpt_replies[leaving] == []  # asked once, never again
-    assert campaign.counts(store, cid)[SKIPPED] == 1
+    assert delivery_rows.counts(store, cid)[SKIPPED] == 1
 
 
 def test_a_row_skipped_after_its_envelope_went_ahead_gets_no_message(
@@ -193,7 +194,7 @@ def test_a_row_skipped_after_its_envelope_went_ahead_gets_no_message(
 
     leaving = emails[1]
 
-    def progress(result: campaign.RunResult) -> None:
+    def progress(result: runner.RunResult) -> None:
         if result.errors and leaving in result.errors[-1]:  # just deferred
             store.set_subscriber_status(leaving, "unsubscribed")
 
@@ -214,7 +215,7 @@ def test_a_stop_during_the_wait_for_a_retry_ends_the_run_soon(
     smtp_server.handler.rcpt_replies[emails[0]] = ["451 4.7.1 greylisted"]
     stop = threading.Event()
 
-    def progress(result: campaign.RunResult) -> None:
+    def progress(result: runner.RunResult) -> None:
         if result.sent == 3:  # only the 30 s retry is left: stop while waiting for it
             threading.Timer(0.3, stop.set).start()
 
@@ -222,8 +223,8 @@ def test_a_stop_during_the_wait_for_a_retry_ends_the_run_soon(
     config = pub.config(NEWSLETTER_SMTP_RETRY_DELAY="30")
     result = campaign.run(store, config, cid, progress=progress, stop=stop)
     assert time.monotonic() - started < 10
-    assert result.status == campaign.INCOMPLETE and result.deferred == 1 and result.sent == 3
-    assert campaign.counts(store, cid)[SENDING] == 0
+    assert result.status == INCOMPLETE and result.deferred == 1 and result.sent == 3
+    assert delivery_rows.counts(store, cid)[SENDING] == 0
     again = run(pub, store, cid)
     assert again.ok and again.sent == 1
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
@@ -251,8 +252,8 @@ def test_rows_are_fetched_in_windows_across_gaps_each_once(
     # small windows and batches here, a resumed campaign with a long run already sent.
     from newsletter.ledger.tables import deliveries
 
-    monkeypatch.setattr(campaign, "BATCH", 4)
-    monkeypatch.setattr(campaign._Rows, "WINDOW", 3)
+    monkeypatch.setattr(delivery_rows.Rows, "BATCH", 4)
+    monkeypatch.setattr(delivery_rows.Rows, "WINDOW", 3)
     store, cid, emails = start_campaign(pub, 30)
     with store.begin() as conn:
         first = conn.execute(sa.select(sa.func.min(deliveries.c.id))).scalar_one()
@@ -299,7 +300,7 @@ def test_login_failure_stops_the_campaign_and_marks_nobody_failed(
         controller.stop()
     assert "login as 'news' refused" in result.error and "535" in result.error
     assert "wrong" not in result.error  # the password is never shown
-    c = campaign.counts(store, cid)
+    c = delivery_rows.counts(store, cid)
     assert c[FAILED] == 0 and c["pending"] == 5 and c[SENDING] == 0
     assert not handler.received
 
@@ -322,7 +323,7 @@ def test_crlf_in_subscriber_name_adds_no_header(pub: Publication, smtp_server: S
         [SubscriberRow("evil@example.com", "Eve\r\nBcc: victim@example.com\r\nX-Injected: 1")]
     )
     built = publish.build_issue(config, publish.load_issue(pub.issue))
-    campaign.run(store, config, campaign.create(store, built))
+    campaign.run(store, config, lifecycle.create(store, built))
     msg = smtp_server.received[0].parse()
     assert msg["Bcc"] is None and msg["X-Injected"] is None
     assert [r.rcpt_tos for r in smtp_server.received] == [["evil@example.com"]]
@@ -331,8 +332,8 @@ def test_crlf_in_subscriber_name_adds_no_header(pub: Publication, smtp_server: S
 def test_second_runner_on_a_live_campaign_is_refused(pub: Publication) -> None:
     store, cid, _ = start_campaign(pub, 2)
     # Claimed by this (live) process.
-    campaign.claim(store, cid, campaign._owner_id(), (campaign.READY,))
-    with pytest.raises(campaign.CampaignBusy, match="not sending it twice"):
+    lifecycle.claim(store, cid, lifecycle.owner_id(), (READY,))
+    with pytest.raises(lifecycle.CampaignBusy, match="not sending it twice"):
         run(pub, store, cid)
 
 
@@ -401,7 +402,7 @@ def test_two_processes_never_both_send(pub: Publication, smtp_server: SmtpServer
     store = pub.store()
     emails = add_subscribers(store, 60)
     built = publish.build_issue(config, publish.load_issue(pub.issue))
-    cid = campaign.create(store, built)
+    cid = lifecycle.create(store, built)
     smtp_server.handler.delay = 0.005
     env = pub.subprocess_env()
     procs = [
@@ -460,7 +461,7 @@ def test_a_message_that_cannot_be_made_fails_its_row_alone(
 
     monkeypatch.setattr(MessageTemplate, "render", failing)
     result = run(pub, store, cid)
-    assert result.status == campaign.DONE and result.failed == 1 and result.sent == 5
+    assert result.status == DONE and result.failed == 1 and result.sent == 5
     assert result.error == "" and not result.ok
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails if e != emails[2]}
     with store.engine.connect() as conn:
@@ -475,16 +476,16 @@ def test_many_faults_in_a_row_stop_the_run_and_leave_the_rows_pending(
 ) -> None:
     # A broken template fails every message: that is not the addresses' fault, so the
     # run stops after FAULTS_IN_A_ROW and nobody is marked failed for good.
-    store, cid, emails = start_campaign(pub, campaign.FAULTS_IN_A_ROW + 5)
+    store, cid, emails = start_campaign(pub, runner.FAULTS_IN_A_ROW + 5)
 
     def broken(self: MessageTemplate, *args: Any, **kwargs: Any) -> bytes:
         raise KeyError("a slot the template does not have")
 
     monkeypatch.setattr(MessageTemplate, "render", broken)
     result = run(pub, store, cid)
-    assert result.status == campaign.INCOMPLETE and not result.ok
-    assert f"{campaign.FAULTS_IN_A_ROW} messages in a row could not be made" in result.error
-    counts = campaign.counts(store, cid)
+    assert result.status == INCOMPLETE and not result.ok
+    assert f"{runner.FAULTS_IN_A_ROW} messages in a row could not be made" in result.error
+    counts = delivery_rows.counts(store, cid)
     assert counts[FAILED] == 0 and counts[SENT] == 0
     assert counts["pending"] == len(emails)
     assert smtp_server.received == []

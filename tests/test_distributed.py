@@ -29,12 +29,14 @@ from click.testing import CliRunner
 from services import REDIS, postgres_url
 from smtp_fixtures import SmtpServer, running_smtp_server
 
-from newsletter import campaign, config, schedule
+from newsletter import config, schedule
 from newsletter.cli import cli
 from newsletter.issue import publish
+from newsletter.ledger import campaign_status, delivery_rows, lifecycle, rates
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import SENT, UNSENT, deliveries, metadata
+from newsletter.ledger.tables import INCOMPLETE, RUNNING, SENT, UNSENT, deliveries, metadata
 from newsletter.mail import transport
+from newsletter.send import campaign
 
 REDIS_DB = 13  # the tests' Redis database; each test removes only its own keys
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -213,7 +215,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: Callable[[],
 def new_campaign(pub: Publication, store: Store) -> int:
     config_ = pub.config()
     built = publish.build_issue(config_, publish.load_issue(pub.issue))
-    return campaign.create(store, built)
+    return lifecycle.create(store, built)
 
 
 def senders(store: Store, campaign_id: int) -> Counter[str]:
@@ -255,7 +257,7 @@ def test_every_subscriber_gets_exactly_one_copy(
     counts = smtp_server.handler.count_by_recipient() + second_smtp.handler.count_by_recipient()
     assert counts == {e: 1 for e in emails}
     assert len(smtp_server.received) > 500 and len(second_smtp.received) > 500
-    row = campaign.status(store, 1)[0]
+    row = campaign_status.status(store, 1)[0]
     assert row["status"] == "done" and row["sent"] == 2500 and row["batches"] >= 25
     assert len(senders(store, 1)) >= 2  # the work was shared
 
@@ -283,7 +285,7 @@ def test_a_late_reply_after_the_dot_stays_in_doubt_and_no_batch_sends_it_again(
     assert result.returncode == 1, (result.stdout, result.stderr, workers.output(0))
     assert '"in_doubt": 1' in result.stdout and '"status": "incomplete"' in result.stdout
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
-    row = campaign.status(store, 1)[0]
+    row = campaign_status.status(store, 1)[0]
     assert (row["sent"], row["in_doubt"], row["pending"]) == (249, 1, 0)
 
 
@@ -312,16 +314,23 @@ def test_worker_killed_mid_campaign_loses_nobody(
         lambda: f"{len(smtp_server.received)} received\n{workers.output(0)}",
     )
     # Kill the worker that holds the most rows right now: it is mid-batch for sure.
-    with store.engine.connect() as conn:
-        held = Counter(
-            str(owner).split(":")[1]
-            for owner in conn.execute(
-                sa.select(deliveries.c.lease_owner).where(
-                    deliveries.c.status.in_(UNSENT),
-                    deliveries.c.lease_until > schedule.utcnow(),
-                )
-            ).scalars()
-        )
+    held: Counter[str] = Counter()
+
+    def leased() -> bool:  # between two batches a worker may hold nothing for a moment
+        with store.engine.connect() as conn:
+            held.clear()
+            held.update(
+                str(owner).split(":")[1]
+                for owner in conn.execute(
+                    sa.select(deliveries.c.lease_owner).where(
+                        deliveries.c.status.in_(UNSENT),
+                        deliveries.c.lease_until > schedule.utcnow(),
+                    )
+                ).scalars()
+            )
+        return bool(held)
+
+    wait_until(leased, 30, lambda: f"no batch is leased\n{workers.output(0)}")
     victim_pid = int(held.most_common(1)[0][0])
     victim = next(n for n, p in enumerate(workers.procs) if p.pid == victim_pid)
     workers.kill(victim)
@@ -335,15 +344,15 @@ def test_worker_killed_mid_campaign_loses_nobody(
     assert orphaned > 0  # it died holding rows: their lease has to run out
     smtp_server.handler.delay = 0
     wait_until(
-        lambda: campaign.status(store, 1)[0]["status"] == "done",
+        lambda: campaign_status.status(store, 1)[0]["status"] == "done",
         60,
-        lambda: f"{campaign.status(store, 1)[0]}\n{workers.output((victim + 1) % 3)}",
+        lambda: f"{campaign_status.status(store, 1)[0]}\n{workers.output((victim + 1) % 3)}",
     )
     counts = smtp_server.handler.count_by_recipient()
     assert set(counts) == set(emails)  # nobody lost
     duplicates = sum(n - 1 for n in counts.values())
     assert duplicates <= 1  # at most the one message the killed worker had in flight
-    row = campaign.status(store, 1)[0]
+    row = campaign_status.status(store, 1)[0]
     assert row["sent"] == 2500 and row["in_doubt"] == 0 and row["pending"] == 0
 
 
@@ -361,7 +370,7 @@ def test_total_rate_holds_across_workers(
     workers.wait_ready()
     cid = new_campaign(pub, store)
     queued = campaign.run(store, pub.config(), cid, wait=False)
-    assert queued.status == campaign.RUNNING and queued.queued == 900
+    assert queued.status == RUNNING and queued.queued == 900
     stamps: list[tuple[float, int]] = []
     deadline = time.monotonic() + 40
     while len(smtp_server.received) < 850:
@@ -374,7 +383,7 @@ def test_total_rate_holds_across_workers(
     rate = 700 / (t1 - t0)
     assert 90 <= rate <= 110, f"{rate:.1f} messages/s with [smtp] rate = 100"
     wait_until(
-        lambda: campaign.status(store, cid)[0]["status"] == "done",
+        lambda: campaign_status.status(store, cid)[0]["status"] == "done",
         20,
         lambda: workers.output(0),
     )
@@ -395,14 +404,16 @@ def test_sigterm_finishes_the_message_in_flight_and_hands_back_the_rest(
     wait_until(lambda: len(smtp_server.received) >= 20, 30, lambda: workers.output(0))
     workers.procs[0].send_signal(signal.SIGTERM)
     assert workers.procs[0].wait(timeout=20) == 0, workers.output(0)
-    row = campaign.status(store, cid)[0]
+    row = campaign_status.status(store, cid)[0]
     # Every message that went out is recorded; nothing is in doubt; the rest is free.
     assert row["sent"] == len(smtp_server.received) < 300
     assert row["in_doubt"] == 0 and row["in_flight"] == 0 and row["batches_sending"] == 0
     smtp_server.handler.delay = 0
     workers.start(1)
     wait_until(
-        lambda: campaign.status(store, cid)[0]["status"] == "done", 30, lambda: workers.output(1)
+        lambda: campaign_status.status(store, cid)[0]["status"] == "done",
+        30,
+        lambda: workers.output(1),
     )
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}  # no duplicate
 
@@ -420,17 +431,17 @@ def test_a_sender_that_cannot_record_stops_the_run_instead_of_hanging(
     cid = new_campaign(pub, store)
     calls = []
 
-    original = campaign._Ledger.commit
+    original = delivery_rows.Ledger.commit
 
-    def failing_commit(self: campaign._Ledger, record: object, mark: object) -> bool:
+    def failing_commit(self: delivery_rows.Ledger, record: object, mark: object) -> bool:
         if record is None:  # marking the first message works; recording its reply fails
             return original(self, record, mark)  # type: ignore[arg-type]
         calls.append(record)
         raise sa.exc.OperationalError("UPDATE deliveries", {}, Exception("server closed"))
 
-    monkeypatch.setattr(campaign._Ledger, "commit", failing_commit)
+    monkeypatch.setattr(delivery_rows.Ledger, "commit", failing_commit)
     result = campaign.run(store, pub.config(NEWSLETTER_SMTP_CONCURRENCY="2"), cid)
-    assert result.status == campaign.INCOMPLETE
+    assert result.status == INCOMPLETE
     assert "cannot record deliveries" in result.error and "server closed" in result.error
     assert len(smtp_server.received) <= 2  # nothing more went out unrecorded
 
@@ -497,8 +508,8 @@ def assert_spaced(waits: list[float], interval: float, start: float = 0.0) -> No
 
 def test_shared_rate_in_the_database_spaces_messages(tmp_path: Path) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'rate.db'}")
-    reserve = campaign._DatabaseReserve(store, "relay")
-    again = campaign._DatabaseReserve(store, "relay")  # a second worker: same bucket
+    reserve = rates.DatabaseReserve(store, "relay")
+    again = rates.DatabaseReserve(store, "relay")  # a second worker: same bucket
     assert_spaced([r(0.1) for r in (reserve, again, reserve, again, reserve)], 0.1)
     # After a pause, slots up to the tolerance late are still taken: no more than that.
     time.sleep(0.7)

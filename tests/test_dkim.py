@@ -15,12 +15,13 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign
 from newsletter import config as config_mod
 from newsletter.cli import cli
 from newsletter.errors import ConfigError, NewsletterError
 from newsletter.issue import publish
+from newsletter.ledger import lifecycle
 from newsletter.mail import dkim as signing  # beside dkimpy's `dkim`, which checks ours
+from newsletter.send import campaign, trial
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_campaign_messages_verify_and_tampering_fails(
     store = pub.store()
     add_subscribers(store, 3)
     built = publish.build_issue(config, publish.load_issue(pub.issue))
-    result = campaign.run(store, config, campaign.create(store, built))
+    result = campaign.run(store, config, lifecycle.create(store, built))
     assert result.ok and len(smtp_server.received) == 3
     for received in smtp_server.received:
         data = received.data
@@ -92,7 +93,7 @@ def test_test_sends_and_built_eml_are_signed(pub: Publication, smtp_server: Smtp
     env, txt = keygen(pub)
     config = pub.config(**env)
     built = publish.build_issue(config, publish.load_issue(pub.issue))
-    campaign.send_test(config, built, ["editor@example.com"])
+    trial.send_test(config, built, ["editor@example.com"])
     assert dkim.verify(smtp_server.received[0].data, dnsfunc=dns_for(txt))
     eml = publish.sample(config, built).message
     assert dkim.verify(eml, dnsfunc=dns_for(txt))

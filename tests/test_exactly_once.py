@@ -26,10 +26,20 @@ from click.testing import CliRunner, Result
 from site_support import confirm_link, running
 from smtp_fixtures import SmtpServer, running_smtp_server
 
-from newsletter import campaign, schedule
+from newsletter import schedule
 from newsletter.cli import cli
+from newsletter.ledger import delivery_rows, lifecycle
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import GIVEN_UP, SENDING, SKIPPED, campaigns, deliveries, utcnow
+from newsletter.ledger.tables import (
+    DONE,
+    GIVEN_UP,
+    RUNNING,
+    SENDING,
+    SKIPPED,
+    campaigns,
+    deliveries,
+    utcnow,
+)
 
 LIST = [
     "ann@example.com",
@@ -211,7 +221,7 @@ def test_an_in_doubt_row_whose_subscriber_left_is_skipped_and_the_campaign_ends(
     result = invoke(pub, "resume", "1")
     assert result.exit_code == 0, result.output
     assert "0 sent, 0 deferred, 0 failed, 1 skipped, 0 pending, 0 in doubt [done]" in result.stdout
-    assert campaign.counts(pub.store(), 1)[SKIPPED] == 1
+    assert delivery_rows.counts(pub.store(), 1)[SKIPPED] == 1
     report = schedule.run_due(pub.store(), pub.config())
     assert report.sent == [] and report.ok
 
@@ -237,7 +247,7 @@ def test_close_gives_up_what_is_left_and_nothing_resends_it(
     assert closed.stdout == (
         "campaign 1 closed: 2 given up (1 deferred, 1 in doubt, 0 never tried)\n"
     )
-    assert campaign.counts(pub.store(), 1)[GIVEN_UP] == 2
+    assert delivery_rows.counts(pub.store(), 1)[GIVEN_UP] == 2
     status = invoke(pub, "status", "1").stdout
     assert "[closed]" in status and "2 given up" in status
     resumed = invoke(pub, "resume", "1")
@@ -264,7 +274,7 @@ def test_close_refuses_a_campaign_that_is_sending_or_scheduled(pub: Publication)
     with store.begin() as conn:  # a live process holds it
         conn.execute(
             campaigns.update().values(
-                status=campaign.RUNNING, owner=campaign._owner_id(), heartbeat_at=utcnow()
+                status=RUNNING, owner=lifecycle.owner_id(), heartbeat_at=utcnow()
             )
         )
     busy = invoke(pub, "close", "1")
@@ -316,14 +326,14 @@ def test_run_due_gives_up_after_give_up_after_and_says_so_once(
     assert invoke(pub, "resume", "1").exit_code == 0
     with pub.store().engine.connect() as conn:
         row = conn.execute(sa.select(campaigns.c.status, campaigns.c.incomplete_since)).one()
-    assert (row.status, row.incomplete_since) == (campaign.DONE, None)
+    assert (row.status, row.incomplete_since) == (DONE, None)
 
 
 def test_the_retry_interval_grows_from_a_minute_to_an_hour() -> None:
     start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     now, waits = start, []
     while now - start < dt.timedelta(hours=24):
-        after = campaign._stopped_incomplete(start, now)["resume_after"]
+        after = lifecycle.stopped_incomplete(start, now)["resume_after"]
         waits.append(after - now)
         now = after
     assert waits[0] == waits[1] == dt.timedelta(minutes=1)
@@ -349,7 +359,7 @@ def test_resume_after_a_relay_change_sends_only_what_failed_before(
     pub = make_publication(tmp_path, database_url, plain.port)
     import_list(pub, LIST)
     assert send_all(pub).exit_code == 1
-    counts = campaign.counts(pub.store(), 1)
+    counts = delivery_rows.counts(pub.store(), 1)
     assert counts[SENDING] == 0 and counts["pending"] == 0 and counts["failed"] == 1
     with pub.store().engine.connect() as conn:
         error = conn.execute(
@@ -403,13 +413,13 @@ def test_a_heartbeat_that_cannot_be_recorded_is_a_warning_not_a_traceback(
 ) -> None:
     db = tmp_path / "beat.db"
     store = Store.open(f"sqlite:///{db}?timeout=0.1")
-    monkeypatch.setattr(campaign, "HEARTBEAT_EVERY", 0.05)
+    monkeypatch.setattr(lifecycle, "HEARTBEAT_EVERY", 0.05)
     crashed: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: crashed.append(args.exc_value))
     holder = sqlite3.connect(db, isolation_level=None, timeout=10)
     holder.execute("BEGIN EXCLUSIVE")
     done = threading.Event()
-    beat = threading.Thread(target=campaign._heartbeat, args=(store, 1, "me", done))
+    beat = threading.Thread(target=lifecycle.heartbeat, args=(store, 1, "me", done))
     beat.start()
     time.sleep(0.5)
     done.set()

@@ -24,9 +24,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import Result
 
-from newsletter import campaign
 from newsletter.errors import NewsletterError
-from newsletter.ledger import migrations
+from newsletter.ledger import campaign_status, migrations
 from newsletter.ledger import tables as tables_mod
 from newsletter.ledger.store import Store, connect
 from newsletter.ledger.tables import metadata
@@ -178,7 +177,7 @@ def test_an_older_database_is_upgraded_on_open_and_keeps_its_data(
             conn.execute(sa.select(table)).all()
     assert store.count_subscribers() == 1
     assert store.subscriber("ann@example.com")["created_at"] == NOW.replace(tzinfo=dt.UTC)
-    [report] = campaign.status(store, 7)
+    [report] = campaign_status.status(store, 7)
     assert (report["subject"], report["sent"], report["skipped"]) == ("First issue", 1, 1)
 
 

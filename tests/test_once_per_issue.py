@@ -16,10 +16,10 @@ from campaign_support import SECRET, Publication, make_publication
 from click.testing import CliRunner, Result
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, schedule
+from newsletter import schedule
 from newsletter.cli import cli
 from newsletter.issue import publish
-from newsletter.ledger import sponsorship
+from newsletter.ledger import delivery_rows, lifecycle, once, sponsorship
 from newsletter.ledger.tables import deliveries
 from newsletter.send import tracking
 
@@ -181,15 +181,15 @@ def test_rows_still_to_send_in_another_campaign_count_as_having_it(pub: Publicat
     subscribe(pub, ANN, BOB)
     store = pub.store()
     built = publish.build_issue(pub.config(), publish.load_issue(pub.issue))
-    first = campaign.create(store, built, repeat=campaign.Repeat.REFUSE)  # ready, not run
-    with pytest.raises(campaign.IssueAlreadySent, match=r"on its way as campaign 1 \(ready, 2 to"):
-        campaign.create(store, built, repeat=campaign.Repeat.REFUSE)
-    with pytest.raises(campaign.NobodyLeft, match="nobody left"):
-        campaign.create(store, built, repeat=campaign.Repeat.NEW_ONLY)
+    first = lifecycle.create(store, built, repeat=once.Repeat.REFUSE)  # ready, not run
+    with pytest.raises(once.IssueAlreadySent, match=r"on its way as campaign 1 \(ready, 2 to"):
+        lifecycle.create(store, built, repeat=once.Repeat.REFUSE)
+    with pytest.raises(once.NobodyLeft, match="nobody left"):
+        lifecycle.create(store, built, repeat=once.Repeat.NEW_ONLY)
     subscribe(pub, CAROL)
-    second = campaign.create(store, built, repeat=campaign.Repeat.NEW_ONLY)
-    assert campaign.counts(store, second)["pending"] == 1
-    assert campaign.counts(store, first)["pending"] == 2
+    second = lifecycle.create(store, built, repeat=once.Repeat.NEW_ONLY)
+    assert delivery_rows.counts(store, second)["pending"] == 1
+    assert delivery_rows.counts(store, first)["pending"] == 2
 
 
 # --- schedule ---------------------------------------------------------------------------

@@ -33,11 +33,12 @@ import pytest
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, config
+from newsletter import config
 from newsletter.cli import cli
 from newsletter.errors import NewsletterError
 from newsletter.issue import publish
 from newsletter.mail import capture
+from newsletter.send import trial
 from newsletter.web import preview
 
 REPO = Path(__file__).resolve().parents[1]
@@ -628,7 +629,7 @@ def test_send_test_button_reaches_the_smtp_server(
     text = site.config.read_text(encoding="utf-8")
     text = text.replace("test_recipients = []", 'test_recipients = ["editor@example.com"]')
     site.config.write_text(text.replace("port = 1025", f"port = {smtp_server.port}"))
-    sender = campaign.test_sender(site.config, site.issue)
+    sender = trial.test_sender(site.config, site.issue)
     assert sender is not None
     shown = preview.issue_preview(site.config, site.issue, send_test=sender)
     url = start(shown)
@@ -643,4 +644,4 @@ def test_send_test_button_reaches_the_smtp_server(
 
 
 def test_no_test_recipients_means_no_sender(site: Site) -> None:
-    assert campaign.test_sender(site.config, site.issue) is None
+    assert trial.test_sender(site.config, site.issue) is None

@@ -12,10 +12,11 @@ from campaign_support import Publication, add_subscribers, make_publication
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign
 from newsletter.cli import cli
 from newsletter.issue import publish, sponsor
 from newsletter.issue.content import read_issue
+from newsletter.ledger import lifecycle
+from newsletter.send import campaign
 
 BOOKINGS = """
 [sponsors.acme]
@@ -122,7 +123,7 @@ def test_build_and_send_agree_on_the_sponsor(pub: Publication, smtp_server: Smtp
     assert "Bolt Bikes" in publish.sample(config, built).html
     store = pub.store()
     add_subscribers(store, 1)
-    campaign.run(store, config, campaign.create(store, built))
+    campaign.run(store, config, lifecycle.create(store, built))
     body = smtp_server.received[0].parse().get_body(("html",)).get_content()
     assert "Bolt Bikes" in body and "Acme Rockets" not in body
 
@@ -135,7 +136,7 @@ def test_sponsors_list_shows_bookings_and_issues(
     store = pub.store()
     add_subscribers(store, 1)
     built = publish.build_issue(config, publish.load_issue(paths[0]))
-    campaign.run(store, config, campaign.create(store, built))
+    campaign.run(store, config, lifecycle.create(store, built))
     result = CliRunner().invoke(
         cli, ["--config", str(pub.config_path), "sponsors", "list", "--json"], env=pub.env
     )

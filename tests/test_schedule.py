@@ -16,9 +16,11 @@ from campaign_support import Publication, add_subscribers, make_publication
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, schedule
+from newsletter import schedule
 from newsletter.cli import cli
 from newsletter.errors import NewsletterError
+from newsletter.ledger import campaign_status, lifecycle, once
+from newsletter.ledger.tables import INCOMPLETE
 
 UTC = dt.UTC
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
@@ -166,7 +168,7 @@ def scheduled(
     pub: Publication,
     at_local: str,
     tz: str = "America/Los_Angeles",
-    repeat: campaign.Repeat = campaign.Repeat.REFUSE,
+    repeat: once.Repeat = once.Repeat.REFUSE,
 ) -> int:
     store = pub.store()
     cid, _, _ = schedule.schedule_issue(
@@ -245,7 +247,7 @@ def test_beyond_max_late_is_missed_never_sent(pub: Publication, smtp_server: Smt
 def test_cancel_and_move(pub: Publication, smtp_server: SmtpServer) -> None:
     add_subscribers(pub.store(), 1)
     first = scheduled(pub, "2026-12-01 09:00")
-    second = scheduled(pub, "2026-12-02 09:00", repeat=campaign.Repeat.AGAIN)  # same issue
+    second = scheduled(pub, "2026-12-02 09:00", repeat=once.Repeat.AGAIN)  # same issue
     assert schedule.cancel(pub.store(), str(first)) == f"campaign {first} cancelled"
     when, tz = schedule.move(pub.store(), second, "2026-12-03 10:15", now=NOW)
     assert when == dt.datetime(2026, 12, 3, 18, 15, tzinfo=UTC) and tz == "America/Los_Angeles"
@@ -411,7 +413,7 @@ def test_worker_picks_up_new_campaign_survives_kill_and_stops_on_sigterm(
         log1.close()
     counts = smtp_server.handler.count_by_recipient()
     assert sum(n - 1 for n in counts.values()) <= 2  # duplicates within the in-flight bound
-    assert campaign.status(pub.store(), cid)[0]["status"] == "done"
+    assert campaign_status.status(pub.store(), cid)[0]["status"] == "done"
 
 
 def test_incomplete_campaign_is_retried_at_most_once_a_minute(
@@ -422,13 +424,13 @@ def test_incomplete_campaign_is_retried_at_most_once_a_minute(
 
     store = pub.store()
     add_subscribers(store, 2)
-    cid = campaign.create(store, publish.build_issue(pub.config(), publish.load_issue(pub.issue)))
+    cid = lifecycle.create(store, publish.build_issue(pub.config(), publish.load_issue(pub.issue)))
     now = dt.datetime.now(UTC)
     with store.begin() as conn:
         conn.execute(
             campaigns.update()
             .where(campaigns.c.id == cid)
-            .values(status=campaign.INCOMPLETE, resume_after=now + dt.timedelta(seconds=60))
+            .values(status=INCOMPLETE, resume_after=now + dt.timedelta(seconds=60))
         )
     soon = schedule.run_due(store, pub.config(), now=now + dt.timedelta(seconds=30))
     assert soon.sent == [] and not smtp_server.received

@@ -15,11 +15,13 @@ from click.testing import CliRunner
 from site_support import BASE_URL, Running, confirm_link, running
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, tokens
+from newsletter import tokens
 from newsletter.cli import cli
 from newsletter.issue import publish
+from newsletter.ledger import lifecycle
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED, subscribers
+from newsletter.send import campaign
 from newsletter.web import signup
 
 SECRET = b"test-secret-not-for-production"
@@ -110,7 +112,7 @@ def test_a_pending_address_gets_no_issue(
     sign_up(site, ANN)
     config = pub.config()
     built = publish.build_issue(config, publish.load_issue(pub.issue))
-    result = campaign.run(store, config, campaign.create(store, built))
+    result = campaign.run(store, config, lifecycle.create(store, built))
     assert result.sent == 2
     assert len(mail_to(smtp_server, ANN)) == 1  # the confirmation, no issue
 

@@ -19,10 +19,12 @@ from campaign_support import Publication, add_subscribers, make_publication
 from site_support import BASE_URL, Running, running
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign, tokens
+from newsletter import tokens
 from newsletter.issue import publish
+from newsletter.ledger import delivery_rows, lifecycle
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import ACTIVE, SKIPPED, UNSUBSCRIBED
+from newsletter.send import campaign, runner
 
 SECRET = b"test-secret-not-for-production"
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
@@ -150,14 +152,14 @@ def test_unsubscribe_during_campaign_stops_later_messages(
     pub: Publication, store: Store, site: Running, smtp_server: SmtpServer
 ) -> None:
     config = pub.config()
-    # More than one batch (campaign.BATCH): the second is read after the unsubscribe.
-    emails = add_subscribers(store, campaign.BATCH + 20)
+    # More than one batch (delivery_rows.BATCH): the second is read after the unsubscribe.
+    emails = add_subscribers(store, delivery_rows.BATCH + 20)
     leaving = emails[-1]
     built = publish.build_issue(config, publish.load_issue(pub.issue))
-    cid = campaign.create(store, built)
+    cid = lifecycle.create(store, built)
     answers: list[int] = []
 
-    def progress(result: campaign.RunResult) -> None:
+    def progress(result: runner.RunResult) -> None:
         if result.sent == 1 and not answers:
             # The reader presses "Unsubscribe" in their mail client while the campaign runs.
             answers.append(site.post(unsubscribe_url(leaving), data=ONE_CLICK).status_code)
@@ -168,7 +170,7 @@ def test_unsubscribe_during_campaign_stops_later_messages(
     received = smtp_server.handler.count_by_recipient()
     assert leaving not in received
     assert len(received) == len(emails) - 1
-    assert campaign.counts(store, cid)[SKIPPED] == 1
+    assert delivery_rows.counts(store, cid)[SKIPPED] == 1
 
 
 def test_the_link_in_a_sent_message_is_the_one_that_works(
@@ -177,7 +179,7 @@ def test_the_link_in_a_sent_message_is_the_one_that_works(
     config = pub.config()
     add_subscribers(store, 1)
     built = publish.build_issue(config, publish.load_issue(pub.issue))
-    campaign.run(store, config, campaign.create(store, built))
+    campaign.run(store, config, lifecycle.create(store, built))
     msg = smtp_server.received[0].parse()
     header = str(msg["List-Unsubscribe"])
     url = header.split("<", 1)[1].split(">", 1)[0]

@@ -17,13 +17,12 @@ from campaign_support import SECRET, Publication, add_subscribers, make_publicat
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
-from newsletter import campaign
 from newsletter.cli import cli
 from newsletter.issue import publish
 from newsletter.issue.render import html_slots, text_slots
-from newsletter.ledger import sponsorship
+from newsletter.ledger import lifecycle, sponsorship
 from newsletter.ledger.tables import deliveries
-from newsletter.send import tracking
+from newsletter.send import campaign, tracking
 
 UTC = dt.UTC
 
@@ -84,7 +83,7 @@ def test_tokens_are_signed_and_carry_no_url() -> None:
 def sent_campaign(pub: Publication, n: int = 3) -> tuple[int, list[str]]:
     store = pub.store()
     emails = add_subscribers(store, n)
-    cid = campaign.create(store, built(pub))
+    cid = lifecycle.create(store, built(pub))
     with store.begin() as conn:  # as if sent an hour ago
         conn.execute(
             deliveries.update()
@@ -184,7 +183,7 @@ def test_received_tracked_link_redirects_with_utm_and_counts(
     store = pub.store()
     add_subscribers(store, 2)
     b = built(pub)
-    cid = campaign.run(store, config, campaign.create(store, b)).campaign_id
+    cid = campaign.run(store, config, lifecycle.create(store, b)).campaign_id
     messages = [r.parse() for r in smtp_server.received]
     htmls = [m.get_body(("html",)).get_content() for m in messages]
     texts = [m.get_body(("plain",)).get_content() for m in messages]

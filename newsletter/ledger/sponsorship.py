@@ -10,13 +10,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter.campaign import CANCELLED, MISSED
 from newsletter.config import Config
 from newsletter.errors import ContentError
 from newsletter.issue import sponsor
 from newsletter.issue.content import read_issue
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import SENT, campaign_links, campaigns, clicks, deliveries
+from newsletter.ledger.tables import (
+    CANCELLED,
+    MISSED,
+    SENT,
+    campaign_links,
+    campaigns,
+    clicks,
+    deliveries,
+)
 
 
 @dataclass

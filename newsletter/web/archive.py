@@ -37,13 +37,12 @@ from feedgen.feed import FeedGenerator
 from lxml.etree import ParserError
 
 from newsletter import __version__, tokens
-from newsletter.campaign import DONE
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.fileio import write_files
 from newsletter.issue import render
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import campaign_links, campaigns
+from newsletter.ledger.tables import DONE, campaign_links, campaigns
 
 PAGES_PACKAGE = "site_pages"
 STYLESHEET = "site.css"
