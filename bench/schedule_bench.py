@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from newsletter import config as config_mod  # noqa: E402
-from newsletter import schedule  # noqa: E402
 from newsletter.ledger.store import Store, SubscriberRow  # noqa: E402
+from newsletter.schedule import plans, timing  # noqa: E402
 
 
 class Arrivals:
@@ -85,9 +85,9 @@ def main() -> None:
             tz = config.publication.timezone
             for _ in range(args.runs):
                 arrivals.event.clear()
-                at = dt.datetime.now(schedule.zone(tz)).replace(microsecond=0)
+                at = dt.datetime.now(timing.zone(tz)).replace(microsecond=0)
                 at += dt.timedelta(seconds=3)
-                _, when, _ = schedule.schedule_issue(
+                _, when, _ = plans.schedule_issue(
                     store, config, issue, at.strftime("%Y-%m-%d %H:%M:%S"), tz
                 )
                 if not arrivals.event.wait(30):

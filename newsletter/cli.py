@@ -21,7 +21,6 @@ import click
 
 from newsletter import __version__, tokens
 from newsletter import config as config_mod
-from newsletter import schedule as schedule_mod
 from newsletter.audience import subscribers as subscriber_ops
 from newsletter.errors import NewsletterError
 from newsletter.fileio import read_text, write_files
@@ -32,6 +31,10 @@ from newsletter.ledger.store import Store
 from newsletter.ledger.tables import DONE, INCOMPLETE, SUBSCRIBER_STATUSES
 from newsletter.mail import capture as smtpd_mod
 from newsletter.mail import dkim as dkim_keys
+from newsletter.schedule import due as schedule_due
+from newsletter.schedule import plans as schedule_plans
+from newsletter.schedule import timing as schedule_timing
+from newsletter.schedule import worker as schedule_worker
 from newsletter.send import campaign, runner, trial
 
 
@@ -325,12 +328,7 @@ def send(
         return
 
     store = _store(state)
-    findings = publish.check_built(config, built, publish.sample(config, built))
-    if has_errors(findings):
-        first = next(f for f in findings if f.level == "error")
-        raise click.ClickException(
-            f"{issue}: check found errors (first: {first.message}); fix them before sending"
-        )
+    publish.refuse_on_check_errors(config, built, "sending")
     history = once.issue_history(store, built.issue.slug)
     try:
         history.check(built.issue.path, repeat, at_once=True)
@@ -672,17 +670,17 @@ def schedule_create(
             raise click.UsageError("--every takes no ISSUE and no --at")
         if again or new_only:
             raise click.UsageError("--every sends each issue once: no --again or --new-only")
-        rid, first, tz_name = schedule_mod.add_recurring(store, config, every, tz, None)
+        rid, first, tz_name = schedule_plans.add_recurring(store, config, every, tz, None)
         click.echo(
-            f"recurring r{rid}: every {every!r}; next: {schedule_mod.describe(first, tz_name)}"
+            f"recurring r{rid}: every {every!r}; next: {schedule_timing.describe(first, tz_name)}"
         )
         return
     if not issue or not at:
         raise click.UsageError('give ISSUE and --at "YYYY-MM-DD HH:MM" (or --every CRON)')
-    cid, when, tz_name = schedule_mod.schedule_issue(
+    cid, when, tz_name = schedule_plans.schedule_issue(
         store, config, issue, at, tz, fold, repeat=repeat
     )
-    click.echo(f"campaign {cid} scheduled for {schedule_mod.describe(when, tz_name)}")
+    click.echo(f"campaign {cid} scheduled for {schedule_timing.describe(when, tz_name)}")
     if repeat is once.Repeat.NEW_ONLY:
         click.echo("  to the active subscribers who have not had this issue by then")
     elif repeat is once.Repeat.AGAIN:
@@ -694,7 +692,7 @@ def schedule_create(
 @pass_state
 def schedule_list(state: State, as_json: bool) -> None:
     """List scheduled campaigns and recurring schedules with local time, UTC and status."""
-    rows = schedule_mod.listing(_store(state))
+    rows = schedule_plans.listing(_store(state))
     if as_json:
         click.echo(json.dumps({"schedules": rows}, indent=2))
         return
@@ -715,7 +713,7 @@ def schedule_list(state: State, as_json: bool) -> None:
 @pass_state
 def schedule_cancel(state: State, ref: str) -> None:
     """Cancel scheduled campaign REF (an id) or recurring schedule REF (r1, r2, ...)."""
-    click.echo(schedule_mod.cancel(_store(state), ref))
+    click.echo(schedule_plans.cancel(_store(state), ref))
 
 
 @schedule.command("move")
@@ -728,8 +726,8 @@ def schedule_move(
     state: State, campaign_id: int, at: str, tz: str | None, fold: int | None
 ) -> None:
     """Move scheduled campaign CAMPAIGN_ID to another time."""
-    when, tz_name = schedule_mod.move(_store(state), campaign_id, at, tz, fold)
-    click.echo(f"campaign {campaign_id} moved to {schedule_mod.describe(when, tz_name)}")
+    when, tz_name = schedule_plans.move(_store(state), campaign_id, at, tz, fold)
+    click.echo(f"campaign {campaign_id} moved to {schedule_timing.describe(when, tz_name)}")
 
 
 @cli.command("run-due")
@@ -742,7 +740,7 @@ def run_due(state: State, as_json: bool) -> None:
     2 on usage or configuration errors. Quick when nothing is due.
     """
     _log_to_stderr()
-    report = schedule_mod.run_due(_store(state), state.config)
+    report = schedule_due.run_due(_store(state), state.config)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
@@ -769,7 +767,7 @@ def worker(state: State) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    schedule_mod.Worker(_store(state), state.config).run(stop)
+    schedule_worker.Worker(_store(state), state.config).run(stop)
 
 
 def _log_to_stderr() -> None:

@@ -29,13 +29,23 @@ from click.testing import CliRunner
 from services import REDIS, postgres_url
 from smtp_fixtures import SmtpServer, running_smtp_server
 
-from newsletter import config, schedule
+from newsletter import config
 from newsletter.cli import cli
 from newsletter.issue import publish
 from newsletter.ledger import campaign_status, delivery_rows, lifecycle, rates
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import INCOMPLETE, RUNNING, SENT, UNSENT, deliveries, metadata
+from newsletter.ledger.tables import (
+    INCOMPLETE,
+    RUNNING,
+    SENT,
+    UNSENT,
+    deliveries,
+    metadata,
+    utcnow,
+)
 from newsletter.mail import transport
+from newsletter.schedule import plans
+from newsletter.schedule.due import run_due
 from newsletter.send import campaign
 
 REDIS_DB = 13  # the tests' Redis database; each test removes only its own keys
@@ -295,7 +305,7 @@ def test_worker_killed_mid_campaign_loses_nobody(
     store = pub.store()
     emails = add_subscribers(store, 2500)
     a_minute_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-    schedule.schedule_issue(
+    plans.schedule_issue(
         store,
         pub.config(),
         pub.issue,
@@ -306,7 +316,7 @@ def test_worker_killed_mid_campaign_loses_nobody(
     smtp_server.handler.delay = 0.002  # keep the campaign going for a few seconds
     workers.start(3)
     # run-due queues the campaign's batches and returns; the workers send them.
-    due = schedule.run_due(store, pub.config(), now=schedule.utcnow())
+    due = run_due(store, pub.config(), now=utcnow())
     assert due.ok and due.sent[0]["queued"] == 2500, due
     wait_until(
         lambda: len(smtp_server.received) >= 600,
@@ -324,7 +334,7 @@ def test_worker_killed_mid_campaign_loses_nobody(
                 for owner in conn.execute(
                     sa.select(deliveries.c.lease_owner).where(
                         deliveries.c.status.in_(UNSENT),
-                        deliveries.c.lease_until > schedule.utcnow(),
+                        deliveries.c.lease_until > utcnow(),
                     )
                 ).scalars()
             )

@@ -26,7 +26,6 @@ from click.testing import CliRunner, Result
 from site_support import confirm_link, running
 from smtp_fixtures import SmtpServer, running_smtp_server
 
-from newsletter import schedule
 from newsletter.cli import cli
 from newsletter.ledger import delivery_rows, lifecycle
 from newsletter.ledger.store import Store
@@ -40,6 +39,7 @@ from newsletter.ledger.tables import (
     deliveries,
     utcnow,
 )
+from newsletter.schedule.due import run_due
 
 LIST = [
     "ann@example.com",
@@ -222,7 +222,7 @@ def test_an_in_doubt_row_whose_subscriber_left_is_skipped_and_the_campaign_ends(
     assert result.exit_code == 0, result.output
     assert "0 sent, 0 deferred, 0 failed, 1 skipped, 0 pending, 0 in doubt [done]" in result.stdout
     assert delivery_rows.counts(pub.store(), 1)[SKIPPED] == 1
-    report = schedule.run_due(pub.store(), pub.config())
+    report = run_due(pub.store(), pub.config())
     assert report.sent == [] and report.ok
 
 
@@ -255,7 +255,7 @@ def test_close_gives_up_what_is_left_and_nothing_resends_it(
         "Error: campaign 1 is closed; nothing to send\n"
     )
     later = utcnow() + dt.timedelta(days=2)
-    assert schedule.run_due(pub.store(), pub.config(), now=later).sent == []
+    assert run_due(pub.store(), pub.config(), now=later).sent == []
     assert smtp_server.handler.count_by_recipient() == {
         "ann@example.com": 1,
         "carol@example.com": 1,
@@ -301,7 +301,7 @@ def test_run_due_retries_an_incomplete_campaign_less_and_less_often(
     assert dt.timedelta(seconds=55) < retry_in(pub) <= dt.timedelta(minutes=1)  # the first
     for ago, wait in ((dt.timedelta(minutes=10), 5), (dt.timedelta(hours=5), 60)):
         incomplete_since(pub, ago)
-        report = schedule.run_due(pub.store(), pub.config())
+        report = run_due(pub.store(), pub.config())
         assert [r["campaign_id"] for r in report.sent] == [1]  # tried again: bob is still deferred
         # Half the time since it first stopped (a little more: the run itself took time).
         assert dt.timedelta(minutes=wait - 0.5) < retry_in(pub) < dt.timedelta(minutes=wait + 0.5)
@@ -312,13 +312,13 @@ def test_run_due_gives_up_after_give_up_after_and_says_so_once(
 ) -> None:
     stuck(pub, smtp_server)
     incomplete_since(pub, dt.timedelta(hours=25))  # over the default 24 h
-    report = schedule.run_due(pub.store(), pub.config())
+    report = run_due(pub.store(), pub.config())
     assert report.sent == [] and not report.ok
     [error] = report.errors
     assert "campaign 1: still incomplete 25.0 h after it first stopped" in error
     assert "`newsletter resume 1` tries again, `newsletter close 1` ends it" in error
     later = utcnow() + dt.timedelta(hours=3)
-    quiet = schedule.run_due(pub.store(), pub.config(), now=later)
+    quiet = run_due(pub.store(), pub.config(), now=later)
     assert quiet.errors == [] and quiet.sent == [] and quiet.ok  # not every minute
     assert "no more automatic retries" in invoke(pub, "status", "1").stdout
     # A person's resume tries again, and starts the clock afresh.

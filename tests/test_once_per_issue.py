@@ -16,11 +16,11 @@ from campaign_support import SECRET, Publication, make_publication
 from click.testing import CliRunner, Result
 from smtp_fixtures import SmtpServer
 
-from newsletter import schedule
 from newsletter.cli import cli
 from newsletter.issue import publish
 from newsletter.ledger import delivery_rows, lifecycle, once, sponsorship
 from newsletter.ledger.tables import deliveries
+from newsletter.schedule.due import run_due
 from newsletter.send import tracking
 
 UTC = dt.UTC
@@ -237,7 +237,7 @@ def test_schedule_new_only_sends_to_the_newcomers_of_the_send_time(
     assert result.exit_code == 0, result.output
     assert "who have not had this issue by then" in result.stdout
     subscribe(pub, DAN)  # joins after it was scheduled, before it is due
-    report = schedule.run_due(
+    report = run_due(
         pub.store(), pub.config(), now=dt.datetime(2031, 12, 1, 17, 0, 30, tzinfo=UTC)
     )
     assert report.ok and [r["sent"] for r in report.sent] == [2]
@@ -250,7 +250,7 @@ def test_schedule_again_sends_everyone_a_second_copy(
     sent_once_to_ann_and_bob(pub, smtp_server)
     result = invoke(pub, "schedule", str(pub.issue), "--at", "2031-12-01 09:00", "--again")
     assert result.exit_code == 0, result.output
-    schedule.run_due(pub.store(), pub.config(), now=dt.datetime(2031, 12, 1, 17, 1, tzinfo=UTC))
+    run_due(pub.store(), pub.config(), now=dt.datetime(2031, 12, 1, 17, 1, tzinfo=UTC))
     assert smtp_server.handler.count_by_recipient() == {ANN: 2, BOB: 2}
 
 

@@ -16,11 +16,12 @@ from campaign_support import Publication, add_subscribers, make_publication
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
-from newsletter import schedule
 from newsletter.cli import cli
 from newsletter.errors import NewsletterError
 from newsletter.ledger import campaign_status, lifecycle, once
 from newsletter.ledger.tables import INCOMPLETE
+from newsletter.schedule import cron, plans, timing
+from newsletter.schedule.due import run_due
 
 UTC = dt.UTC
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
@@ -37,30 +38,30 @@ def pub(tmp_path: Path, database_url: str, smtp_server: SmtpServer) -> Publicati
 
 
 def test_local_time_with_and_without_seconds() -> None:
-    assert schedule.parse_local("2026-12-01 09:00") == dt.datetime(2026, 12, 1, 9, 0)
-    assert schedule.parse_local("2026-12-01T09:00:30") == dt.datetime(2026, 12, 1, 9, 0, 30)
+    assert timing.parse_local("2026-12-01 09:00") == dt.datetime(2026, 12, 1, 9, 0)
+    assert timing.parse_local("2026-12-01T09:00:30") == dt.datetime(2026, 12, 1, 9, 0, 30)
 
 
 @pytest.mark.parametrize("text", ["tomorrow 9am", "2026-13-01 09:00", "2026-12-01 25:00", ""])
 def test_unparseable_time_is_an_error(text: str) -> None:
     with pytest.raises(NewsletterError, match="expected a local time"):
-        schedule.parse_local(text)
+        timing.parse_local(text)
 
 
 def test_offset_in_the_time_is_refused() -> None:
     with pytest.raises(NewsletterError, match="without an offset"):
-        schedule.parse_local("2026-12-01T09:00+02:00")
+        timing.parse_local("2026-12-01T09:00+02:00")
 
 
 def test_unknown_zone() -> None:
     with pytest.raises(NewsletterError, match="unknown time zone 'Mars/Olympus'"):
-        schedule.zone("Mars/Olympus")
+        timing.zone("Mars/Olympus")
 
 
 def test_local_time_resolves_to_utc_in_its_zone() -> None:
-    when = schedule.resolve_local(dt.datetime(2026, 12, 1, 9, 0), LA, None)
+    when = timing.resolve_local(dt.datetime(2026, 12, 1, 9, 0), LA, None)
     assert when == dt.datetime(2026, 12, 1, 17, 0, tzinfo=UTC)
-    summer = schedule.resolve_local(dt.datetime(2026, 7, 1, 9, 0), LA, None)
+    summer = timing.resolve_local(dt.datetime(2026, 7, 1, 9, 0), LA, None)
     assert summer == dt.datetime(2026, 7, 1, 16, 0, tzinfo=UTC)
 
 
@@ -77,7 +78,7 @@ def test_nonexistent_local_time_is_refused_with_nearest_valid(
     with pytest.raises(
         NewsletterError, match=f"does not exist.*nearest valid times are {nearest}"
     ):
-        schedule.resolve_local(local, tz, None)
+        timing.resolve_local(local, tz, None)
 
 
 @pytest.mark.parametrize(
@@ -94,9 +95,9 @@ def test_ambiguous_local_time_needs_fold(
     second_utc: tuple[int, int],
 ) -> None:
     with pytest.raises(NewsletterError, match="happens twice.*--fold 0.*--fold 1"):
-        schedule.resolve_local(local, tz, None)
-    first = schedule.resolve_local(local, tz, 0)
-    second = schedule.resolve_local(local, tz, 1)
+        timing.resolve_local(local, tz, None)
+    first = timing.resolve_local(local, tz, 0)
+    second = timing.resolve_local(local, tz, 1)
     assert (first.hour, first.minute) == first_utc
     assert (second.hour, second.minute) == second_utc
 
@@ -108,7 +109,7 @@ def ticks(expression: str, tz: str, start: dt.datetime, n: int) -> list[dt.datet
     out = []
     at = start
     for _ in range(n):
-        at = schedule.next_tick(expression, tz, at)
+        at = cron.next_tick(expression, tz, at)
         out.append(at)
     return out
 
@@ -154,11 +155,51 @@ def test_cron_weekdays_mean_what_cron_means(dow: str, weekdays: set[int]) -> Non
     assert got == weekdays
 
 
+def test_a_day_of_month_and_a_weekday_fire_on_either_as_in_cron() -> None:
+    # crontab(5): both restricted, a day that matches either fires; APScheduler's own
+    # CronTrigger would want both (a Monday that is the 1st).
+    start = dt.datetime(2026, 6, 2, tzinfo=UTC)  # a Tuesday
+    days = [t.date().isoformat() for t in ticks("0 9 1 * MON", "UTC", start, 6)]
+    assert days == [
+        "2026-06-08",
+        "2026-06-15",
+        "2026-06-22",
+        "2026-06-29",
+        "2026-07-01",  # the 1st, a Wednesday
+        "2026-07-06",
+    ]
+    # A field that starts with "*" ("*/10") does not count as restricted (Vixie cron):
+    # then a day must match both, here the 1st, 11th, 21st or 31st that is a Monday.
+    got = [t.date().isoformat() for t in ticks("0 9 */10 * MON", "UTC", start, 3)]
+    assert got == ["2026-08-31", "2026-09-21", "2026-12-21"]
+
+
+@pytest.mark.parametrize(
+    ("shorthand", "weekday", "day", "hour"),
+    [
+        ("@daily", None, None, 0),
+        ("@midnight", None, None, 0),
+        ("@weekly", 6, None, 0),  # Sunday
+        ("@monthly", None, 1, 0),
+        ("@yearly", None, 1, 0),
+        ("@hourly", None, None, None),
+    ],
+)
+def test_cron_shorthands(shorthand: str, weekday: int | None, day: int | None, hour: int | None):
+    oslo = zoneinfo.ZoneInfo("Europe/Oslo")
+    got = [t.astimezone(oslo) for t in ticks(shorthand, "Europe/Oslo", NOW, 3)]
+    assert all(t.minute == 0 for t in got)
+    assert hour is None or all(t.hour == hour for t in got)
+    assert weekday is None or all(t.weekday() == weekday for t in got)
+    assert day is None or all(t.day == day for t in got)
+    assert len(set(got)) == 3
+
+
 def test_bad_cron_expression() -> None:
     with pytest.raises(NewsletterError, match="expected 5 fields"):
-        schedule.next_tick("0 9 * *", "UTC", NOW)
+        cron.next_tick("0 9 * *", "UTC", NOW)
     with pytest.raises(NewsletterError, match="day of week"):
-        schedule.next_tick("0 9 * * funday", "UTC", NOW)
+        cron.next_tick("0 9 * * funday", "UTC", NOW)
 
 
 # --- due, late, missed -------------------------------------------------------------------
@@ -171,7 +212,7 @@ def scheduled(
     repeat: once.Repeat = once.Repeat.REFUSE,
 ) -> int:
     store = pub.store()
-    cid, _, _ = schedule.schedule_issue(
+    cid, _, _ = plans.schedule_issue(
         store,
         pub.config(),
         pub.issue,
@@ -185,7 +226,7 @@ def scheduled(
 
 def test_scheduling_in_the_past_is_refused(pub: Publication) -> None:
     with pytest.raises(NewsletterError, match="is in the past"):
-        schedule.schedule_issue(pub.store(), pub.config(), pub.issue, "2026-11-25 03:00", now=NOW)
+        plans.schedule_issue(pub.store(), pub.config(), pub.issue, "2026-11-25 03:00", now=NOW)
 
 
 def test_not_due_sends_nothing_then_due_sends_once(
@@ -193,17 +234,11 @@ def test_not_due_sends_nothing_then_due_sends_once(
 ) -> None:
     add_subscribers(pub.store(), 5)
     cid = scheduled(pub, "2026-12-01 09:00")  # 17:00 UTC
-    before = schedule.run_due(
-        pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 16, 59, tzinfo=UTC)
-    )
+    before = run_due(pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 16, 59, tzinfo=UTC))
     assert before.sent == [] and before.ok and not smtp_server.received
-    due = schedule.run_due(
-        pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 17, 0, 1, tzinfo=UTC)
-    )
+    due = run_due(pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 17, 0, 1, tzinfo=UTC))
     assert [r["campaign_id"] for r in due.sent] == [cid] and due.ok
-    again = schedule.run_due(
-        pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 17, 5, tzinfo=UTC)
-    )
+    again = run_due(pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 17, 5, tzinfo=UTC))
     assert again.sent == []
     assert len(smtp_server.received) == 5
 
@@ -213,7 +248,7 @@ def test_subscribers_added_after_scheduling_are_included(
 ) -> None:
     scheduled(pub, "2026-12-01 09:00")
     add_subscribers(pub.store(), 3)
-    schedule.run_due(pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 17, 1, tzinfo=UTC))
+    run_due(pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 17, 1, tzinfo=UTC))
     assert len(smtp_server.received) == 3
 
 
@@ -222,9 +257,7 @@ def test_late_within_max_late_is_sent_and_says_how_late(
 ) -> None:
     add_subscribers(pub.store(), 2)
     scheduled(pub, "2026-12-01 09:00")
-    report = schedule.run_due(
-        pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 19, 30, tzinfo=UTC)
-    )
+    report = run_due(pub.store(), pub.config(), now=dt.datetime(2026, 12, 1, 19, 30, tzinfo=UTC))
     assert report.ok and len(smtp_server.received) == 2
     assert any("2.5 h late" in note for note in report.notes)
 
@@ -233,14 +266,12 @@ def test_beyond_max_late_is_missed_never_sent(pub: Publication, smtp_server: Smt
     add_subscribers(pub.store(), 2)
     cid = scheduled(pub, "2026-12-01 09:00")
     config = pub.config(NEWSLETTER_SCHEDULE_MAX_LATE="1h")
-    report = schedule.run_due(
-        pub.store(), config, now=dt.datetime(2026, 12, 1, 18, 30, tzinfo=UTC)
-    )
+    report = run_due(pub.store(), config, now=dt.datetime(2026, 12, 1, 18, 30, tzinfo=UTC))
     assert not report.ok and "missed" in report.missed[0] and "90 min late" in report.missed[0]
-    later = schedule.run_due(pub.store(), config, now=dt.datetime(2026, 12, 1, 18, 31, tzinfo=UTC))
+    later = run_due(pub.store(), config, now=dt.datetime(2026, 12, 1, 18, 31, tzinfo=UTC))
     assert later.missed == []  # reported once, stays missed
     assert not smtp_server.received
-    rows = {r["id"]: r for r in schedule.listing(pub.store())}
+    rows = {r["id"]: r for r in plans.listing(pub.store())}
     assert rows[str(cid)]["status"] == "missed"
 
 
@@ -248,21 +279,17 @@ def test_cancel_and_move(pub: Publication, smtp_server: SmtpServer) -> None:
     add_subscribers(pub.store(), 1)
     first = scheduled(pub, "2026-12-01 09:00")
     second = scheduled(pub, "2026-12-02 09:00", repeat=once.Repeat.AGAIN)  # same issue
-    assert schedule.cancel(pub.store(), str(first)) == f"campaign {first} cancelled"
-    when, tz = schedule.move(pub.store(), second, "2026-12-03 10:15", now=NOW)
+    assert plans.cancel(pub.store(), str(first)) == f"campaign {first} cancelled"
+    when, tz = plans.move(pub.store(), second, "2026-12-03 10:15", now=NOW)
     assert when == dt.datetime(2026, 12, 3, 18, 15, tzinfo=UTC) and tz == "America/Los_Angeles"
-    nothing = schedule.run_due(
-        pub.store(), pub.config(), now=dt.datetime(2026, 12, 2, 17, 5, tzinfo=UTC)
-    )
+    nothing = run_due(pub.store(), pub.config(), now=dt.datetime(2026, 12, 2, 17, 5, tzinfo=UTC))
     assert nothing.sent == [] and not smtp_server.received
-    due = schedule.run_due(
-        pub.store(), pub.config(), now=dt.datetime(2026, 12, 3, 18, 16, tzinfo=UTC)
-    )
+    due = run_due(pub.store(), pub.config(), now=dt.datetime(2026, 12, 3, 18, 16, tzinfo=UTC))
     assert [r["campaign_id"] for r in due.sent] == [second]
     with pytest.raises(NewsletterError, match="is cancelled, not scheduled"):
-        schedule.cancel(pub.store(), str(first))
+        plans.cancel(pub.store(), str(first))
     with pytest.raises(NewsletterError, match="is done, not scheduled"):
-        schedule.move(pub.store(), second, "2026-12-09 10:00", now=NOW)
+        plans.move(pub.store(), second, "2026-12-09 10:00", now=NOW)
 
 
 def test_recurring_sends_oldest_unsent_dated_issue_then_nothing(
@@ -275,30 +302,30 @@ def test_recurring_sends_oldest_unsent_dated_issue_then_nothing(
     )
     future = pub.root / "issues" / "2030-01-01-future.md"
     future.write_text("---\ntitle: Future\nsubject: Future\n---\n\nNot yet.\n")
-    rid, first, _ = schedule.add_recurring(
+    rid, first, _ = plans.add_recurring(
         pub.store(), pub.config(), "0 9 * * TUE", "America/Los_Angeles", NOW
     )
     assert first == dt.datetime(2026, 12, 1, 17, 0, tzinfo=UTC)
     subjects = []
     for week in range(3):
         now = first + dt.timedelta(weeks=week, seconds=5)
-        report = schedule.run_due(pub.store(), pub.config(), now=now)
+        report = run_due(pub.store(), pub.config(), now=now)
         assert report.ok
         subjects.append([r["campaign_id"] for r in report.sent])
     received = [r.parse()["Subject"] for r in smtp_server.received]
     assert received[:2] == [received[0]] * 2 and received[0].startswith("What Motivated")
     assert received[2:] == ["A follow-up", "A follow-up"]
     assert subjects[2] == []  # third week: nothing unsent whose date has come
-    rows = {r["id"]: r for r in schedule.listing(pub.store())}
+    rows = {r["id"]: r for r in plans.listing(pub.store())}
     assert "nothing sent" in rows[f"r{rid}"]["note"]
 
 
 def test_a_recurring_tick_is_claimed_once(pub: Publication, smtp_server: SmtpServer) -> None:
     add_subscribers(pub.store(), 1)
-    schedule.add_recurring(pub.store(), pub.config(), "0 9 * * TUE", "America/Los_Angeles", NOW)
+    plans.add_recurring(pub.store(), pub.config(), "0 9 * * TUE", "America/Los_Angeles", NOW)
     now = dt.datetime(2026, 12, 1, 17, 0, 5, tzinfo=UTC)
-    schedule.run_due(pub.store(), pub.config(), now=now)
-    schedule.run_due(pub.store(), pub.config(), now=now)
+    run_due(pub.store(), pub.config(), now=now)
+    run_due(pub.store(), pub.config(), now=now)
     assert len(smtp_server.received) == 1
 
 
@@ -351,7 +378,7 @@ def test_two_concurrent_run_due_processes_send_once(
     pub: Publication, smtp_server: SmtpServer
 ) -> None:
     emails = add_subscribers(pub.store(), 40)
-    schedule.schedule_issue(
+    plans.schedule_issue(
         pub.store(),
         pub.config(),
         pub.issue,
@@ -384,7 +411,7 @@ def test_worker_picks_up_new_campaign_survives_kill_and_stops_on_sigterm(
         # Scheduled by another process while the worker runs, a few seconds ahead.
         smtp_server.handler.delay = 0.02
         at = dt.datetime.now(LA).replace(microsecond=0) + dt.timedelta(seconds=3)
-        cid, when, _ = schedule.schedule_issue(
+        cid, when, _ = plans.schedule_issue(
             pub.store(), pub.config(), pub.issue, at.strftime("%Y-%m-%d %H:%M:%S")
         )
         deadline = time.monotonic() + 30
@@ -432,7 +459,7 @@ def test_incomplete_campaign_is_retried_at_most_once_a_minute(
             .where(campaigns.c.id == cid)
             .values(status=INCOMPLETE, resume_after=now + dt.timedelta(seconds=60))
         )
-    soon = schedule.run_due(store, pub.config(), now=now + dt.timedelta(seconds=30))
+    soon = run_due(store, pub.config(), now=now + dt.timedelta(seconds=30))
     assert soon.sent == [] and not smtp_server.received
-    later = schedule.run_due(store, pub.config(), now=now + dt.timedelta(seconds=61))
+    later = run_due(store, pub.config(), now=now + dt.timedelta(seconds=61))
     assert [r["campaign_id"] for r in later.sent] == [cid] and len(smtp_server.received) == 2

@@ -202,6 +202,17 @@ def check_built(config: Config, built: BuiltIssue, filled: Sample) -> list[check
     return findings
 
 
+def refuse_on_check_errors(config: Config, built: BuiltIssue, doing: str) -> None:
+    """CheckFailed when `check` finds errors in the built issue: nothing is `doing`
+    (sending, scheduling) until they are fixed."""
+    errors = [f for f in check_built(config, built, sample(config, built)) if f.level == "error"]
+    if errors:
+        raise CheckFailed(
+            f"{built.issue.path}: check found {len(errors)} error(s) (first: {errors[0].message});"
+            f" fix them before {doing}"
+        )
+
+
 def check_issue(config: Config, path: Path | str) -> list[check.Finding]:
     built = build_issue(config, load_issue(path))
     return check_built(config, built, sample(config, built))

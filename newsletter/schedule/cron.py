@@ -1,0 +1,103 @@
+"""Cron expressions as cron reads them, computed with APScheduler's triggers.
+
+Five fields, cron's weekday numbers (0 or 7 is Sunday), names (MON, JAN), and the
+@hourly/@daily/@weekly/@monthly/@yearly shorthands. When both the day of the month
+and the day of the week are restricted, cron fires on either (`0 9 1 * MON`: the
+1st, and every Monday); APScheduler alone would need both, so the two are computed
+apart and the earlier tick wins.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
+from apscheduler.triggers.cron import CronTrigger
+
+from newsletter.errors import NewsletterError
+from newsletter.schedule.timing import zone
+
+_DOW_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+
+
+def _cron_dow(field_text: str) -> str:
+    """Day-of-week in cron's meaning (0 or 7 = Sunday) as names for APScheduler,
+    whose numbers start at Monday."""
+
+    def day(token: str) -> int:
+        token = token.lower()
+        if token in _DOW_NAMES:
+            return _DOW_NAMES.index(token)
+        if token.isdigit() and 0 <= int(token) <= 7:
+            return int(token) % 7
+        raise NewsletterError(f"day of week {token!r}: expected 0-7 or sun..sat")
+
+    days: set[int] = set()
+    for item in field_text.split(","):
+        part, _, step_text = item.partition("/")
+        step = int(step_text) if step_text.isdigit() else 1
+        if step_text and not step_text.isdigit():
+            raise NewsletterError(f"day of week {item!r}: bad step")
+        if part == "*":
+            start, end = 0, 6
+        elif "-" in part:
+            a, b = part.split("-", 1)
+            start, end = day(a), day(b)
+            if end < start:  # "1-7" or "fri-sun": up to Sunday at the end of the week
+                end += 7
+        else:
+            start = end = day(part)
+            if step_text:
+                end = 6
+        days.update(d % 7 for d in range(start, end + 1, step))
+    # APScheduler: mon=0 .. sun=6; order the names its way for readability.
+    order = [1, 2, 3, 4, 5, 6, 0]
+    return ",".join(_DOW_NAMES[d] for d in order if d in days)
+
+
+# The shorthands of cron(8), as the five fields they stand for.
+SHORTHANDS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+def cron_trigger(expression: str, tz_name: str) -> BaseTrigger:
+    """The trigger of a cron expression in a zone (wall-clock times, across DST)."""
+    fields = SHORTHANDS.get(expression.strip().lower(), expression).split()
+    if len(fields) != 5:
+        raise NewsletterError(
+            f"--every {expression!r}: expected 5 fields (minute hour day month weekday),"
+            " for example '0 9 * * TUE', or @daily, @weekly, @monthly"
+        )
+    minute, hour, day, month, dow = fields
+    tz = zone(tz_name)
+
+    def trigger(day: str, dow: str) -> CronTrigger:
+        return CronTrigger(
+            minute=minute, hour=hour, day=day, month=month, day_of_week=_cron_dow(dow), timezone=tz
+        )
+
+    try:
+        # crontab(5): with both days restricted (neither starts with "*"), a day that
+        # matches either one fires.
+        if not day.startswith("*") and not dow.startswith("*"):
+            return OrTrigger([trigger(day, "*"), trigger("*", dow)])
+        return trigger(day, dow)
+    except ValueError as exc:
+        raise NewsletterError(f"--every {expression!r}: {exc}") from None
+
+
+def next_tick(expression: str, tz_name: str, after: dt.datetime) -> dt.datetime:
+    """The first tick strictly after `after`, in UTC."""
+    trigger = cron_trigger(expression, tz_name)
+    fire = trigger.get_next_fire_time(None, after + dt.timedelta(seconds=1))
+    if fire is None:  # pragma: no cover - a 5-field cron expression always fires again
+        raise NewsletterError(f"--every {expression!r} never fires")
+    return fire.astimezone(dt.UTC)

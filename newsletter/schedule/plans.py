@@ -1,0 +1,129 @@
+"""Scheduling issues: a campaign for a local time, moved or cancelled; recurring rules.
+
+The campaigns table is the schedule; the worker and cron are only triggers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from newsletter.config import Config
+from newsletter.errors import NewsletterError
+from newsletter.issue import publish
+from newsletter.issue.content import read_issue
+from newsletter.ledger import lifecycle, once, schedules
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import SCHEDULED, utcnow
+from newsletter.schedule.cron import next_tick
+from newsletter.schedule.timing import describe, parse_local, resolve_local, zone
+
+
+def schedule_issue(
+    store: Store,
+    config: Config,
+    issue_path: Path,
+    at: str,
+    tz_name: str | None = None,
+    fold: int | None = None,
+    now: dt.datetime | None = None,
+    repeat: once.Repeat = once.Repeat.REFUSE,
+) -> tuple[int, dt.datetime, str]:
+    """Store a scheduled campaign; returns (id, UTC time, zone name).
+
+    An issue an earlier campaign sent (or will send) is refused unless `repeat` says
+    AGAIN or NEW_ONLY; NEW_ONLY picks its audience when the campaign is claimed.
+    """
+    tz_name = tz_name or config.publication.timezone
+    when = resolve_local(parse_local(at), zone(tz_name), fold)
+    now = now or utcnow()
+    if when <= now:
+        raise NewsletterError(f"{describe(when, tz_name)} is in the past (now: {now:%H:%M} UTC)")
+    built = publish.build_issue(config, read_issue(issue_path))
+    publish.refuse_on_check_errors(config, built, "scheduling")
+    cid = lifecycle.create(
+        store,
+        built,
+        status=SCHEDULED,
+        scheduled_at=when,
+        timezone=tz_name,
+        repeat=repeat,
+    )
+    return cid, when, tz_name
+
+
+def move(
+    store: Store,
+    campaign_id: int,
+    at: str,
+    tz_name: str | None = None,
+    fold: int | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[dt.datetime, str]:
+    """Move a scheduled campaign to another local time (in its zone, or `tz_name`)."""
+    row = schedules.scheduled(store, campaign_id)
+    tz_name = tz_name or row.timezone or "UTC"
+    when = resolve_local(parse_local(at), zone(tz_name), fold)
+    if when <= (now or utcnow()):
+        raise NewsletterError(f"{describe(when, tz_name)} is in the past")
+    schedules.reschedule(store, campaign_id, when, tz_name)
+    return when, tz_name
+
+
+def cancel(store: Store, ref: str) -> str:
+    """Cancel a scheduled campaign (ID) or a recurring rule (rID)."""
+    if ref.lower().startswith("r") and ref[1:].isdigit():
+        if not schedules.cancel_rule(store, int(ref[1:])):
+            raise NewsletterError(f"recurring schedule {ref}: no such active schedule")
+        return f"recurring schedule {ref} cancelled"
+    if not ref.isdigit():
+        raise NewsletterError(f"{ref!r}: expected a campaign id (12) or a recurring id (r3)")
+    schedules.cancel_campaign(store, int(ref))
+    return f"campaign {ref} cancelled"
+
+
+def add_recurring(
+    store: Store, config: Config, expression: str, tz_name: str | None, now: dt.datetime | None
+) -> tuple[int, dt.datetime, str]:
+    """A recurring send: at each tick of the cron `expression` in the zone, the oldest
+    unsent issue goes out. Returns (rule id, first tick in UTC, zone name)."""
+    tz_name = tz_name or config.publication.timezone
+    first = next_tick(expression, tz_name, now or utcnow())
+    return schedules.add_rule(store, expression, tz_name, first), first, tz_name
+
+
+def listing(store: Store) -> list[dict[str, Any]]:
+    """Scheduled (and recently scheduled) campaigns, then recurring rules."""
+    out: list[dict[str, Any]] = []
+    rows, rules = schedules.listed(store)
+    for row in rows:
+        tz_name = row.timezone or "UTC"
+        out.append(
+            {
+                "id": str(row.id),
+                "kind": "once",
+                "issue": row.issue_slug,
+                "subject": row.subject,
+                "local_time": row.scheduled_at.astimezone(zone(tz_name)).isoformat(),
+                "timezone": tz_name,
+                "utc": row.scheduled_at.isoformat(),
+                "status": row.status,
+                "note": row.last_error or "",
+            }
+        )
+    for rule in rules:
+        out.append(
+            {
+                "id": f"r{rule.id}",
+                "kind": "recurring",
+                "issue": "(oldest unsent issue)",
+                "subject": f"every {rule.cron}",
+                "local_time": rule.next_run_at.astimezone(zone(rule.timezone)).isoformat(),
+                "timezone": rule.timezone,
+                "utc": rule.next_run_at.isoformat(),
+                "status": rule.status,
+                "note": rule.last_note or "",
+            }
+        )
+    return out

@@ -1,0 +1,90 @@
+"""Time zones and wall-clock times: pure functions, no database, no scheduler.
+
+A campaign is scheduled for a wall-clock time in a zone; what it means in UTC is
+decided here, refusing times that daylight saving makes unclear (skipped, or
+happening twice) rather than guessing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+
+from newsletter.errors import NewsletterError
+
+
+def zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise NewsletterError(
+            f"unknown time zone {name!r} (use a name like America/Los_Angeles)"
+        ) from None
+
+
+def parse_local(text: str) -> dt.datetime:
+    """ "2026-12-01 09:00", "2026-12-01T09:00:30" -> a naive local datetime."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise NewsletterError(
+            f"--at {text!r}: expected a local time like '2026-12-01 09:00'"
+        ) from None
+    if value.tzinfo is not None:
+        raise NewsletterError(f"--at {text!r}: give the local time without an offset; use --tz")
+    return value
+
+
+def _exists(local: dt.datetime, tz: zoneinfo.ZoneInfo) -> bool:
+    aware = local.replace(tzinfo=tz)
+    back = aware.astimezone(dt.UTC).astimezone(tz).replace(tzinfo=None)
+    return back == local
+
+
+def _ambiguous(local: dt.datetime, tz: zoneinfo.ZoneInfo) -> bool:
+    a = local.replace(tzinfo=tz, fold=0).utcoffset()
+    b = local.replace(tzinfo=tz, fold=1).utcoffset()
+    return a != b and _exists(local, tz)
+
+
+def resolve_local(local: dt.datetime, tz: zoneinfo.ZoneInfo, fold: int | None) -> dt.datetime:
+    """The UTC instant of a wall-clock time in a zone, refusing times DST makes unclear."""
+    if not _exists(local, tz):
+        before = after = local
+        for _ in range(24 * 60):
+            before -= dt.timedelta(minutes=1)
+            if _exists(before, tz):
+                break
+        for _ in range(24 * 60):
+            after += dt.timedelta(minutes=1)
+            if _exists(after, tz):
+                break
+        raise NewsletterError(
+            f"{local:%Y-%m-%d %H:%M} does not exist in {tz.key} (the clocks skip it);"
+            f" the nearest valid times are {before:%H:%M} and {after:%H:%M}"
+        )
+    if _ambiguous(local, tz):
+        if fold is None:
+            first = local.replace(tzinfo=tz, fold=0)
+            second = local.replace(tzinfo=tz, fold=1)
+            raise NewsletterError(
+                f"{local:%Y-%m-%d %H:%M} happens twice in {tz.key} (the clocks go back):"
+                f" --fold 0 for the first ({first:%Z}, UTC{first:%z}),"
+                f" --fold 1 for the second ({second:%Z}, UTC{second:%z})"
+            )
+        local = local.replace(fold=fold)
+    return local.replace(tzinfo=tz).astimezone(dt.UTC)
+
+
+def describe(when_utc: dt.datetime, tz_name: str) -> str:
+    local = when_utc.astimezone(zone(tz_name))
+    return f"{local:%Y-%m-%d %H:%M:%S %Z} ({tz_name}) = {when_utc:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def human(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
