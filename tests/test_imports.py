@@ -95,8 +95,7 @@ def test_each_framework_is_imported_in_its_layer_only(framework: str) -> None:
     outside = [
         str(path.relative_to(PACKAGE))
         for path in source_files()
-        if framework in imported(path)
-        and not (path.is_relative_to(home) or path == home.with_suffix(".py"))
+        if framework in imported(path) and not path.is_relative_to(home)
     ]
     assert outside == []
     assert any(framework in imported(path) for path in source_files())

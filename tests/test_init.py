@@ -33,7 +33,7 @@ def invoke(*args: str | Path, input: str | None = None) -> Result:
 @pytest.fixture
 def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make `init` believe it runs on a terminal (CliRunner's stdin is not one)."""
-    monkeypatch.setattr("newsletter.cli._stdin_is_terminal", lambda: True)
+    monkeypatch.setattr("newsletter.cli.setup._stdin_is_terminal", lambda: True)
 
 
 def repo_starter_files() -> dict[str, bytes]:

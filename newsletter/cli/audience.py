@@ -1,0 +1,99 @@
+"""The list: subscribers import, add, remove, list, count; unsubscribe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from newsletter import tokens
+from newsletter.audience import subscribers as subscriber_ops
+from newsletter.cli.root import (
+    State,
+    cli,
+    open_store,
+    pass_state,
+)
+from newsletter.ledger.tables import SUBSCRIBER_STATUSES
+
+
+@cli.group()
+def subscribers() -> None:
+    """Manage the subscriber list: import, add, remove, list, count."""
+
+
+@subscribers.command("import")
+@click.argument("csv_file", type=click.Path(path_type=Path))
+@pass_state
+def subscribers_import(state: State, csv_file: Path) -> None:
+    """Import CSV_FILE (columns email, name, and extra columns kept as attributes).
+
+    Bad rows are reported with their line number and skipped; the good rows are
+    imported. Re-importing is safe; an unsubscribed address stays unsubscribed.
+    """
+    report = subscriber_ops.import_csv(open_store(state), csv_file)
+    for problem in report.rejected:
+        click.echo(f"skipped: {problem}", err=True)
+    click.echo(f"{report.added} added, {report.updated} updated, {len(report.rejected)} rejected")
+    if report.rejected:
+        raise SystemExit(1)
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="The subscriber's name, used in the greeting.")
+@pass_state
+def subscribers_add(state: State, email: str, name: str) -> None:
+    """Add EMAIL to the list (or update its name)."""
+    added = subscriber_ops.add(open_store(state), email, name)
+    click.echo(f"added {added}" if added else f"updated {email.strip()}")
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@pass_state
+def subscribers_remove(state: State, email: str) -> None:
+    """Unsubscribe EMAIL (kept as unsubscribed, so a re-import does not add it back)."""
+    subscriber_ops.remove(open_store(state), email)
+    click.echo(f"unsubscribed {email.strip()}")
+
+
+@subscribers.command("list")
+@click.option(
+    "--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only subscribers with this status."
+)
+@pass_state
+def subscribers_list(state: State, status: str | None) -> None:
+    """List subscribers, one a line: address, name, status."""
+    for row in open_store(state).iter_subscribers(status=status):
+        click.echo(f"{row.email}\t{row.name}\t{row.status}")
+
+
+@subscribers.command("count")
+@click.option(
+    "--status",
+    type=click.Choice(SUBSCRIBER_STATUSES),
+    default="active",
+    show_default=True,
+    help="Count subscribers with this status.",
+)
+@pass_state
+def subscribers_count(state: State, status: str) -> None:
+    """Print the number of subscribers."""
+    click.echo(str(open_store(state).count_subscribers(status)))
+
+
+@cli.command()
+@click.argument("token_or_email")
+@pass_state
+def unsubscribe(state: State, token_or_email: str) -> None:
+    """Apply an unsubscribe link's TOKEN (or an address): later messages stop."""
+    config = state.config
+    if "@" in token_or_email:
+        email = token_or_email.strip()
+    else:
+        email = tokens.Signer(tokens.load_secret(config)).verify(token_or_email) or ""
+        if not email:
+            raise click.ClickException("the token is not valid (forged, altered or cut short)")
+    subscriber_ops.remove(open_store(state), email)
+    click.echo(f"unsubscribed {email}")

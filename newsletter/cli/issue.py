@@ -1,0 +1,155 @@
+"""Writing an issue: import, build, check, preview."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import click
+
+from newsletter import config as config_mod
+from newsletter.cli.root import (
+    State,
+    cli,
+    format_finding,
+    pass_state,
+)
+from newsletter.fileio import read_text, write_files
+from newsletter.issue import content, publish
+from newsletter.issue.check import has_errors
+from newsletter.send import trial
+
+
+@cli.command("import")
+@click.argument("article", type=click.Path(path_type=Path))
+@click.option(
+    "--date", "date", type=click.DateTime(["%Y-%m-%d"]), help="Issue date (default: today)."
+)
+@click.option("--slug", help="URL name of the issue (default: made from the title).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the issue.")
+@click.option("--force", is_flag=True, help="Overwrite an existing issue file.")
+@pass_state
+def import_cmd(
+    state: State,
+    article: Path,
+    date: dt.datetime | None,
+    slug: str | None,
+    output: Path | None,
+    force: bool,
+) -> None:
+    """Turn a plain-text ARTICLE into an issue file (front matter + Markdown)."""
+    cfg = state.config
+    day = date.date() if date else dt.date.today()
+    imported = content.import_article(
+        read_text(article), day, [s.name for s in cfg.sponsors.values()], slug=slug
+    )
+    target = output or cfg.issues_dir / f"{imported.date.isoformat()}-{imported.slug}.md"
+    if target.exists() and not force:
+        raise click.ClickException(f"{target}: already exists (use --force to overwrite)")
+    write_files({target: imported.markdown.encode("utf-8")})
+    for note in imported.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(str(target))
+
+
+@cli.command()
+@click.argument("issue", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the built files (default: [paths] output).",
+)
+@click.option("--force", is_flag=True, help="Write even when the checks find errors.")
+@pass_state
+def build(state: State, issue: Path, out_dir: Path | None, force: bool) -> None:
+    """Build ISSUE into <slug>.html, .txt and .eml, as the sample subscriber gets it."""
+    outputs, findings = publish.write_build(state.config, issue, out_dir, force=force)
+    for finding in findings:
+        click.echo(format_finding(finding), err=True)
+    for path in (outputs.html, outputs.text, outputs.eml):
+        click.echo(str(path))
+
+
+@cli.command()
+@click.argument("issue", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@pass_state
+def check(state: State, issue: Path, as_json: bool) -> None:
+    """Lint ISSUE: exit 1 on errors (unsubscribe, postal address, sponsor label, sizes...)."""
+    findings = publish.check_issue(state.config, issue)
+    errors = sum(f.level == "error" for f in findings)
+    warnings = len(findings) - errors
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "issue": str(issue),
+                    "errors": errors,
+                    "warnings": warnings,
+                    "findings": [f.as_dict() for f in findings],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for finding in findings:
+            click.echo(format_finding(finding))
+        click.echo(f"{issue}: {errors} error(s), {warnings} warning(s)")
+    if has_errors(findings):
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument(
+    "issue", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--outbox",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Show the .eml files captured in this folder instead of an issue.",
+)
+@click.option(
+    "--port",
+    default=8025,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; other machines can see the page unless it is local.",
+)
+@click.option(
+    "--open/--no-open",
+    "open_browser",
+    default=True,
+    show_default=True,
+    help="Open the page in a web browser.",
+)
+@pass_state
+def preview(
+    state: State, issue: Path | None, outbox: Path | None, port: int, host: str, open_browser: bool
+) -> None:
+    """Serve a live preview of ISSUE: desktop and phone, plain text, headers and checks."""
+    # Imported here so that the web stack loads only for this command.
+    from newsletter.web import preview as previews
+
+    if (issue is None) == (outbox is None):
+        raise click.UsageError("give an ISSUE or --outbox DIR")
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    if outbox is not None:
+        shown = previews.outbox_preview(outbox, log=log)
+    else:
+        assert issue is not None
+        config_path = state.config_path or config_mod.find_config()
+        sender = trial.test_sender(config_path, issue)
+        shown = previews.issue_preview(config_path, issue, send_test=sender, log=log)
+    previews.serve(shown, host, port, open_browser=open_browser, announce=click.echo, log=log)

@@ -1,0 +1,116 @@
+"""The `newsletter` command itself: its options, the state its commands share, and
+the edge where a library error becomes one line on stderr and an exit code (1 for a
+failed operation, 2 for usage and configuration)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from newsletter import __version__
+from newsletter import config as config_mod
+from newsletter.errors import NewsletterError
+from newsletter.issue.check import Finding
+from newsletter.ledger import once
+from newsletter.ledger.store import Store
+
+
+class _Failed(click.ClickException):
+    """A failed operation: exit 1."""
+
+    exit_code = 1
+
+
+class _Refused(click.ClickException):
+    """Usage or configuration: exit 2."""
+
+    exit_code = 2
+
+
+class Group(click.Group):
+    """Turns a NewsletterError raised by any command into a one-line error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NewsletterError as exc:
+            raise (_Refused if exc.exit_code == 2 else _Failed)(str(exc)) from None
+
+
+class State:
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self._config: config_mod.Config | None = None
+
+    @property
+    def config(self) -> config_mod.Config:
+        if self._config is None:
+            path = self.config_path or config_mod.find_config()
+            self._config = config_mod.load(path)
+        return self._config
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=config_mod.ENV_CONFIG,
+    help="The publication's newsletter.toml (default: found here or in a parent folder).",
+)
+@click.version_option(__version__, prog_name="newsletter")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """Publish an email newsletter with a sponsor footer.
+
+    Import an article, build and check the issue, then send it.
+    """
+    ctx.obj = State(config_path)
+
+
+def open_store(state: State) -> Store:
+    return Store.open(state.config.database_url)
+
+
+def log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def format_finding(finding: Finding) -> str:
+    where = f" [{finding.where}]" if finding.where else ""
+    return f"{finding.level}: {finding.message}{where}"
+
+
+# --- options more than one command takes ----------------------------------------------
+
+
+def repeat_options(f: Any) -> Any:
+    """--again / --new-only: what to do with an issue an earlier campaign sent."""
+    f = click.option(
+        "--new-only",
+        is_flag=True,
+        help="Send an issue that went out before only to those who have not had it.",
+    )(f)
+    return click.option(
+        "--again", is_flag=True, help="Send an issue that went out before to everyone again."
+    )(f)
+
+
+def repeat_choice(again: bool, new_only: bool) -> once.Repeat:
+    if again and new_only:
+        raise click.UsageError("--again and --new-only exclude each other: choose one")
+    if again:
+        return once.Repeat.AGAIN
+    return once.Repeat.NEW_ONLY if new_only else once.Repeat.REFUSE
