@@ -43,7 +43,7 @@ from newsletter.ledger.tables import (
     metadata,
     utcnow,
 )
-from newsletter.mail import transport
+from newsletter.mail import ratelimit, transport
 from newsletter.schedule import plans
 from newsletter.schedule.due import run_due
 from newsletter.send import campaign
@@ -530,7 +530,7 @@ def test_shared_rate_in_the_database_spaces_messages(tmp_path: Path) -> None:
 def test_shared_rate_in_redis_spaces_messages() -> None:
     url = f"redis://{REDIS[0]}:{REDIS[1]}/{REDIS_DB}"
     key = f"test-relay-{uuid.uuid4().hex}"
-    first, second = transport.RedisReserve(url, key), transport.RedisReserve(url, key)
+    first, second = ratelimit.RedisReserve(url, key), ratelimit.RedisReserve(url, key)
     try:
         assert_spaced([r(0.1) for r in (first, second, first, second, first)], 0.1)
         time.sleep(0.7)
@@ -549,9 +549,9 @@ def test_shared_rate_limiter_sleeps_what_the_store_says() -> None:
         asked.append((interval, tolerance))
         return [-0.05, 0.25][len(asked) - 1]
 
-    limiter = transport.SharedRateLimiter(4.0, reserve, sleep=slept.append)
+    limiter = ratelimit.SharedRateLimiter(4.0, reserve, sleep=slept.append)
     limiter.acquire()
     limiter.acquire()
     assert asked == [(0.25, 0.1), (0.25, 0.1)] and slept == [0.25]
-    transport.SharedRateLimiter(0, reserve, sleep=slept.append).acquire()  # unlimited: no call
+    ratelimit.SharedRateLimiter(0, reserve, sleep=slept.append).acquire()  # unlimited: no call
     assert len(asked) == 2

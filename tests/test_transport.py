@@ -9,7 +9,7 @@ import tls_fixtures
 from campaign_support import make_publication
 from smtp_fixtures import FaultyHandler, SmtpServer
 
-from newsletter.mail import transport
+from newsletter.mail import ratelimit, transport
 
 MESSAGE = (
     b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\n.leading dot\r\nbody\r\n"
@@ -31,7 +31,7 @@ class FakeClock:
 
 def test_rate_limiter_spaces_messages_evenly() -> None:
     clock = FakeClock()
-    limiter = transport.RateLimiter(4.0, clock=clock, sleep=clock.sleep)
+    limiter = ratelimit.RateLimiter(4.0, clock=clock, sleep=clock.sleep)
     for _ in range(9):
         limiter.acquire()
     assert clock.slept == [0.25] * 8
@@ -40,7 +40,7 @@ def test_rate_limiter_spaces_messages_evenly() -> None:
 
 def test_rate_limiter_does_not_bank_idle_time_into_a_burst() -> None:
     clock = FakeClock()
-    limiter = transport.RateLimiter(2.0, clock=clock, sleep=clock.sleep)
+    limiter = ratelimit.RateLimiter(2.0, clock=clock, sleep=clock.sleep)
     limiter.acquire()
     clock.now += 60  # idle for a minute
     limiter.acquire()
@@ -50,7 +50,7 @@ def test_rate_limiter_does_not_bank_idle_time_into_a_burst() -> None:
 
 def test_rate_zero_is_unlimited() -> None:
     clock = FakeClock()
-    limiter = transport.RateLimiter(0, clock=clock, sleep=clock.sleep)
+    limiter = ratelimit.RateLimiter(0, clock=clock, sleep=clock.sleep)
     for _ in range(100):
         limiter.acquire()
     assert clock.slept == []

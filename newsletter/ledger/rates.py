@@ -1,5 +1,5 @@
 """[smtp] rate shared by workers on several machines, kept in the ledger's database
-when the broker has no Redis (see mail.transport.SharedRateLimiter)."""
+when the broker has no Redis (see mail.ratelimit.SharedRateLimiter)."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ from newsletter.ledger.tables import (
     SKIPPED,
     utcnow,
 )
-from newsletter.mail import transport
+from newsletter.mail import ratelimit, transport
 from newsletter.mail.message import MessageTemplate
 from newsletter.send import broker, tracking
 from newsletter.send.runner import Runner, RunResult, lanes
@@ -121,8 +121,8 @@ def run(
     before = counts(store, campaign_id)
     try:
         template, links = campaign_template(store, config, row)
-        limiters: dict[str, transport.RateLimiter | transport.SharedRateLimiter] = {
-            name: transport.RateLimiter(smtp.rate, clock=clock, sleep=sleep)
+        limiters: dict[str, ratelimit.RateLimiter | ratelimit.SharedRateLimiter] = {
+            name: ratelimit.RateLimiter(smtp.rate, clock=clock, sleep=sleep)
             for name, smtp in transport.servers(config)
         }
         runner = Runner(

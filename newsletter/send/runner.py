@@ -24,7 +24,7 @@ from newsletter.ledger.tables import (
     SENDING,
     utcnow,
 )
-from newsletter.mail import transport
+from newsletter.mail import ratelimit, transport
 from newsletter.mail.message import MessageTemplate
 from newsletter.send import tracking
 
@@ -75,12 +75,12 @@ class Lane:
 
     server: str
     settings: transport.SmtpSettings
-    rate: transport.RateLimiter | transport.SharedRateLimiter
+    rate: ratelimit.RateLimiter | ratelimit.SharedRateLimiter
 
 
 def lanes(
     config: Config,
-    limiters: dict[str, transport.RateLimiter | transport.SharedRateLimiter],
+    limiters: dict[str, ratelimit.RateLimiter | ratelimit.SharedRateLimiter],
     only: str | None = None,
 ) -> list[Lane]:
     """`concurrency` connections to each configured server (or to `only`)."""

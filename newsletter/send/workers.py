@@ -27,7 +27,7 @@ from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
     INCOMPLETE,
 )
-from newsletter.mail import transport
+from newsletter.mail import ratelimit, transport
 from newsletter.send.campaign import campaign_template
 from newsletter.send.runner import Runner, RunResult, lanes
 
@@ -187,26 +187,26 @@ def _stop_campaign(store: Store, campaign_id: int, error: str) -> None:
 
 def _shared_limiters(
     store: Store, config: Config, sleep: Callable[[float], None]
-) -> tuple[dict[str, transport.RateLimiter | transport.SharedRateLimiter], Callable[[], None]]:
+) -> tuple[dict[str, ratelimit.RateLimiter | ratelimit.SharedRateLimiter], Callable[[], None]]:
     """Each server's [smtp] rate as one budget for every worker: kept in the broker's
     Redis, or (RabbitMQ) in the database."""
-    limiters: dict[str, transport.RateLimiter | transport.SharedRateLimiter] = {}
+    limiters: dict[str, ratelimit.RateLimiter | ratelimit.SharedRateLimiter] = {}
     closers: list[Callable[[], None]] = []
     redis = config.workers.broker.startswith(("redis://", "rediss://"))
     for name, smtp in transport.servers(config):
         if smtp.rate <= 0:
-            limiters[name] = transport.RateLimiter(0)
+            limiters[name] = ratelimit.RateLimiter(0)
             continue
         # The relay account is what the limit is about.
         key = f"newsletter:rate:{smtp.host}:{smtp.port}:{smtp.username}"
         reserve: Callable[[float], float]
         if redis:
-            client = transport.RedisReserve(config.workers.broker, key)
+            client = ratelimit.RedisReserve(config.workers.broker, key)
             closers.append(client.close)
             reserve = client
         else:
             reserve = DatabaseReserve(store, key)
-        limiters[name] = transport.SharedRateLimiter(smtp.rate, reserve, sleep=sleep)
+        limiters[name] = ratelimit.SharedRateLimiter(smtp.rate, reserve, sleep=sleep)
 
     def close() -> None:
         for c in closers:
