@@ -160,12 +160,12 @@ def test_bad_booking_config_is_a_clear_error(pub: Publication) -> None:
 
 
 def test_preview_shows_the_same_sponsor_as_build_and_send(pub: Publication) -> None:
-    from newsletter.web import preview
+    from newsletter.web import preview_sources
 
     paths = daily(pub, dt.date(2026, 12, 1), 3)
     assert chosen(pub, paths[1]) == "bolt"
-    source = preview.IssueSource(pub.config_path, paths[1])
+    source = preview_sources.IssueSource(pub.config_path, paths[1])
     source.refresh()
-    rendering = source.snapshot(preview.ISSUE_KEY).rendering
+    rendering = source.snapshot(preview_sources.ISSUE_KEY).rendering
     assert rendering is not None
     assert "Bolt Bikes" in rendering.html and "Acme Rockets" not in rendering.html
