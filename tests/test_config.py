@@ -264,7 +264,7 @@ def float_keys() -> list[tuple[str, str]]:
     """Every (section, key) whose value is a number: nan and inf must be refused for each."""
     return [
         (section, f.metadata.get("key", f.name))
-        for section, cls in config._SECTIONS.items()
+        for section, cls in config.SECTIONS.items()
         for f in dataclasses.fields(cls)
         if typing.get_type_hints(cls)[f.name] is float
     ]

@@ -31,6 +31,7 @@ from smtp_fixtures import SmtpServer, running_smtp_server
 
 from newsletter import config
 from newsletter.cli import cli
+from newsletter.errors import ConfigError
 from newsletter.issue import publish
 from newsletter.ledger import campaign_status, delivery_rows, lifecycle, rates
 from newsletter.ledger.store import Store
@@ -503,10 +504,10 @@ def test_workers_and_smtp_server_tables_in_the_config(tmp_path: Path) -> None:
     assert loaded.smtp.host == "127.0.0.1"  # [smtp] itself is unchanged
 
     pub.config_path.write_text(text + '\n[smtp.backup]\nhots = "x"\n')
-    with pytest.raises(config.ConfigError, match=r"\[smtp.backup\].*did you mean 'host'"):
+    with pytest.raises(ConfigError, match=r"\[smtp.backup\].*did you mean 'host'"):
         pub.config()
     pub.config_path.write_text(text + '\n[workers]\nbroker = "kafka://x"\n')
-    with pytest.raises(config.ConfigError, match=r"\[workers\] broker: expected a redis"):
+    with pytest.raises(ConfigError, match=r"\[workers\] broker: expected a redis"):
         pub.config()
 
 

@@ -1,0 +1,66 @@
+"""Read newsletter.toml once into frozen objects.
+
+Every key is checked here, when the file is read, and every message names the
+file and the key. After loading, the rest of the code trusts the Config.
+
+Any key can be overridden from the environment as NEWSLETTER_<SECTION>_<KEY>
+(for example NEWSLETTER_SMTP_PORT=2525, NEWSLETTER_SPONSORS_HELLOSHUTTLE_PHONE).
+
+The package: sections.py (the dataclasses), reading.py (the file and the
+environment), rules.py (validation beyond types). Import from here.
+"""
+
+from newsletter.config.reading import SECTIONS, find_config, load
+from newsletter.config.rules import HEADER_FORBIDDEN, header_value_problem
+from newsletter.config.sections import (
+    CONFIG_NAME,
+    ENV_CONFIG,
+    ENV_PREFIX,
+    MAX_SECONDS,
+    SMTP_TIMEOUTS,
+    Config,
+    Database,
+    Dkim,
+    Paths,
+    Preview,
+    Publication,
+    Sample,
+    Schedule,
+    Signup,
+    Smtp,
+    Sponsor,
+    Tracking,
+    Utm,
+    Workers,
+    did_you_mean,
+    parse_duration,
+)
+
+__all__ = [
+    "CONFIG_NAME",
+    "ENV_CONFIG",
+    "ENV_PREFIX",
+    "HEADER_FORBIDDEN",
+    "MAX_SECONDS",
+    "SECTIONS",
+    "SMTP_TIMEOUTS",
+    "Config",
+    "Database",
+    "Dkim",
+    "Paths",
+    "Preview",
+    "Publication",
+    "Sample",
+    "Schedule",
+    "Signup",
+    "Smtp",
+    "Sponsor",
+    "Tracking",
+    "Utm",
+    "Workers",
+    "did_you_mean",
+    "find_config",
+    "header_value_problem",
+    "load",
+    "parse_duration",
+]

@@ -1,0 +1,189 @@
+"""What makes a configuration valid beyond its types: addresses, URLs, zones, durations,
+header values; each refusal one line naming the file and the key."""
+
+from __future__ import annotations
+
+import email.errors
+import email.policy
+import re
+import zoneinfo
+from email.utils import parseaddr
+from pathlib import Path
+
+from newsletter.config.sections import (
+    MAX_SECONDS,
+    MAX_SECONDS_TEXT,
+    SMTP_TIMEOUTS,
+    Config,
+    Smtp,
+    Workers,
+    parse_duration,
+)
+from newsletter.errors import ConfigError
+
+# Refused in every header value: Unicode's controls (Cc: C0, DEL, C1 with NEL) and its
+# line and paragraph separators (Zl, Zp). CR and LF would start a header of their own;
+# the rest are line ends to some parsers (Python's str.splitlines among them), or a
+# string cut short (NUL), or invisible in a mail client. message.py uses the same rule.
+HEADER_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+_HEADER_BREAKS = {
+    "\r": "a line break",
+    "\n": "a line break",
+    "\u2028": "a line separator",
+    "\u2029": "a paragraph separator",
+}
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` cannot go into a header, e.g. "must not contain a line break (U+000A)";
+    None if it can."""
+    match = HEADER_FORBIDDEN.search(value)
+    if match is None:
+        return None
+    char = match.group()
+    what = _HEADER_BREAKS.get(char, "a control character")
+    return f"must not contain {what} (U+{ord(char):04X})"
+
+
+_SMTP_SECURITY = ("none", "starttls", "tls")
+
+
+def _sender_problem(value: str) -> str | None:
+    """Why `value` cannot be the From: of every issue; None if it is exactly one mailbox.
+
+    RFC 5322 allows several authors, or a group, in From:, but a newsletter has one sender:
+    the address that DKIM, DMARC and replies are matched against. The email package's own
+    parser decides what the header holds, so this agrees with what the message will say.
+    """
+    try:
+        header = email.policy.default.header_factory("From", value)
+    except Exception:  # the parser itself fails on some input ("a@" raises IndexError)
+        return "not an email address"
+    if any(group.display_name is not None for group in header.groups):
+        return "a group ('name: addresses;') cannot be the sender; expected one address"
+    if len(header.addresses) > 1:
+        return f"expected one address, got {len(header.addresses)}"
+    invalid = any(isinstance(d, email.errors.InvalidHeaderDefect) for d in header.defects)
+    if invalid or not header.addresses or not header.addresses[0].domain:
+        return "not an email address"
+    return None
+
+
+def validate(config: Config) -> None:
+    path = config.path
+    pub = config.publication
+    for key, value in (
+        ("name", pub.name),
+        ("from", pub.from_addr),
+        ("reply_to", pub.reply_to),
+        ("list_id", pub.list_id),
+    ):
+        problem = header_value_problem(value)
+        if problem:
+            raise ConfigError(f"{path}: [publication] {key}: {problem}")
+    problem = _sender_problem(pub.from_addr)
+    if problem:
+        raise ConfigError(f"{path}: [publication] from: {problem}: {pub.from_addr!r}")
+    if pub.reply_to and "@" not in parseaddr(pub.reply_to)[1]:
+        raise ConfigError(
+            f"{path}: [publication] reply_to: not an email address: {pub.reply_to!r}"
+        )
+    if pub.base_url and not re.match(r"^https?://[^/\s]+", pub.base_url):
+        raise ConfigError(
+            f"{path}: [publication] base_url: expected an http(s) URL, got {pub.base_url!r}"
+        )
+    try:
+        zoneinfo.ZoneInfo(pub.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{path}: [publication] timezone: unknown time zone {pub.timezone!r}"
+        ) from None
+    _validate_smtp(path, "smtp", config.smtp)
+    for name, server in config.smtp_servers.items():
+        _validate_smtp(path, f"smtp.{name}", server)
+    _validate_workers(path, config.workers)
+    if config.tracking.clicks not in ("sponsor", "all", "off"):
+        raise ConfigError(
+            f"{path}: [tracking] clicks: expected sponsor, all or off,"
+            f" got {config.tracking.clicks!r}"
+        )
+    dkim = config.dkim
+    if dkim.domain:
+        if not dkim.selector:
+            raise ConfigError(f"{path}: [dkim] selector: required when [dkim] domain is set")
+        if dkim.algorithm not in ("rsa-sha256", "ed25519-sha256"):
+            raise ConfigError(
+                f"{path}: [dkim] algorithm: expected rsa-sha256 or ed25519-sha256,"
+                f" got {dkim.algorithm!r}"
+            )
+    for where, key, value in (
+        ("schedule", "max_late", config.schedule.max_late),
+        ("schedule", "give_up_after", config.schedule.give_up_after),
+        ("signup", "throttle", config.signup.throttle),
+        ("signup", "confirm_within", config.signup.confirm_within),
+    ):
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [{where}] {key}: {exc}, got {value!r}") from None
+    for sponsor in config.sponsors.values():
+        if sponsor.weight < 1:
+            raise ConfigError(f"{path}: [sponsors.{sponsor.id}] weight: must be 1 or more")
+        if sponsor.start and sponsor.end and sponsor.end < sponsor.start:
+            raise ConfigError(f"{path}: [sponsors.{sponsor.id}] end: before start")
+        if not re.match(r"^https?://", sponsor.url):
+            raise ConfigError(
+                f"{path}: [sponsors.{sponsor.id}] url: expected an http(s) URL,"
+                f" got {sponsor.url!r}"
+            )
+
+
+def _validate_smtp(path: Path, where: str, smtp: Smtp) -> None:
+    if smtp.security not in _SMTP_SECURITY:
+        raise ConfigError(
+            f"{path}: [{where}] security: expected one of {', '.join(_SMTP_SECURITY)},"
+            f" got {smtp.security!r}"
+        )
+    if not 0 < smtp.port < 65536:
+        raise ConfigError(f"{path}: [{where}] port: out of range: {smtp.port}")
+    for key in SMTP_TIMEOUTS:
+        seconds = getattr(smtp, key)
+        if seconds <= 0:
+            raise ConfigError(f"{path}: [{where}] {key}: must be positive, got {seconds:g}")
+        _check_not_too_long(path, where, key, seconds)
+    if smtp.concurrency < 1:
+        raise ConfigError(f"{path}: [{where}] concurrency: must be at least 1")
+    if smtp.retries < 0 or smtp.retry_delay < 0:
+        raise ConfigError(f"{path}: [{where}] retries and retry_delay: must not be negative")
+    _check_not_too_long(path, where, "retry_delay", smtp.retry_delay)
+    if smtp.rate < 0:
+        raise ConfigError(f"{path}: [{where}] rate: must be 0 (unlimited) or positive")
+
+
+_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+
+
+def _validate_workers(path: Path, workers: Workers) -> None:
+    scheme = workers.broker.partition("://")[0]
+    if workers.broker and scheme not in _BROKER_SCHEMES:
+        raise ConfigError(
+            f"{path}: [workers] broker: expected a redis://... or amqp://... URL,"
+            f" got {scheme + '://...' if '://' in workers.broker else repr(workers.broker)}"
+        )
+    if not workers.queue.strip():
+        raise ConfigError(f"{path}: [workers] queue: must not be empty")
+    if workers.batch_size < 1:
+        raise ConfigError(f"{path}: [workers] batch_size: must be at least 1")
+    if workers.lease < 1:
+        raise ConfigError(f"{path}: [workers] lease: must be at least 1 second")
+    _check_not_too_long(path, "workers", "lease", workers.lease)
+
+
+def _check_not_too_long(path: Path, where: str, key: str, seconds: float) -> None:
+    """Each key checks its own lower bound; the upper one, MAX_SECONDS, is the same for all."""
+    if seconds > MAX_SECONDS:
+        raise ConfigError(
+            f"{path}: [{where}] {key}: too long: {MAX_SECONDS_TEXT}, got {seconds:g} seconds"
+        )

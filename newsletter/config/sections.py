@@ -1,0 +1,283 @@
+"""The sections of newsletter.toml as frozen dataclasses, with their defaults."""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from newsletter.errors import ConfigError
+
+CONFIG_NAME = "newsletter.toml"
+
+
+ENV_CONFIG = "NEWSLETTER_CONFIG"
+
+
+ENV_PREFIX = "NEWSLETTER_"
+
+
+def _key(name: str, **kw: Any) -> Any:
+    """A field whose TOML key differs from the Python name (``from`` is a keyword)."""
+    return field(metadata={"key": name}, **kw)
+
+
+@dataclass(frozen=True)
+class Publication:
+    name: str
+    from_addr: str = _key("from")
+    postal_address: str = ""
+    base_url: str = ""
+    reply_to: str = ""
+    timezone: str = "UTC"
+    language: str = "en"
+    list_id: str = ""
+    secret_env: str = "NEWSLETTER_SECRET"
+
+
+@dataclass(frozen=True)
+class Paths:
+    templates: str = "templates"
+    issues: str = "issues"
+    output: str = "build"
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str = "sqlite:///newsletter.db"
+
+
+@dataclass(frozen=True)
+class Smtp:
+    host: str = "127.0.0.1"
+    port: int = 1025
+    security: str = "none"
+    username: str = ""
+    password_env: str = ""
+    timeout: float = 30.0  # seconds for connecting, TLS, EHLO, login, RSET and QUIT
+    concurrency: int = 1
+    rate: float = 0.0
+    ca_file: str = ""  # a CA bundle to trust instead of the system's (relative to this file)
+    retries: int = 3  # attempts for a temporary failure (4xx, dropped connection) in one run
+    retry_delay: float = 5.0  # seconds before the first retry; doubles each time, with jitter
+    # The waits of RFC 5321 section 4.5.3.2, in seconds: its minimums are the defaults. A busy
+    # relay can take minutes to answer and still deliver; giving up sooner defers good mail,
+    # and after the final dot it leaves the message "in doubt".
+    greeting_timeout: float = 300.0  # the server's 220 greeting
+    mail_timeout: float = 300.0  # the reply to MAIL FROM
+    rcpt_timeout: float = 300.0  # the reply to each RCPT TO
+    data_timeout: float = 120.0  # the 354 reply to DATA
+    block_timeout: float = 180.0  # each write of the message content
+    dot_timeout: float = 600.0  # the reply after the final dot: the server is taking the message
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Celery workers: with a broker, a campaign is sent in batches by workers on any machine."""
+
+    broker: str = ""  # redis://... or amqp://...; empty: every campaign is sent in-process
+    queue: str = "newsletter"  # the broker queue; one per publication sharing a broker
+    batch_size: int = 500  # deliveries one task claims and sends
+    lease: float = 60.0  # seconds a batch stays with a worker that stops renewing it
+
+
+@dataclass(frozen=True)
+class Schedule:
+    max_late: str = "6h"  # a due campaign found later than this is marked missed, not sent
+    give_up_after: str = "24h"  # how long run-due keeps retrying a campaign it did not finish
+
+    @property
+    def max_late_seconds(self) -> int:
+        return parse_duration(self.max_late)
+
+    @property
+    def give_up_after_seconds(self) -> int:
+        return parse_duration(self.give_up_after)
+
+
+# The longest wait any key may name: 100 years. Anything longer is a slip of the keyboard,
+# and would overflow where it is used: datetime.timedelta ends at 999,999,999 days, a
+# socket timeout at about 292 years (nanoseconds in 64 bits).
+MAX_SECONDS = 100 * 365 * 86400
+
+
+MAX_SECONDS_TEXT = f"at most 100 years ({MAX_SECONDS // 86400}d)"
+
+
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """ "90s", "30m", "6h", "1d" or plain seconds -> seconds, at most MAX_SECONDS.
+
+    Raises ValueError, whose message says what is wrong with `text`.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError("expected a duration like '6h', '30m' or '90s'")
+    digits, unit = match.groups()
+    # Thousands of digits would hit int()'s own limit first; 15 are already far too many.
+    if len(digits.lstrip("0")) > 15 or int(digits) * _DURATION_UNITS[unit] > MAX_SECONDS:
+        raise ValueError(f"too long: {MAX_SECONDS_TEXT}")
+    return int(digits) * _DURATION_UNITS[unit]
+
+
+@dataclass(frozen=True)
+class Utm:
+    enabled: bool = True
+    source: str = ""
+    medium: str = "email"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The sample subscriber that `build` and the preview fill the slots for."""
+
+    email: str = "reader@example.com"
+    name: str = "Reader"
+
+
+@dataclass(frozen=True)
+class Dkim:
+    """DKIM signing of every outgoing message; off while `domain` is empty."""
+
+    domain: str = ""
+    selector: str = ""
+    private_key: str = ""  # a PEM file, relative to newsletter.toml
+    private_key_env: str = ""  # or the variable that holds the PEM
+    algorithm: str = "rsa-sha256"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    clicks: str = "sponsor"  # "sponsor" links, "all" links, or "off"
+    bot_seconds: int = 10  # a click this soon after delivery is a link scanner, not a reader
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The preview's "Send test" button sends to these; without them it is absent."""
+
+    test_recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Signup:
+    """The signup form of `newsletter serve`: double opt-in, throttled per address."""
+
+    enabled: bool = True
+    throttle: str = "10m"  # at most one confirmation message per address this often
+    confirm_within: str = "7d"  # how long a confirmation link works
+
+    @property
+    def throttle_seconds(self) -> int:
+        return parse_duration(self.throttle)
+
+    @property
+    def confirm_within_seconds(self) -> int:
+        return parse_duration(self.confirm_within)
+
+
+@dataclass(frozen=True)
+class Sponsor:
+    id: str
+    name: str
+    url: str
+    label: str = "Sponsored"
+    message: str = ""
+    places: tuple[str, ...] = ()
+    call_to_action: str = "Learn more"
+    phone: str = ""
+    image: str = ""
+    image_alt: str = ""
+    image_width: int = 0
+    # A booking: issues dated within [start, end] that name no sponsor rotate among
+    # the sponsors booked for their date, by weight. No dates: not a booking.
+    start: dt.date | None = None
+    end: dt.date | None = None
+    weight: int = 1
+
+    @property
+    def is_booking(self) -> bool:
+        return self.start is not None or self.end is not None
+
+    def booked_on(self, day: dt.date) -> bool:
+        return (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    publication: Publication
+    paths: Paths
+    database: Database
+    smtp: Smtp
+    schedule: Schedule
+    utm: Utm
+    sample: Sample
+    preview: Preview
+    tracking: Tracking
+    dkim: Dkim
+    signup: Signup
+    sponsors: Mapping[str, Sponsor]
+    default_sponsor: str | None
+    workers: Workers = Workers()
+    # [smtp.<name>] tables: more servers sharing the sending; unset keys are [smtp]'s.
+    smtp_servers: Mapping[str, Smtp] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / self.paths.templates
+
+    @property
+    def issues_dir(self) -> Path:
+        return self.root / self.paths.issues
+
+    @property
+    def output_dir(self) -> Path:
+        return self.root / self.paths.output
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path resolved against the config file."""
+        url = self.database.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str(self.root / rest)
+        return url
+
+    def sponsor(self, sponsor_id: str) -> Sponsor:
+        try:
+            return self.sponsors[sponsor_id]
+        except KeyError:
+            raise ConfigError(
+                f"{self.path}: unknown sponsor {sponsor_id!r}"
+                f"{did_you_mean(sponsor_id, self.sponsors)}"
+            ) from None
+
+
+# Every [smtp] wait, in seconds: each positive and at most MAX_SECONDS.
+SMTP_TIMEOUTS = (
+    "timeout",
+    "greeting_timeout",
+    "mail_timeout",
+    "rcpt_timeout",
+    "data_timeout",
+    "block_timeout",
+    "dot_timeout",
+)
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
