@@ -18,7 +18,7 @@ from smtp_fixtures import SmtpServer
 from newsletter import tokens
 from newsletter.cli import cli
 from newsletter.issue import publish
-from newsletter.ledger import lifecycle
+from newsletter.ledger import lifecycle, signups
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED, subscribers
 from newsletter.send import campaign
@@ -171,7 +171,7 @@ def test_concurrent_signups_of_one_address_claim_one_confirmation(pub: Publicati
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(outcomes) == [signup.SEND] + [signup.THROTTLED] * (len(stores) - 1)
+    assert sorted(outcomes) == [signups.SEND] + [signups.THROTTLED] * (len(stores) - 1)
 
 
 def test_the_honeypot_drops_bots_silently(

@@ -68,6 +68,18 @@ def shown_url(url: str) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for another database or one in memory. A URL that
+    is not a database URL is one NewsletterError (its password masked)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise NewsletterError(f"[database] url: not a database URL: {shown_url(url)!r}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return Path(parsed.database or "")
+    return None
+
+
 def _unsecret(text: str, url: str) -> str:
     """`text` (a driver's message, say) with the URL's password masked wherever it shows."""
     try:
@@ -163,10 +175,9 @@ class Store:
     @staticmethod
     def schema_state(url: str) -> migrations.SchemaState:
         """The schema revision of the database at `url`, changing nothing."""
-        parsed = sa.engine.make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            if not Path(parsed.database or "").exists():  # connecting would create it
-                return migrations.SchemaState(None)
+        file = sqlite_file(url)
+        if file is not None and not file.exists():  # connecting would create it
+            return migrations.SchemaState(None)
         engine = connect(url)
         try:
             with _database_errors(url), engine.connect() as conn:

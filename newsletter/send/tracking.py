@@ -20,12 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import lxml.html
-import sqlalchemy as sa
 
 from newsletter.config import Config
 from newsletter.issue.render import has_slots, marker
+from newsletter.ledger import clicks
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import campaign_links, clicks, deliveries, utcnow
 
 _HREF = re.compile(r'href="([^"]*)"')
 _SIG_BYTES = 12
@@ -128,32 +127,9 @@ class LinkSlots:
 
 def save_links(store: Store, campaign_id: int, links: tuple[Link, ...]) -> None:
     """Record the campaign's tracked links once; a resume finds the same ones."""
-    with store.begin() as conn:
-        known = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(campaign_links)
-            .where(campaign_links.c.campaign_id == campaign_id)
-        ).scalar_one()
-        if not known and links:
-            conn.execute(
-                campaign_links.insert(),
-                [
-                    {
-                        "campaign_id": campaign_id,
-                        "idx": link.idx,
-                        "url": link.url,
-                        "in_sponsor_block": link.in_sponsor_block,
-                    }
-                    for link in links
-                ],
-            )
-
-
-@dataclass(frozen=True)
-class Click:
-    url: str
-    suspected_bot: bool
-    reason: str
+    clicks.save_links(
+        store, campaign_id, [(link.idx, link.url, link.in_sponsor_block) for link in links]
+    )
 
 
 def record_click(
@@ -164,40 +140,12 @@ def record_click(
     head: bool,
     bot_seconds: int,
     now: dt.datetime | None = None,
-) -> Click | None:
+) -> clicks.Click | None:
     """Record a click and return where it leads; None for a token that is not ours."""
     ids = signer.verify(token)
     if ids is None:
         return None
     campaign_id, subscriber_id, idx = ids
-    now = now or utcnow()
-    with store.begin() as conn:
-        url = conn.execute(
-            sa.select(campaign_links.c.url).where(
-                campaign_links.c.campaign_id == campaign_id, campaign_links.c.idx == idx
-            )
-        ).scalar_one_or_none()
-        if url is None:
-            return None
-        sent_at = conn.execute(
-            sa.select(deliveries.c.sent_at).where(
-                deliveries.c.campaign_id == campaign_id,
-                deliveries.c.subscriber_id == subscriber_id,
-            )
-        ).scalar_one_or_none()
-        reason = ""
-        if head:
-            reason = "HEAD request"
-        elif sent_at is None or (now - sent_at).total_seconds() < bot_seconds:
-            reason = f"within {bot_seconds} s of delivery"
-        conn.execute(
-            clicks.insert().values(
-                campaign_id=campaign_id,
-                subscriber_id=subscriber_id,
-                link_idx=idx,
-                clicked_at=now,
-                suspected_bot=bool(reason),
-                reason=reason or None,
-            )
-        )
-    return Click(url, bool(reason), reason)
+    return clicks.record(
+        store, campaign_id, subscriber_id, idx, head=head, bot_seconds=bot_seconds, now=now
+    )

@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from newsletter import config as config_mod
 from newsletter.errors import NewsletterError
 from newsletter.issue import publish
@@ -126,15 +124,13 @@ def check_database(config: config_mod.Config) -> Check:
     """Reachable and at this tool's schema version; an empty database is fine (warn)."""
     url = config.database_url
     try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        shown = store.shown_url(url)
-        return Check(FAIL, "database", f"[database] url: not a database URL: {shown!r}")
+        file = store.sqlite_file(url)
+    except NewsletterError as exc:
+        return Check(FAIL, "database", str(exc))
     shown = store.shown_url(url)
     not_yet = "not created yet; it will be on first use"
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+    if file is not None:
         # Connecting would create the file: look before touching it.
-        file = Path(parsed.database or "")
         shown = f"{file} (SQLite)"
         if not file.parent.is_dir():
             return Check(FAIL, "database", f"{shown}: the folder {file.parent} does not exist")

@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 
 import jinja2
 import lxml.html
-import sqlalchemy as sa
 from feedgen.feed import FeedGenerator
 from lxml.etree import ParserError
 
@@ -41,8 +40,8 @@ from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.fileio import write_files
 from newsletter.issue import render
+from newsletter.ledger import published
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import DONE, campaign_links, campaigns
 
 PAGES_PACKAGE = "site_pages"
 STYLESHEET = "site.css"
@@ -112,27 +111,7 @@ class SentIssue:
 
 def sent_issues(store: Store) -> list[SentIssue]:
     """One entry per issue that a done campaign sent, newest first."""
-    first = sa.func.min(sa.func.coalesce(campaigns.c.started_at, campaigns.c.finished_at))
-    grouped = (
-        sa.select(
-            campaigns.c.issue_slug,
-            sa.func.max(campaigns.c.id).label("latest"),
-            first.label("published"),
-            sa.func.max(campaigns.c.finished_at).label("updated"),
-        )
-        .where(campaigns.c.status == DONE)
-        .group_by(campaigns.c.issue_slug)
-        .subquery()
-    )
-    query = sa.select(
-        grouped.c.issue_slug,
-        grouped.c.latest,
-        grouped.c.published,
-        grouped.c.updated,
-        campaigns.c.subject,
-    ).join(campaigns, campaigns.c.id == grouped.c.latest)
-    with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
+    rows = published.sent_issues(store)
     issues = [
         SentIssue(
             slug=row.issue_slug,
@@ -205,14 +184,7 @@ class Archive:
         """The issue's page, or None when no done campaign sent it."""
         if not _SLUG.match(slug):
             return None
-        query = (
-            sa.select(campaigns.c.id, campaigns.c.html_template)
-            .where(campaigns.c.issue_slug == slug, campaigns.c.status == DONE)
-            .order_by(campaigns.c.id.desc())
-            .limit(1)
-        )
-        with self.store.engine.connect() as conn:
-            row = conn.execute(query).one_or_none()
+        row = published.latest_snapshot(self.store, slug)
         if row is None:
             return None
         return self._fill(row.id, slug, row.html_template).encode("utf-8")
@@ -224,11 +196,8 @@ class Archive:
         if other:
             # Tracked links (link0, link1, ...) lead straight to where they go: a click on
             # the web version is nobody's. A slot this page knows nothing of stays empty.
-            query = sa.select(campaign_links.c.idx, campaign_links.c.url).where(
-                campaign_links.c.campaign_id == campaign_id
-            )
-            with self.store.engine.connect() as conn:
-                links = {f"link{idx}": url for idx, url in conn.execute(query)}
+            tracked = published.tracked_links(self.store, campaign_id)
+            links = {f"link{idx}": url for idx, url in tracked.items()}
             values.update({name: links.get(name, "") for name in other})
         return template.fill(values)
 
@@ -292,11 +261,7 @@ class Archive:
         with self._lock:
             missing = [i.campaign_id for i in issues if i.campaign_id not in self._summaries]
         if missing:
-            query = sa.select(
-                campaigns.c.id, campaigns.c.issue_slug, campaigns.c.html_template
-            ).where(campaigns.c.id.in_(missing))
-            with self.store.engine.connect() as conn:
-                rows = conn.execute(query).all()
+            rows = published.snapshots(self.store, missing)
             made = {
                 row.id: summary(self._fill(row.id, row.issue_slug, row.html_template))
                 for row in rows

@@ -27,14 +27,17 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 
 import jinja2
-import sqlalchemy as sa
 
 from newsletter import addresses, tokens
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.issue import render
+from newsletter.ledger import signups
+from newsletter.ledger.signups import (
+    SEND,
+)
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, subscribers, utcnow
+from newsletter.ledger.tables import utcnow
 from newsletter.mail import transport
 from newsletter.mail.dkim import DkimSigner
 from newsletter.mail.message import clean_display_name
@@ -43,17 +46,13 @@ TEXT_TEMPLATE = "confirm.txt"
 HTML_TEMPLATE = "confirm.html"
 
 # What a signup request came to; the visitor sees the same page for all but INVALID.
-SEND = "send"  # new, pending or unsubscribed: a confirmation goes out
-THROTTLED = "throttled"  # a confirmation went to this address less than [signup] throttle ago
-ALREADY_ACTIVE = "active"  # subscribed already: nothing is sent, nothing changes
+# SEND, THROTTLED and ALREADY_ACTIVE come from the ledger (signups.py).
 BOT = "bot"  # the honeypot field was filled in: nothing is stored or sent
 INVALID = "invalid"  # not an email address: the form says so
 
-# What following a confirmation link came to.
-CONFIRMED = "confirmed"
-ALREADY_CONFIRMED = "already"
+# What following a confirmation link came to (CONFIRMED, ALREADY_CONFIRMED, STALE: the
+# ledger's).
 EXPIRED = "expired"
-STALE = "stale"  # the address is not pending (unsubscribed since, or gone)
 FORGED = "forged"
 
 Log = Callable[[str], None]
@@ -116,70 +115,12 @@ def request(
     except ValueError as exc:
         return Request(INVALID, problem=str(exc))
     now = now or utcnow()
-    outcome = _claim(store, email, clean_display_name(name), now, config.signup.throttle_seconds)
+    outcome = signups.claim(
+        store, email, clean_display_name(name), now, config.signup.throttle_seconds
+    )
     if outcome != SEND:
         return Request(outcome, email)
     return Request(outcome, email, make_token(signer, email, now), now)
-
-
-def _claim(store: Store, email: str, name: str, now: dt.datetime, throttle: int) -> str:
-    """One transaction: store the address as pending and take the right to send, unless
-    it is active or was sent a confirmation less than `throttle` seconds ago."""
-    cutoff = now - dt.timedelta(seconds=throttle)
-    for attempt in range(2):
-        try:
-            with store.begin() as conn:
-                row = conn.execute(
-                    sa.select(
-                        subscribers.c.id, subscribers.c.status, subscribers.c.confirm_sent_at
-                    )
-                    .where(subscribers.c.email_key == addresses.key(email))
-                    .with_for_update()
-                ).one_or_none()
-                if row is None:
-                    conn.execute(
-                        subscribers.insert().values(
-                            email=email,
-                            email_key=addresses.key(email),
-                            name=name,
-                            attributes="{}",
-                            status=PENDING_CONFIRMATION,
-                            created_at=now,
-                            confirm_sent_at=now,
-                        )
-                    )
-                    return SEND
-                if row.status == ACTIVE:
-                    # Nothing changes, not even the name: the form is open to anyone.
-                    return ALREADY_ACTIVE
-                if row.confirm_sent_at is not None and row.confirm_sent_at > cutoff:
-                    return THROTTLED
-                values: dict[str, object] = {
-                    "status": PENDING_CONFIRMATION,
-                    "confirm_sent_at": now,
-                }
-                if name:
-                    values["name"] = name
-                conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(values))
-                return SEND
-        except sa.exc.IntegrityError:
-            if attempt:
-                raise
-            # Another process added the address between our read and insert: read it again.
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def release(store: Store, email: str, sent_at: dt.datetime) -> None:
-    """The confirmation could not be sent: let the next signup of the address try again."""
-    with store.begin() as conn:
-        conn.execute(
-            subscribers.update()
-            .where(
-                subscribers.c.email_key == addresses.key(email),
-                subscribers.c.confirm_sent_at == sent_at,
-            )
-            .values(confirm_sent_at=None)
-        )
 
 
 def confirm(
@@ -197,29 +138,7 @@ def confirm(
     now = now or utcnow()
     if now - made > dt.timedelta(seconds=config.signup.confirm_within_seconds):
         return Confirmation(EXPIRED, email)
-    with store.begin() as conn:
-        row = conn.execute(
-            sa.select(subscribers.c.id, subscribers.c.status, subscribers.c.unsubscribed_at)
-            .where(subscribers.c.email_key == addresses.key(email))
-            .with_for_update()
-        ).one_or_none()
-        if row is None:
-            return Confirmation(STALE, email)
-        if row.status == ACTIVE:
-            return Confirmation(ALREADY_CONFIRMED, email)
-        # A link asked for before the address last unsubscribed does not bring it back.
-        # (The token keeps whole seconds, the store more: allow for the cut.)
-        left = row.unsubscribed_at
-        if row.status != PENDING_CONFIRMATION or (
-            left is not None and left >= made + dt.timedelta(seconds=1)
-        ):
-            return Confirmation(STALE, email)
-        conn.execute(
-            subscribers.update()
-            .where(subscribers.c.id == row.id)
-            .values(status=ACTIVE, unsubscribed_at=None)
-        )
-    return Confirmation(CONFIRMED, email)
+    return Confirmation(signups.activate(store, email, made), email)
 
 
 # --- the confirmation message ---------------------------------------------------------------
@@ -368,6 +287,6 @@ class Outbox:
             return
         self._log(f"signup: could not send the confirmation to {job.email}: {problem}")
         try:
-            release(self._store, job.email, job.claimed_at)
+            signups.release(self._store, job.email, job.claimed_at)
         except Exception as exc:  # noqa: BLE001 - logged; the throttle then just runs out
             self._log(f"signup: could not lift the throttle for {job.email}: {exc}")

@@ -38,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from newsletter import tokens
 from newsletter.config import Config
+from newsletter.ledger import signups
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import UNSUBSCRIBED
 from newsletter.send import tracking
@@ -279,7 +280,7 @@ class Site:
                 email=form.get("email", ""),
                 name=form.get("name", ""),
             )
-        if result.outcome == signup.SEND:
+        if result.outcome == signups.SEND:
             self.outbox.submit(result)
         else:
             self._log(f"signup: nothing sent ({result.outcome}) {result.email}".rstrip())
@@ -298,8 +299,8 @@ class Site:
         name = self.config.publication.name
         past = ("Past issues", f"{self.pages.root}/")
         again = ("Sign up again", f"{self.pages.root}/subscribe")
-        if result.outcome in (signup.CONFIRMED, signup.ALREADY_CONFIRMED):
-            if result.outcome == signup.CONFIRMED:
+        if result.outcome in (signups.CONFIRMED, signups.ALREADY_CONFIRMED):
+            if result.outcome == signups.CONFIRMED:
                 self._log(f"signup: {result.email} confirmed")
             return self._notice(
                 "You are subscribed",
