@@ -100,8 +100,8 @@ def test_permanent_failure_is_recorded_not_retried(
     assert bad not in smtp_server.handler.count_by_recipient()
     assert len(smtp_server.handler.rcpt_replies[bad]) == 1  # asked once, not retried
     row = campaign_status.status(store, cid)[0]
-    assert row["failed"] == 1
-    assert "550" in row["recent_errors"][0]["error"]
+    assert row.failed == 1
+    assert "550" in row.recent_errors[0].error
     # A resume does not retry a permanent failure either.
     again = run(pub, store, cid)
     assert again.sent == 0 and len(smtp_server.handler.rcpt_replies[bad]) == 1
@@ -352,9 +352,10 @@ def test_status_json_has_integer_counts(pub: Publication, smtp_server: SmtpServe
     row = data["campaigns"][0]
     assert row["id"] == cid and row["issue"] == publish.load_issue(pub.issue).slug
     assert row["status"] == "done"
-    for key in ("sent", "failed", "deferred", "pending"):
+    for key in ("sent", "failed", "deferred", "pending", "in_doubt", "given_up"):
         assert type(row[key]) is int
     assert row["sent"] == 3
+    assert row["recent_errors"] == [] and row["retry_at"] is None
 
 
 # --- real processes ---------------------------------------------------------------------

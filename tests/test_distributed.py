@@ -269,7 +269,7 @@ def test_every_subscriber_gets_exactly_one_copy(
     assert counts == {e: 1 for e in emails}
     assert len(smtp_server.received) > 500 and len(second_smtp.received) > 500
     row = campaign_status.status(store, 1)[0]
-    assert row["status"] == "done" and row["sent"] == 2500 and row["batches"] >= 25
+    assert row.status == "done" and row.sent == 2500 and row.batches >= 25
     assert len(senders(store, 1)) >= 2  # the work was shared
 
 
@@ -297,7 +297,7 @@ def test_a_late_reply_after_the_dot_stays_in_doubt_and_no_batch_sends_it_again(
     assert '"in_doubt": 1' in result.stdout and '"status": "incomplete"' in result.stdout
     assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
     row = campaign_status.status(store, 1)[0]
-    assert (row["sent"], row["in_doubt"], row["pending"]) == (249, 1, 0)
+    assert (row.sent, row.in_doubt, row.pending) == (249, 1, 0)
 
 
 def test_worker_killed_mid_campaign_loses_nobody(
@@ -355,7 +355,7 @@ def test_worker_killed_mid_campaign_loses_nobody(
     assert orphaned > 0  # it died holding rows: their lease has to run out
     smtp_server.handler.delay = 0
     wait_until(
-        lambda: campaign_status.status(store, 1)[0]["status"] == "done",
+        lambda: campaign_status.status(store, 1)[0].status == "done",
         60,
         lambda: f"{campaign_status.status(store, 1)[0]}\n{workers.output((victim + 1) % 3)}",
     )
@@ -364,7 +364,7 @@ def test_worker_killed_mid_campaign_loses_nobody(
     duplicates = sum(n - 1 for n in counts.values())
     assert duplicates <= 1  # at most the one message the killed worker had in flight
     row = campaign_status.status(store, 1)[0]
-    assert row["sent"] == 2500 and row["in_doubt"] == 0 and row["pending"] == 0
+    assert row.sent == 2500 and row.in_doubt == 0 and row.pending == 0
 
 
 def test_total_rate_holds_across_workers(
@@ -394,7 +394,7 @@ def test_total_rate_holds_across_workers(
     rate = 700 / (t1 - t0)
     assert 90 <= rate <= 110, f"{rate:.1f} messages/s with [smtp] rate = 100"
     wait_until(
-        lambda: campaign_status.status(store, cid)[0]["status"] == "done",
+        lambda: campaign_status.status(store, cid)[0].status == "done",
         20,
         lambda: workers.output(0),
     )
@@ -417,12 +417,12 @@ def test_sigterm_finishes_the_message_in_flight_and_hands_back_the_rest(
     assert workers.procs[0].wait(timeout=20) == 0, workers.output(0)
     row = campaign_status.status(store, cid)[0]
     # Every message that went out is recorded; nothing is in doubt; the rest is free.
-    assert row["sent"] == len(smtp_server.received) < 300
-    assert row["in_doubt"] == 0 and row["in_flight"] == 0 and row["batches_sending"] == 0
+    assert row.sent == len(smtp_server.received) < 300
+    assert row.in_doubt == 0 and row.in_flight == 0 and row.batches_sending == 0
     smtp_server.handler.delay = 0
     workers.start(1)
     wait_until(
-        lambda: campaign_status.status(store, cid)[0]["status"] == "done",
+        lambda: campaign_status.status(store, cid)[0].status == "done",
         30,
         lambda: workers.output(1),
     )

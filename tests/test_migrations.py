@@ -178,7 +178,7 @@ def test_an_older_database_is_upgraded_on_open_and_keeps_its_data(
     assert store.count_subscribers() == 1
     assert store.subscriber("ann@example.com")["created_at"] == NOW.replace(tzinfo=dt.UTC)
     [report] = campaign_status.status(store, 7)
-    assert (report["subject"], report["sent"], report["skipped"]) == ("First issue", 1, 1)
+    assert (report.subject, report.sent, report.skipped) == ("First issue", 1, 1)
 
 
 def test_0002_keys_the_list_and_gives_unicode_domains_their_a_labels(database_url: str) -> None:

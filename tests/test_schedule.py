@@ -440,7 +440,7 @@ def test_worker_picks_up_new_campaign_survives_kill_and_stops_on_sigterm(
         log1.close()
     counts = smtp_server.handler.count_by_recipient()
     assert sum(n - 1 for n in counts.values()) <= 2  # duplicates within the in-flight bound
-    assert campaign_status.status(pub.store(), cid)[0]["status"] == "done"
+    assert campaign_status.status(pub.store(), cid)[0].status == "done"
 
 
 def test_incomplete_campaign_is_retried_at_most_once_a_minute(

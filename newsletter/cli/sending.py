@@ -250,29 +250,29 @@ def status(state: State, campaign_id: int | None, as_json: bool) -> None:
     """Show campaigns (or CAMPAIGN_ID): counts per status and recent errors."""
     rows = campaign_status.status(open_store(state), campaign_id)
     if as_json:
-        click.echo(json.dumps({"campaigns": rows}, indent=2))
+        click.echo(json.dumps({"campaigns": [row.as_dict() for row in rows]}, indent=2))
         return
     if not rows:
         click.echo("no campaigns yet")
     for row in rows:
         click.echo(
-            f"#{row['id']} {row['issue']} [{row['status']}]: {row['sent']}/{row['total']} sent,"
-            f" {row['deferred']} deferred, {row['failed']} failed, {row['skipped']} skipped,"
-            f" {row['pending']} pending, {row['in_doubt']} in doubt"
-            + (f", {row['in_flight']} in flight" if row["in_flight"] else "")
-            + (f", {row['given_up']} given up" if row["given_up"] else "")
+            f"#{row.id} {row.issue} [{row.status}]: {row.sent}/{row.total} sent,"
+            f" {row.deferred} deferred, {row.failed} failed, {row.skipped} skipped,"
+            f" {row.pending} pending, {row.in_doubt} in doubt"
+            + (f", {row.in_flight} in flight" if row.in_flight else "")
+            + (f", {row.given_up} given up" if row.given_up else "")
         )
-        if row["status"] == INCOMPLETE:
+        if row.status == INCOMPLETE:
             click.echo(
-                f"    retried automatically from {row['retry_at']} (run-due or worker)"
-                if row["retry_at"]
-                else f"    no more automatic retries: `newsletter resume {row['id']}` or"
-                f" `newsletter close {row['id']}`"
+                f"    retried automatically from {row.retry_at} (run-due or worker)"
+                if row.retry_at
+                else f"    no more automatic retries: `newsletter resume {row.id}` or"
+                f" `newsletter close {row.id}`"
             )
-        if row["last_error"]:
-            click.echo(f"    error: {row['last_error']}")
-        for err in row["recent_errors"]:
-            click.echo(f"    {err['email']}: {err['status']}: {err['error']}")
+        if row.last_error:
+            click.echo(f"    error: {row.last_error}")
+        for err in row.recent_errors:
+            click.echo(f"    {err.email}: {err.status}: {err.error}")
 
 
 @cli.command()

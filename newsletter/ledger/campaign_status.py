@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,7 +27,48 @@ from newsletter.ledger.tables import (
 )
 
 
-def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RecentError:
+    email: str
+    status: str  # failed, deferred, or sending (in doubt)
+    error: str
+
+
+@dataclass(frozen=True)
+class CampaignStatus:
+    """One campaign's progress as `status` shows it (and `--json` prints it)."""
+
+    id: int
+    issue: str
+    subject: str
+    status: str
+    total: int
+    sent: int
+    failed: int
+    deferred: int
+    pending: int
+    in_doubt: int  # `sending` and held by nobody: the final dot went out, or a crash
+    in_flight: int  # `sending` under a live lease: a worker is on it now
+    skipped: int
+    given_up: int
+    # Sent by Celery workers: batches claimed so far, and what holds rows now.
+    batches: int
+    batches_sending: int
+    workers_sending: int
+    created_at: str | None
+    scheduled_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    retry_at: str | None  # incomplete: when run-due tries again (None: it gave up)
+    incomplete_since: str | None
+    last_error: str | None
+    recent_errors: tuple[RecentError, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> list[CampaignStatus]:
     """Counts per campaign (newest first), with the most recent errors.
 
     The ledger is shared, so this is the progress of every worker sending it; rows
@@ -37,7 +79,7 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
         query = query.where(campaigns.c.id == campaign_id)
     else:
         query = query.limit(limit)
-    out = []
+    out: list[CampaignStatus] = []
     now = utcnow()
     with store.engine.connect() as conn:
         rows = conn.execute(query).all()
@@ -70,37 +112,34 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
             ).all()
             in_flight = sum(int(n) for _, n in held)
             out.append(
-                {
-                    "id": row.id,
-                    "issue": row.issue_slug,
-                    "subject": row.subject,
-                    "status": row.status,
-                    "total": row.total,
-                    "sent": c[SENT],
-                    "failed": c[FAILED],
-                    "deferred": c[DEFERRED],
-                    "pending": c[PENDING],
-                    "in_doubt": c[SENDING] - in_flight,
-                    "in_flight": in_flight,
-                    "skipped": c[SKIPPED],
-                    "given_up": c[GIVEN_UP],
-                    # Sent by Celery workers: batches claimed so far, and what holds rows now.
-                    "batches": row.batches,
-                    "batches_sending": len(held),
-                    "workers_sending": len({owner.rsplit(":", 1)[0] for owner, _ in held}),
-                    "created_at": _iso(row.created_at),
-                    "scheduled_at": _iso(row.scheduled_at),
-                    "started_at": _iso(row.started_at),
-                    "finished_at": _iso(row.finished_at),
-                    # Incomplete: when run-due tries again (None: it gave up), and since when.
-                    "retry_at": _iso(row.resume_after),
-                    "incomplete_since": _iso(row.incomplete_since),
-                    "last_error": row.last_error,
-                    "recent_errors": [
-                        {"email": e.email, "status": e.status, "error": e.last_error}
-                        for e in errors
-                    ],
-                }
+                CampaignStatus(
+                    id=row.id,
+                    issue=row.issue_slug,
+                    subject=row.subject,
+                    status=row.status,
+                    total=row.total,
+                    sent=c[SENT],
+                    failed=c[FAILED],
+                    deferred=c[DEFERRED],
+                    pending=c[PENDING],
+                    in_doubt=c[SENDING] - in_flight,
+                    in_flight=in_flight,
+                    skipped=c[SKIPPED],
+                    given_up=c[GIVEN_UP],
+                    batches=row.batches,
+                    batches_sending=len(held),
+                    workers_sending=len({owner.rsplit(":", 1)[0] for owner, _ in held}),
+                    created_at=_iso(row.created_at),
+                    scheduled_at=_iso(row.scheduled_at),
+                    started_at=_iso(row.started_at),
+                    finished_at=_iso(row.finished_at),
+                    retry_at=_iso(row.resume_after),
+                    incomplete_since=_iso(row.incomplete_since),
+                    last_error=row.last_error,
+                    recent_errors=tuple(
+                        RecentError(e.email, e.status, e.last_error) for e in errors
+                    ),
+                )
             )
     return out
 
