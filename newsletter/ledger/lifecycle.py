@@ -230,29 +230,41 @@ def stopped_incomplete(since: dt.datetime | None, now: dt.datetime) -> dict[str,
     return {"status": INCOMPLETE, "incomplete_since": since, "resume_after": now + wait}
 
 
-def release(store: Store, campaign_id: int, owner: str, status: str, error: str | None) -> None:
+def _leave_running(
+    conn: sa.Connection,
+    campaign_id: int,
+    status: str,
+    error: str | None,
+    since: dt.datetime | None,
+    owner: str | None = None,
+) -> None:
+    """The one way out of `sending`: DONE (finished now), or INCOMPLETE (run-due tries it
+    again from resume_after, see stopped_incomplete). Its owner lets go either way; with
+    `owner` given, only if that owner still has it."""
     now = utcnow()
+    values: dict[str, Any] = {
+        "status": status,
+        "owner": None,
+        "heartbeat_at": None,
+        "finished_at": now if status == DONE else None,
+        "resume_after": None,
+        "incomplete_since": None,
+        "last_error": error,
+        "sweep_at": None,
+    }
+    if status == INCOMPLETE:
+        values.update(stopped_incomplete(since, now))
+    ours = [campaigns.c.owner == owner] if owner is not None else []
+    conn.execute(campaigns.update().where(campaigns.c.id == campaign_id, *ours).values(values))
+
+
+def release(store: Store, campaign_id: int, owner: str, status: str, error: str | None) -> None:
+    """The owner's run ends: DONE, or INCOMPLETE with `error` (see _leave_running)."""
     with store.begin() as conn:
         since = conn.execute(
             sa.select(campaigns.c.incomplete_since).where(campaigns.c.id == campaign_id)
         ).scalar_one_or_none()
-        values: dict[str, Any] = {
-            "status": status,
-            "owner": None,
-            "heartbeat_at": None,
-            "finished_at": now if status == DONE else None,
-            "resume_after": None,
-            "incomplete_since": None,
-            "last_error": error,
-            "sweep_at": None,
-        }
-        if status == INCOMPLETE:
-            values.update(stopped_incomplete(since, now))
-        conn.execute(
-            campaigns.update()
-            .where(campaigns.c.id == campaign_id, campaigns.c.owner == owner)
-            .values(values)
-        )
+        _leave_running(conn, campaign_id, status, error, since, owner)
 
 
 def stop_retrying(store: Store, campaign_id: int, note: str) -> bool:
@@ -485,33 +497,12 @@ def settle(
             ).where(deliveries.c.campaign_id == campaign_id, unsent)
         ).one()
         if not left:
-            conn.execute(
-                campaigns.update()
-                .where(campaigns.c.id == campaign_id)
-                .values(
-                    status=DONE,
-                    owner=None,
-                    heartbeat_at=None,
-                    finished_at=now,
-                    resume_after=None,
-                    incomplete_since=None,
-                    sweep_at=None,
-                )
-            )
+            _leave_running(conn, campaign_id, DONE, None, None)
             log.info("campaign %s: done", campaign_id)
             return DONE
         if not due_now and held_until is None and retry_at is None:
             # Only deliveries whose retries ran out are left: incomplete, as in-process.
-            conn.execute(
-                campaigns.update()
-                .where(campaigns.c.id == campaign_id)
-                .values(
-                    owner=None,
-                    heartbeat_at=None,
-                    sweep_at=None,
-                    **stopped_incomplete(row.incomplete_since, now),
-                )
-            )
+            _leave_running(conn, campaign_id, INCOMPLETE, None, row.incomplete_since)
             log.info("campaign %s: incomplete, %s deferred", campaign_id, left)
             return INCOMPLETE
         due = now if due_now else min(t for t in (held_until, retry_at) if t is not None)
