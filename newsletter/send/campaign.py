@@ -63,7 +63,7 @@ from newsletter.ledger.tables import (
 from newsletter.mail import ratelimit, transport
 from newsletter.mail.message import MessageTemplate
 from newsletter.send import broker, tracking
-from newsletter.send.runner import Runner, RunResult, lanes
+from newsletter.send.runner import Runner, RunResult, RunSettings, lanes
 
 log = logging.getLogger("newsletter.campaign")
 
@@ -126,19 +126,21 @@ def run(
             for name, smtp in transport.servers(config)
         }
         runner = Runner(
-            store,
-            config,
-            campaign_id,
-            template,
-            row.issue_slug,
-            progress,
-            stop,
-            clock,
-            sleep,
-            rows,
-            lanes(config, limiters),
+            RunSettings(
+                store,
+                config,
+                campaign_id,
+                template,
+                row.issue_slug,
+                rows,
+                lanes(config, limiters),
+                links=links,
+                progress=progress,
+                stop=stop,
+                clock=clock,
+                sleep=sleep,
+            )
         )
-        runner.links = links
     except NewsletterError as exc:
         release(store, campaign_id, owner, INCOMPLETE, str(exc))
         raise

@@ -9,6 +9,7 @@ import itertools
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -92,6 +93,25 @@ def lanes(
     return lanes
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What a Runner sends and how: the campaign's message, its rows (all unsent rows,
+    or a worker's leased batch), its connections, and the clock it keeps."""
+
+    store: Store
+    config: Config
+    campaign_id: int
+    template: MessageTemplate
+    slug: str  # the issue's, for the per-recipient links
+    rows: Rows
+    lanes: list[Lane]
+    links: tracking.LinkSlots | None = None  # when the campaign tracks clicks
+    progress: Callable[[RunResult], None] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
 class Runner:
     """Sends a campaign's rows on one thread per lane, every reply recorded in the ledger.
 
@@ -102,35 +122,22 @@ class Runner:
     sent or their tries run out.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        config: Config,
-        campaign_id: int,
-        template: MessageTemplate,
-        slug: str,
-        progress: Callable[[RunResult], None] | None,
-        stop: threading.Event,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-        rows: Rows,
-        lanes: list[Lane],
-    ) -> None:
-        self.store = store
-        self.config = config
-        self.campaign_id = campaign_id
-        self.template = template
-        self.slug = slug
-        self.progress = progress
-        self.stop = stop
-        self.sleep = sleep
-        self.clock = clock
-        self.rows = rows
-        self.lanes = lanes
+    def __init__(self, settings: RunSettings) -> None:
+        self.store = settings.store
+        self.config = settings.config
+        self.campaign_id = campaign_id = settings.campaign_id
+        self.template = settings.template
+        self.slug = settings.slug
+        self.progress = settings.progress
+        self.stop = settings.stop
+        self.sleep = settings.sleep
+        self.clock = settings.clock
+        self.rows = settings.rows
+        self.lanes = settings.lanes
+        self.links = settings.links
         self._lane_numbers = itertools.count()
-        self.personalizer = Personalizer(config, slug)
-        self.links: tracking.LinkSlots | None = None  # set when the campaign tracks clicks
-        self.sender = template.from_address
+        self.personalizer = Personalizer(settings.config, settings.slug)
+        self.sender = settings.template.from_address
         # One lock for all the shared state below; the condition wakes senders that
         # wait for the others (the retry rounds) or for a nap to end.
         self.lock = threading.Lock()

@@ -29,7 +29,7 @@ from newsletter.ledger.tables import (
 )
 from newsletter.mail import ratelimit, transport
 from newsletter.send.campaign import campaign_template
-from newsletter.send.runner import Runner, RunResult, lanes
+from newsletter.send.runner import Runner, RunResult, RunSettings, lanes
 
 log = logging.getLogger("newsletter.campaign")
 
@@ -93,19 +93,20 @@ def _send_claimed(
         rows = LeasedRows(store, campaign_id, owner, items, config.workers.lease)
         rows.skip_unsubscribed(in_doubt=True)  # nothing of the batch is in flight yet
         runner = Runner(
-            store,
-            config,
-            campaign_id,
-            template,
-            row.issue_slug,
-            None,
-            halt,
-            clock,
-            sleep,
-            rows,
-            lanes(config, limiters, only=server),
+            RunSettings(
+                store,
+                config,
+                campaign_id,
+                template,
+                row.issue_slug,
+                rows,
+                lanes(config, limiters, only=server),
+                links=links,
+                stop=halt,
+                clock=clock,
+                sleep=sleep,
+            )
         )
-        runner.links = links
         done = threading.Event()
         renew = threading.Thread(
             target=_renew,
