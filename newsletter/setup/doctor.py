@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import ipaddress
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from newsletter import config as config_mod
 from newsletter.errors import NewsletterError
+from newsletter.hosts import is_loopback
 from newsletter.issue import publish
 from newsletter.issue.content import Issue
 from newsletter.ledger import store
@@ -214,7 +214,7 @@ def check_smtp(config: config_mod.Config, have_password: bool = True) -> Check:
     message = f"{where}: {', '.join(steps)}; nothing sent"
     if smtp.username and not login:
         return Check(WARN, "smtp", message)
-    if smtp.security == "none" and not _is_loopback(smtp.host):
+    if smtp.security == "none" and not is_loopback(smtp.host):
         return Check(
             WARN,
             "smtp",
@@ -231,18 +231,9 @@ def _smtp_hint(config: config_mod.Config, error: str) -> str:
             " (a self-signed or private certificate? name its CA in [smtp] ca_file;"
             " verification is never switched off)"
         )
-    if "cannot connect" in error and _is_loopback(smtp.host):
+    if "cannot connect" in error and is_loopback(smtp.host):
         return " (for a local test, run `newsletter smtpd` in another terminal)"
     return ""
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- links ----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import json
 import socket
 import threading
@@ -34,6 +33,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from newsletter.errors import NewsletterError
+from newsletter.hosts import is_loopback
 
 # How long a stopping server waits for open responses before it cancels them.
 GRACEFUL_SHUTDOWN_S = 2
@@ -161,18 +161,9 @@ def allowed_hosts(host: str) -> list[str]:
     if host in ("", "0.0.0.0", "::"):
         return ["*"]
     names = [host, f"[{host}]"] if ":" in host else [host]
-    if _is_loopback(host):
+    if is_loopback(host):
         names += ["localhost", "127.0.0.1", "[::1]"]
     return names
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def application(
