@@ -42,8 +42,9 @@ class Group(click.Group):
 
 
 class State:
-    def __init__(self, config_path: Path | None) -> None:
+    def __init__(self, config_path: Path | None, verbosity: int = 0) -> None:
         self.config_path = config_path
+        self.verbosity = verbosity  # -1 with -q, 1 or more with -v
         self._config: config_mod.Config | None = None
 
     @property
@@ -65,27 +66,81 @@ pass_state = click.make_pass_decorator(State)
     envvar=config_mod.ENV_CONFIG,
     help="The publication's newsletter.toml (default: found here or in a parent folder).",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Say more: debug messages, and the traceback of an unexpected error.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Say only what went wrong.")
 @click.version_option(__version__, prog_name="newsletter")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None) -> None:
+def cli(ctx: click.Context, config_path: Path | None, verbose: int, quiet: bool) -> None:
     """Publish an email newsletter with a sponsor footer.
 
     Import an article, build and check the issue, then send it.
     """
-    ctx.obj = State(config_path)
+    if verbose and quiet:
+        raise click.UsageError("-v and -q exclude each other: choose one")
+    ctx.obj = State(config_path, -1 if quiet else verbose)
+    configure_logging(ctx.obj.verbosity)
 
 
 def open_store(state: State) -> Store:
     return Store.open(state.config.database_url)
 
 
-def log_to_stderr() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+class _Stderr(logging.StreamHandler):
+    """Log lines on whatever sys.stderr is when they are written (click's test runner
+    swaps it per command)."""
+
+    name = "newsletter-cli"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.setStream(sys.stderr)
+        super().emit(record)
+
+
+class _Lines(logging.Formatter):
+    """One line a record; its traceback only with -v, where a developer wants it."""
+
+    def __init__(self, fmt: str, tracebacks: bool) -> None:
+        super().__init__(fmt)
+        self.tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not self.tracebacks and (record.exc_info or record.exc_text or record.stack_info):
+            record = logging.makeLogRecord(record.__dict__)
+            record.exc_info = record.exc_text = record.stack_info = None
+        return super().format(record)
+
+
+# Quiet: errors only. Normal: warnings (a long-running command: what it does, too).
+_LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.DEBUG}
+
+
+def configure_logging(verbosity: int, daemon: bool = False) -> None:
+    """Log lines on stderr for the command that runs: bare messages for a command a
+    person waits for, time-stamped ones from INFO up for run-due and the workers."""
+    level = _LEVELS[max(-1, min(verbosity, 1))]
+    if daemon and verbosity == 0:
+        level = logging.INFO
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if daemon else "%(message)s"
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _Stderr.name]:
+        root.removeHandler(old)
+    handler = _Stderr()
+    handler.set_name(_Stderr.name)
+    handler.setFormatter(_Lines(fmt, tracebacks=verbosity > 0))
+    root.addHandler(handler)
+    root.setLevel(level)
+    # APScheduler says "Running job ..." each second at INFO: only its trouble is news.
+    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+
+
+def log_to_stderr(state: State) -> None:
+    """For run-due and the workers: time-stamped lines, from INFO up unless -q."""
+    configure_logging(state.verbosity, daemon=True)
 
 
 def format_finding(finding: Finding) -> str:

@@ -154,7 +154,7 @@ def run_due(state: State, as_json: bool) -> None:
     Exit 0 when everything went out, 1 when anything failed or was missed,
     2 on usage or configuration errors. Quick when nothing is due.
     """
-    log_to_stderr()
+    log_to_stderr(state)
     report = schedule_due.run_due(open_store(state), state.config)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
@@ -178,7 +178,7 @@ def worker(state: State) -> None:
     On a stop signal the messages in flight are finished and recorded; the next
     start resumes the rest.
     """
-    log_to_stderr()
+    log_to_stderr(state)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
