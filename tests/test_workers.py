@@ -556,3 +556,12 @@ def test_shared_rate_limiter_sleeps_what_the_store_says() -> None:
     assert asked == [(0.25, 0.1), (0.25, 0.1)] and slept == [0.25]
     ratelimit.SharedRateLimiter(0, reserve, sleep=slept.append).acquire()  # unlimited: no call
     assert len(asked) == 2
+
+
+def test_celery_finds_the_app_where_deployments_look_for_it() -> None:
+    # `celery -A newsletter.tasks worker` (and systemd units written for it) keep working
+    # with the app in send/tasks.py.
+    from newsletter import tasks
+    from newsletter.send import tasks as send_tasks
+
+    assert tasks.app is send_tasks.app and tasks.app.main == "newsletter"
