@@ -114,6 +114,14 @@ def fill(url: str) -> dict[str, list[dict[str, Any]]]:
              "created_at": NOW, "next_run_at": NOW},
         )  # fmt: skip
         conn.execute(t["rate_buckets"].insert(), {"name": "smtp:127.0.0.1", "next_at": 12.5})
+        if "bounces" in t:  # revision 0004
+            conn.execute(
+                t["bounces"].insert(),
+                {"received_at": NOW, "kind": "hard", "source": "dsn", "email": "bob@example.com",
+                 "subscriber_id": 2, "campaign_id": 7, "status_code": "5.1.1",
+                 "diagnostic": "550 5.1.1 no such user", "event_key": "dsn:<x@mx.example>"},
+            )  # fmt: skip
+            conn.execute(t["erased"].insert(), {"email_hash": "0" * 64, "erased_at": NOW})
     return rows_of(url)
 
 

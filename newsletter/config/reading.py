@@ -20,6 +20,8 @@ from newsletter.config.sections import (
     CONFIG_NAME,
     ENV_CONFIG,
     ENV_PREFIX,
+    Bounces,
+    Check,
     Config,
     Database,
     Dkim,
@@ -52,6 +54,8 @@ SECTIONS: dict[str, type] = {
     "dkim": Dkim,
     "signup": Signup,
     "workers": Workers,
+    "bounces": Bounces,
+    "check": Check,
 }
 
 

@@ -14,6 +14,7 @@ from newsletter.config.sections import (
     MAX_SECONDS,
     MAX_SECONDS_TEXT,
     SMTP_TIMEOUTS,
+    Bounces,
     Config,
     Smtp,
     Workers,
@@ -104,6 +105,9 @@ def validate(config: Config) -> None:
     for name, server in config.smtp_servers.items():
         _validate_smtp(path, f"smtp.{name}", server)
     _validate_workers(path, config.workers)
+    _validate_bounces(path, config.bounces)
+    if config.check.spam_max < 0:
+        raise ConfigError(f"{path}: [check] spam_max: must not be negative")
     if config.tracking.clicks not in ("sponsor", "all", "off"):
         raise ConfigError(
             f"{path}: [tracking] clicks: expected sponsor, all or off,"
@@ -186,4 +190,32 @@ def _check_not_too_long(path: Path, where: str, key: str, seconds: float) -> Non
     if seconds > MAX_SECONDS:
         raise ConfigError(
             f"{path}: [{where}] {key}: too long: {MAX_SECONDS_TEXT}, got {seconds:g} seconds"
+        )
+
+
+_IMAP_SECURITY = ("tls", "starttls", "none")
+
+
+def _validate_bounces(path: Path, bounces: Bounces) -> None:
+    if bounces.address:
+        problem = header_value_problem(bounces.address)
+        local, at, domain = bounces.address.rpartition("@")
+        if problem or not at or not local or "." not in domain or "+" in local:
+            raise ConfigError(
+                f"{path}: [bounces] address: expected a plain address like"
+                f" bounces@news.example.org (no '+': VERP adds it), got {bounces.address!r}"
+            )
+    if bounces.soft_limit < 1 or bounces.soft_days < 1:
+        raise ConfigError(f"{path}: [bounces] soft_limit and soft_days: must be at least 1")
+    if bounces.imap_security not in _IMAP_SECURITY:
+        raise ConfigError(
+            f"{path}: [bounces] imap_security: expected one of {', '.join(_IMAP_SECURITY)},"
+            f" got {bounces.imap_security!r}"
+        )
+    if not 0 < bounces.imap_port < 65536:
+        raise ConfigError(f"{path}: [bounces] imap_port: out of range: {bounces.imap_port}")
+    if bounces.imap_username and not bounces.imap_password_env:
+        raise ConfigError(
+            f"{path}: [bounces] imap_password_env: name the environment variable that holds"
+            f" the password for {bounces.imap_username!r}"
         )

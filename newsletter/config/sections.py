@@ -183,6 +183,39 @@ class Signup:
 
 
 @dataclass(frozen=True)
+class Bounces:
+    """Where bounces and complaints come back, and when an address is suppressed.
+
+    With `address` set, each campaign message's envelope sender is a VERP address
+    (bounces+<signed token>@domain) that names the campaign and the subscriber."""
+
+    address: str = ""  # e.g. bounces@news.example.org; empty: the From address, no VERP
+    soft_limit: int = 3  # soft bounces (4.x.x) within soft_days that suppress an address
+    soft_days: int = 30
+    # `newsletter bounces fetch`: the mailbox the bounces reach.
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_security: str = "tls"  # tls, starttls or none
+    imap_username: str = ""
+    imap_password_env: str = ""
+    imap_folder: str = "INBOX"
+    imap_done_folder: str = "newsletter-processed"  # handled messages are moved here
+    # POST /webhooks/<provider> on `newsletter serve`: what each provider signs with.
+    ses_topic_arns: tuple[str, ...] = ()  # the SNS topics whose messages are accepted
+    postmark_username: str = ""  # the webhook's basic-auth credentials
+    postmark_password_env: str = ""
+    mailgun_signing_key_env: str = ""
+    sendgrid_public_key_env: str = ""  # the Event Webhook's verification key (PEM or base64)
+
+
+@dataclass(frozen=True)
+class Check:
+    """`newsletter check`: what the spam score (`--spam`, SpamAssassin) may reach."""
+
+    spam_max: float = 2.0
+
+
+@dataclass(frozen=True)
 class Sponsor:
     id: str
     name: str
@@ -226,6 +259,8 @@ class Config:
     sponsors: Mapping[str, Sponsor]
     default_sponsor: str | None
     workers: Workers = Workers()
+    bounces: Bounces = Bounces()
+    check: Check = Check()
     # [smtp.<name>] tables: more servers sharing the sending; unset keys are [smtp]'s.
     smtp_servers: Mapping[str, Smtp] = field(default_factory=dict)
 

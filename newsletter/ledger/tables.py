@@ -25,7 +25,11 @@ SCHEMA_VERSION = 1
 ACTIVE = "active"
 PENDING_CONFIRMATION = "pending"  # signed up on the web, confirmation link not yet followed
 UNSUBSCRIBED = "unsubscribed"
-SUBSCRIBER_STATUSES = (ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED)
+BOUNCED = "bounced"  # a hard bounce, or soft ones past [bounces] soft_limit: never sent to
+COMPLAINED = "complained"  # marked the newsletter as spam: never sent to
+SUBSCRIBER_STATUSES = (ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED, BOUNCED, COMPLAINED)
+# Suppressed: nothing brings these back but a new confirmation of the address.
+SUPPRESSED = (BOUNCED, COMPLAINED)
 
 # Delivery statuses
 PENDING = "pending"
@@ -201,7 +205,36 @@ clicks = sa.Table(
     sa.Index("ix_clicks_campaign", "campaign_id", "link_idx"),
 )
 
-# Campaign statuses (the transitions: campaigns.py)
+# Bounces and complaints as they came back (a DSN, an ARF report, a 5xx at RCPT, a
+# provider's webhook), each once: `event_key` is unique (the report's Message-ID, the
+# provider's event id), so fetching a mailbox again counts nothing twice.
+bounces = sa.Table(
+    "bounces",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # hard, soft, complaint
+    sa.Column("source", sa.String(32), nullable=False),  # smtp, dsn, arf, ses, postmark...
+    sa.Column("email", sa.String(320), nullable=False),  # the address it is about
+    sa.Column("subscriber_id", sa.Integer),
+    sa.Column("campaign_id", sa.Integer),
+    sa.Column("status_code", sa.String(16)),  # the enhanced status code, e.g. 5.1.1
+    sa.Column("diagnostic", sa.Text),
+    sa.Column("event_key", sa.String(255), nullable=False),
+    sa.UniqueConstraint("event_key", name="uq_bounces_event_key"),
+    sa.Index("ix_bounces_subscriber", "subscriber_id", "received_at"),
+)
+
+# People whose data was erased (`subscribers erase`): only a hash of the address is
+# kept, so that an import does not bring them back by accident.
+erased = sa.Table(
+    "erased",
+    metadata,
+    sa.Column("email_hash", sa.String(64), primary_key=True),
+    sa.Column("erased_at", UTCDateTime, nullable=False),
+)
+
+# Campaign statuses (the transitions: lifecycle.py)
 READY = "ready"  # created, not started
 SCHEDULED = "scheduled"
 RUNNING = "sending"
