@@ -104,3 +104,40 @@ def view_online_url(config: Config, slug: str) -> str:
 
 def confirm_url(config: Config, token: str) -> str:
     return f"{config.publication.base_url.rstrip('/')}/confirm/{token}"
+
+
+# VERP: the envelope sender of a campaign message names its campaign and subscriber,
+# so the bounce that comes back to it needs no guessing. The token is lower-case hex
+# (mail systems may fold the local part's case) and signed, so a forged bounce cannot
+# suppress an address: bounces+c12-s3456-<20 hex>@news.example.org.
+_VERP_SIG_BYTES = 10
+
+
+def _verp_sig(secret: bytes, campaign_id: int, subscriber_id: int) -> str:
+    mac = hmac.new(secret, f"verp:{campaign_id}:{subscriber_id}".encode(), hashlib.sha256)
+    return mac.hexdigest()[: 2 * _VERP_SIG_BYTES]
+
+
+def verp_address(base: str, secret: bytes, campaign_id: int, subscriber_id: int) -> str:
+    """The envelope sender for one campaign message: `base` (bounces@domain) with the
+    signed campaign and subscriber after a '+'."""
+    local, _, domain = base.rpartition("@")
+    sig = _verp_sig(secret, campaign_id, subscriber_id)
+    return f"{local}+c{campaign_id}-s{subscriber_id}-{sig}@{domain}"
+
+
+def read_verp(address: str, secret: bytes) -> tuple[int, int] | None:
+    """(campaign id, subscriber id) of a VERP address this publication signed, or None."""
+    local = address.strip().strip("<>").rpartition("@")[0]
+    _, plus, tag = local.lower().partition("+")
+    if not plus:
+        return None
+    parts = tag.split("-")
+    if len(parts) != 3 or not parts[0][1:].isdigit() or not parts[1][1:].isdigit():
+        return None
+    if parts[0][:1] != "c" or parts[1][:1] != "s":
+        return None
+    campaign_id, subscriber_id = int(parts[0][1:]), int(parts[1][1:])
+    if not hmac.compare_digest(_verp_sig(secret, campaign_id, subscriber_id), parts[2]):
+        return None
+    return campaign_id, subscriber_id
