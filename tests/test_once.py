@@ -139,7 +139,9 @@ def test_a_failed_or_skipped_delivery_is_not_having_had_it(
     pub: Publication, smtp_server: SmtpServer
 ) -> None:
     subscribe(pub, ANN, BOB)
-    smtp_server.handler.rcpt_replies[BOB] = ["550 5.2.2 mailbox full"]
+    # Refused at the end of DATA (the content, not the address: no bounce that
+    # suppresses Bob; a 5xx at RCPT would, see test_suppression.py).
+    smtp_server.handler.data_replies[BOB] = ["554 5.7.1 message refused"]
     first = send(pub, "--yes")
     assert first.exit_code == 1 and "1 sent" in first.stdout and "1 failed" in first.stdout
     later = send(pub, "--new-only", "--yes")

@@ -118,11 +118,28 @@ def test_the_next_envelope_goes_ahead_of_its_message(
     handler.rcpt_replies = {"perm@example.com": ["550 5.1.1 no such user"]}
     conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
-        sent = [conn.send("a@example.com", "b@example.com", MESSAGE, then="c@example.com")]
-        sent.append(conn.send("a@example.com", "c@example.com", MESSAGE, then="perm@example.com"))
+        sent = [
+            conn.send(
+                "a@example.com", "b@example.com", MESSAGE, then=("a@example.com", "c@example.com")
+            )
+        ]
+        sent.append(
+            conn.send(
+                "a@example.com",
+                "c@example.com",
+                MESSAGE,
+                then=("a@example.com", "perm@example.com"),
+            )
+        )
         # No message went out for perm, so d's envelope does not go ahead of one.
-        refused = conn.send("a@example.com", "perm@example.com", MESSAGE, then="d@example.com")
-        sent.append(conn.send("a@example.com", "d@example.com", MESSAGE, then="x@example.com"))
+        refused = conn.send(
+            "a@example.com", "perm@example.com", MESSAGE, then=("a@example.com", "d@example.com")
+        )
+        sent.append(
+            conn.send(
+                "a@example.com", "d@example.com", MESSAGE, then=("a@example.com", "x@example.com")
+            )
+        )
         conn.abandon_ahead()  # x's envelope went ahead (with PIPELINING); no message for it
         sent.append(conn.send("a@example.com", "e@example.com", MESSAGE))
     finally:
@@ -233,7 +250,9 @@ def test_a_reply_to_the_final_dot_after_the_timeout_is_in_doubt(
     handler.answer_late = {"slow@example.com": 1.0}
     conn = transport.SmtpConnection(settings(smtp_server.port, dot_timeout=0.3, rcpt_timeout=5))
     try:
-        late = conn.send("a@example.com", "slow@example.com", MESSAGE, then="b@example.com")
+        late = conn.send(
+            "a@example.com", "slow@example.com", MESSAGE, then=("a@example.com", "b@example.com")
+        )
         after = conn.send("a@example.com", "b@example.com", MESSAGE)
     finally:
         conn.close()
@@ -316,7 +335,9 @@ def test_a_local_part_that_is_not_ascii_fails_alone_without_smtputf8(
 ) -> None:
     conn = transport.SmtpConnection(settings(smtp_server.port))
     try:
-        refused = conn.send("a@example.com", "zoë@example.com", MESSAGE, then="b@example.com")
+        refused = conn.send(
+            "a@example.com", "zoë@example.com", MESSAGE, then=("a@example.com", "b@example.com")
+        )
         after = conn.send("a@example.com", "b@example.com", MESSAGE)
     finally:
         conn.close()
@@ -334,8 +355,18 @@ def test_a_local_part_that_is_not_ascii_goes_out_with_smtputf8(
     conn = transport.SmtpConnection(settings(utf8_smtp_server.port))
     try:
         sent = [
-            conn.send("a@example.com", "b@example.com", MESSAGE, then="zoë@bücher.example"),
-            conn.send("a@example.com", "zoë@bücher.example", MESSAGE, then="c@example.com"),
+            conn.send(
+                "a@example.com",
+                "b@example.com",
+                MESSAGE,
+                then=("a@example.com", "zoë@bücher.example"),
+            ),
+            conn.send(
+                "a@example.com",
+                "zoë@bücher.example",
+                MESSAGE,
+                then=("a@example.com", "c@example.com"),
+            ),
             conn.send("a@example.com", "c@example.com", MESSAGE),
         ]
     finally:

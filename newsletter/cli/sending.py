@@ -261,6 +261,8 @@ def status(state: State, campaign_id: int | None, as_json: bool) -> None:
             f" {row.pending} pending, {row.in_doubt} in doubt"
             + (f", {row.in_flight} in flight" if row.in_flight else "")
             + (f", {row.given_up} given up" if row.given_up else "")
+            + (f", {row.bounced} bounced" if row.bounced else "")
+            + (f", {row.complaints} complaint(s)" if row.complaints else "")
         )
         if row.status == INCOMPLETE:
             click.echo(

@@ -129,7 +129,11 @@ def message_template(
 
 
 def envelope_template(
-    config: Config, subject: str, html: render.SlotTemplate, text: render.SlotTemplate
+    config: Config,
+    subject: str,
+    html: render.SlotTemplate,
+    text: render.SlotTemplate,
+    feedback_id: str = "",
 ) -> MessageTemplate:
     """The message template for this publication: its headers, and DKIM when configured."""
     pub = config.publication
@@ -140,6 +144,7 @@ def envelope_template(
             reply_to=pub.reply_to,
             list_id=pub.list_id,
             list_name=pub.name,
+            feedback_id=feedback_id,
         ),
         html,
         text,

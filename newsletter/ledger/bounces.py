@@ -143,19 +143,6 @@ def _suppression(
     return BOUNCED if recent >= soft_limit else None
 
 
-def counts(store: Store, campaign_id: int) -> dict[str, int]:
-    """A campaign's bounces and complaints, by kind."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(bounces.c.kind, sa.func.count())
-            .where(bounces.c.campaign_id == campaign_id)
-            .group_by(bounces.c.kind)
-        ).all()
-    out = {kind: 0 for kind in KINDS}
-    out.update({kind: int(n) for kind, n in rows})
-    return out
-
-
 def delivery_of(store: Store, campaign_id: int, subscriber_id: int) -> bool:
     """Whether the campaign had a delivery for the subscriber (a VERP token that names a
     pair the ledger never sent to is not believed)."""

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from newsletter.errors import NewsletterError
+from newsletter.ledger.bounces import COMPLAINT, HARD, SOFT
 from newsletter.ledger.delivery_rows import counts
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
@@ -20,6 +21,7 @@ from newsletter.ledger.tables import (
     SENT,
     SKIPPED,
     UNSENT,
+    bounces,
     campaigns,
     deliveries,
     subscribers,
@@ -51,6 +53,8 @@ class CampaignStatus:
     in_flight: int  # `sending` under a live lease: a worker is on it now
     skipped: int
     given_up: int
+    bounced: int  # bounce reports about its messages (a 5xx at RCPT, a DSN, a webhook)
+    complaints: int  # spam complaints about its messages
     # Sent by Celery workers: batches claimed so far, and what holds rows now.
     batches: int
     batches_sending: int
@@ -87,6 +91,7 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
             raise NewsletterError(f"campaign {campaign_id}: no such campaign")
         for row in rows:
             c = counts(store, row.id, conn)
+            reports = bounce_counts(conn, row.id)
             errors = conn.execute(
                 sa.select(subscribers.c.email, deliveries.c.status, deliveries.c.last_error)
                 .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
@@ -126,6 +131,8 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
                     in_flight=in_flight,
                     skipped=c[SKIPPED],
                     given_up=c[GIVEN_UP],
+                    bounced=reports[HARD] + reports[SOFT],
+                    complaints=reports[COMPLAINT],
                     batches=row.batches,
                     batches_sending=len(held),
                     workers_sending=len({owner.rsplit(":", 1)[0] for owner, _ in held}),
@@ -141,6 +148,18 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
                     ),
                 )
             )
+    return out
+
+
+def bounce_counts(conn: sa.Connection, campaign_id: int) -> dict[str, int]:
+    """The campaign's bounce and complaint reports, by kind."""
+    rows = conn.execute(
+        sa.select(bounces.c.kind, sa.func.count())
+        .where(bounces.c.campaign_id == campaign_id)
+        .group_by(bounces.c.kind)
+    ).all()
+    out = {kind: 0 for kind in (HARD, SOFT, COMPLAINT)}
+    out.update({kind: int(n) for kind, n in rows})
     return out
 
 

@@ -50,6 +50,7 @@ SIGNED_HEADERS = (
     "list-id",
     "list-unsubscribe",
     "list-unsubscribe-post",
+    "feedback-id",
     "mime-version",
     "content-type",
 )

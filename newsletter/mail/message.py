@@ -91,6 +91,8 @@ class Envelope:
     reply_to: str = ""
     list_id: str = ""
     list_name: str = ""
+    # Gmail's feedback loop reports complaints per these identifiers: campaign:issue:...
+    feedback_id: str = ""
 
 
 class MessageTemplate:
@@ -108,6 +110,7 @@ class MessageTemplate:
             ("Subject", envelope.subject),
             ("Reply-To", envelope.reply_to),
             ("List-Id", envelope.list_id),
+            ("Feedback-ID", envelope.feedback_id),
         ):
             check_header_value(name, value)
         self.envelope = envelope
@@ -129,6 +132,8 @@ class MessageTemplate:
                 else f"<{envelope.list_id}>"
             )
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        if envelope.feedback_id:
+            msg["Feedback-ID"] = envelope.feedback_id
         msg[_PERSONAL] = "1"
         msg.set_content("__nlbody_text__\n", subtype="plain", charset="utf-8", cte="7bit")
         msg.add_alternative("__nlbody_html__\n", subtype="html", charset="utf-8", cte="7bit")

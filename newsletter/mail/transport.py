@@ -55,6 +55,9 @@ class SendResult:
     # An exception of ours (encoding, a slot), not the server's word about the address:
     # many in a row point at the tool or the issue rather than at the list.
     fault: bool = False
+    # Which reply refused it: "mail", "rcpt", "data" or "dot" (a 5xx at RCPT is about the
+    # address: a hard bounce); "" when nothing refused it.
+    stage: str = ""
 
     @property
     def error(self) -> str:
@@ -166,6 +169,7 @@ class _SMTP(smtplib.SMTP):
     ahead: tuple[str, str] | None = None
     waits: SmtpSettings  # the timeouts of each wait (set before `open`)
     phase = _ENVELOPE  # how far the current transaction got
+    refused_at = ""  # the command whose reply refused the last message (see SendResult.stage)
     _timed: tuple[Any, float] | None = None  # the socket and the timeout it has now
 
     def open(self, host: str, port: int) -> None:
@@ -248,7 +252,9 @@ class _SMTP(smtplib.SMTP):
             (reply for reply, ok in zip(replies, _EXPECTED, strict=False) if reply[0] not in ok),
             None,
         )
+        self.refused_at = ""
         if refused is not None:
+            self.refused_at = ("mail", "rcpt", "data")[replies.index(refused)]
             if len(replies) == 3 and replies[2][0] == 354:
                 # A server that opened DATA after refusing the recipient: close it empty.
                 self.send(b".\r\n")
@@ -356,7 +362,7 @@ class SmtpConnection:
         recipient: str,
         data: bytes,
         meanwhile: Callable[[], None] | None = None,
-        then: str | None = None,
+        then: tuple[str, str] | None = None,
     ) -> SendResult:
         """One message to one recipient, and what became of it.
 
@@ -365,10 +371,10 @@ class SmtpConnection:
         overlaps with the server's own. It does not run when the server refused
         the recipient before the message went out.
 
-        `then` names the next message's recipient (same sender): when the server
-        pipelines, that message's envelope goes out right behind this message, and
-        the next call must be `send` for it, or `abandon_ahead`. Its content goes
-        out only in that call.
+        `then` names the next message's envelope (sender, recipient): when the server
+        pipelines, that envelope goes out right behind this message, and the next
+        call must be `send` for it, or `abandon_ahead`. Its content goes out only in
+        that call. (Senders differ per message with VERP, see [bounces] address.)
 
         A fault of this one message (an address the server cannot take, an encoding
         error) fails it alone; a fault of the connection defers it, or leaves it in
@@ -379,7 +385,7 @@ class SmtpConnection:
         except ValueError as exc:
             return SendResult(FAILED, None, str(exc))
         try:
-            then = ascii_domain(then) if then else None
+            then = (ascii_domain(then[0]), ascii_domain(then[1])) if then else None
         except ValueError:
             then = None  # it fails on its own turn
         self.connect()
@@ -393,9 +399,7 @@ class SmtpConnection:
                 f" {self.settings.host}:{self.settings.port} does not offer",
             )
         try:
-            code, resp = smtp.send_prepared(
-                sender, recipient, data, meanwhile, (sender, then) if then else None
-            )
+            code, resp = smtp.send_prepared(sender, recipient, data, meanwhile, then)
         except SmtpSessionRefused as exc:
             code, resp = exc.smtp_code, _as_bytes(exc.smtp_error)
             self._drop()
@@ -429,9 +433,10 @@ class SmtpConnection:
         if code == 421 or code == -1:
             self._drop()
             return SendResult(DEFERRED, code, text, dropped=True)
+        stage = smtp.refused_at or "dot"
         if 400 <= code < 500:
-            return SendResult(DEFERRED, code, text)
-        return SendResult(FAILED, code, text)
+            return SendResult(DEFERRED, code, text, stage=stage)
+        return SendResult(FAILED, code, text, stage=stage)
 
     def _broken(self, phase: str, exc: Exception) -> SendResult:
         """The connection failed mid-transaction: deferred, or in doubt after the dot."""

@@ -85,7 +85,12 @@ def campaign_template(
             html, text = tracked.html, tracked.text
             signer = tracking.ClickSigner(tokens.load_secret(config))
             links = tracking.LinkSlots(config, signer, row.id, len(tracked.links))
-    template = envelope_template(config, row.subject, html_slots(html), text_slots(text))
+    # Gmail's feedback loop (Feedback-ID: a:b:c:sender): complaints per campaign and issue.
+    sender_id = config.publication.list_id or config.publication.from_addr.rpartition("@")[2]
+    feedback_id = f"{row.id}:{row.issue_slug}:newsletter:{sender_id.strip('<> ')}"
+    template = envelope_template(
+        config, row.subject, html_slots(html), text_slots(text), feedback_id=feedback_id
+    )
     return template, links
 
 

@@ -8,15 +8,18 @@ import datetime as dt
 import itertools
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from newsletter import tokens
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.issue.publish import Personalizer
+from newsletter.ledger import bounces
 from newsletter.ledger.delivery_rows import Item, Ledger, Rows, undo_failed
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
@@ -93,6 +96,10 @@ def lanes(
     return lanes
 
 
+# An enhanced status code (RFC 3463) in a server's reply: class.subject.detail.
+_STATUS_CODE = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """What a Runner sends and how: the campaign's message, its rows (all unsent rows,
@@ -138,6 +145,12 @@ class Runner:
         self._lane_numbers = itertools.count()
         self.personalizer = Personalizer(settings.config, settings.slug)
         self.sender = settings.template.from_address
+        # With [bounces] address, each message's envelope sender names its campaign and
+        # subscriber (VERP), so its bounce is matched without guessing.
+        bounce_address = settings.config.bounces.address
+        self.verp = (
+            (bounce_address, tokens.load_secret(settings.config)) if bounce_address else None
+        )
         # One lock for all the shared state below; the condition wakes senders that
         # wait for the others (the retry rounds) or for a nap to end.
         self.lock = threading.Lock()
@@ -320,11 +333,17 @@ class Runner:
                     except Exception as exc:  # raised once the reply is read and recorded
                         following = None
                         trouble.append(exc)
-                    then = following.email if following is not None else None
+                    then = (
+                        (self._envelope_sender(following), following.email)
+                        if following is not None
+                        else None
+                    )
                     try:
                         unrecorded = (
                             item,
-                            smtp.send(self.sender, item.email, data, prepare, then),
+                            smtp.send(
+                                self._envelope_sender(item), item.email, data, prepare, then
+                            ),
                         )
                     except transport.SmtpError as exc:
                         # The server refused us, not this recipient: stop, blame nobody.
@@ -338,6 +357,13 @@ class Runner:
                         raise trouble[0]
         finally:
             smtp.close()
+
+    def _envelope_sender(self, item: Item) -> str:
+        """MAIL FROM for one row: the VERP address, or the From address without one."""
+        if self.verp is None:
+            return self.sender
+        base, secret = self.verp
+        return tokens.verp_address(base, secret, self.campaign_id, item.subscriber_id)
 
     def _make(self, item: Item) -> Made:
         """The message for one row, or why it cannot be made (that row's fault alone)."""
@@ -384,7 +410,29 @@ class Runner:
         marked = ledger.commit(record, mark)
         if unrecorded is not None:
             self._account(*unrecorded, retry_at)
+            if unrecorded[1].stage == "rcpt" and unrecorded[1].status == transport.FAILED:
+                self._bounced(*unrecorded)
         return marked
+
+    def _bounced(self, item: Item, res: transport.SendResult) -> None:
+        """A 5xx at RCPT says the address is not there: a hard bounce, suppressed at once
+        (rare: one write more, and only for that row)."""
+        found = _STATUS_CODE.search(res.text)
+        bounces.record(
+            self.store,
+            bounces.Bounce(
+                kind=bounces.HARD,
+                email=item.email,
+                source="smtp",
+                event_key=f"smtp:{self.campaign_id}:{item.subscriber_id}",
+                status_code=found.group(0) if found else "",
+                diagnostic=res.error,
+                campaign_id=self.campaign_id,
+                subscriber_id=item.subscriber_id,
+            ),
+            self.config.bounces.soft_limit,
+            self.config.bounces.soft_days,
+        )
 
     def _record_params(
         self, ledger: Ledger, now: dt.datetime, item: Item, res: transport.SendResult

@@ -32,7 +32,10 @@ def send_test(
         for address in addresses:
             values, token = personalizer.values(address, config.sample.name)
             res = conn.send(
-                template.from_address, address, template.render(address, "", values, token)
+                # Bounces of a test go where the campaign's would ([bounces] address).
+                config.bounces.address or template.from_address,
+                address,
+                template.render(address, "", values, token),
             )
             results.append(
                 (address, "sent" if res.status == transport.SENT else f"{res.status}: {res.error}")

@@ -176,6 +176,8 @@ class Composer:
         self._env = env
         self._dkim = DkimSigner.from_config(config)
         self.sender = parseaddr(config.publication.from_addr)[1]
+        # The envelope sender: bounces of a confirmation go where a campaign's would.
+        self.return_path = config.bounces.address or self.sender
 
     def message(self, email: str, token: str, when: dt.datetime | None = None) -> bytes:
         """The confirmation message for `email`, CRLF line ends, signed when [dkim] is set."""
@@ -273,7 +275,7 @@ class Outbox:
             data = self._composer.message(job.email, job.token, job.claimed_at)
             conn = transport.SmtpConnection(self._settings)
             try:
-                result = conn.send(self._composer.sender, job.email, data)
+                result = conn.send(self._composer.return_path, job.email, data)
             finally:
                 conn.close()
             problem = "" if result.status == transport.SENT else result.error
