@@ -1,4 +1,9 @@
-"""The subscriber list: validate addresses, import CSV files, add and remove."""
+"""The subscriber list: validate addresses, import CSV files, add and remove.
+
+Neither an import nor an add brings back an address the list has lost for a reason:
+an unsubscribed one stays unsubscribed, a bounced or complained one stays suppressed
+(only a confirmed signup brings it back).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from newsletter import addresses
 from newsletter.errors import ContentError, NewsletterError
 from newsletter.fileio import read_text
 from newsletter.ledger.store import Store, SubscriberRow
-from newsletter.ledger.tables import ACTIVE, UNSUBSCRIBED
+from newsletter.ledger.tables import UNSUBSCRIBED
 from newsletter.mail.message import clean_display_name
 
 
@@ -19,6 +24,7 @@ from newsletter.mail.message import clean_display_name
 class ImportReport:
     added: int = 0
     updated: int = 0
+    kept_suppressed: int = 0  # known addresses left bounced or complained
     rejected: list[str] = field(default_factory=list)  # "FILE:LINE: reason"
 
 
@@ -73,30 +79,45 @@ def _read_rows(path: Path, reader: csv.DictReader[str]) -> tuple[list[Subscriber
 
 def import_csv(store: Store, path: Path) -> ImportReport:
     rows, problems = read_csv(path)
-    added, updated = store.upsert_subscribers(rows)
-    return ImportReport(added=added, updated=updated, rejected=problems)
+    done = store.upsert_subscribers(rows)
+    return ImportReport(done.added, done.updated, len(done.suppressed), problems)
 
 
 # The address as stored: domain in ASCII, local part as given (ValueError if invalid).
 normalize_email = addresses.normalize
 
 
-def add(store: Store, address: str, name: str = "") -> str | None:
-    """Add or update one subscriber; the address as stored when it is new, else None."""
+@dataclass(frozen=True)
+class Added:
+    """What `add` did: one of added, updated, or kept suppressed (bounced, complained)."""
+
+    email: str  # as stored when added, else as given
+    outcome: str  # ADDED, UPDATED or KEPT_SUPPRESSED
+    suppressed: str = ""  # kept suppressed: bounced or complained
+
+
+ADDED = "added"
+UPDATED = "updated"
+KEPT_SUPPRESSED = "kept suppressed"
+
+
+def add(store: Store, address: str, name: str = "") -> Added:
+    """Add or update one subscriber."""
     try:
         email = normalize_email(address)
     except ValueError as exc:
         raise NewsletterError(f"{address!r}: {exc}") from None
-    added, _ = store.upsert_subscribers([SubscriberRow(email, clean_display_name(name))])
-    return email if added else None
+    done = store.upsert_subscribers([SubscriberRow(email, clean_display_name(name))])
+    if done.added:
+        return Added(email, ADDED)
+    given = address.strip()
+    if done.suppressed:
+        return Added(given, KEPT_SUPPRESSED, done.suppressed[email])
+    return Added(given, UPDATED)
 
 
 def remove(store: Store, address: str) -> None:
-    """Unsubscribe an address (the row stays, so a re-import does not bring it back)."""
+    """Unsubscribe an address (the row stays, so a re-import does not bring it back; a
+    bounced or complained one stays so)."""
     if not store.set_subscriber_status(address, UNSUBSCRIBED):
-        raise NewsletterError(f"{address}: not a subscriber")
-
-
-def resubscribe(store: Store, address: str) -> None:
-    if not store.set_subscriber_status(address, ACTIVE):
         raise NewsletterError(f"{address}: not a subscriber")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from newsletter.cli.root import (
     open_store,
     pass_state,
 )
+from newsletter.ledger import privacy
 from newsletter.ledger.tables import SUBSCRIBER_STATUSES
 
 
@@ -29,12 +31,17 @@ def subscribers_import(state: State, csv_file: Path) -> None:
     """Import CSV_FILE (columns email, name, and extra columns kept as attributes).
 
     Bad rows are reported with their line number and skipped; the good rows are
-    imported. Re-importing is safe; an unsubscribed address stays unsubscribed.
+    imported. Re-importing is safe: an unsubscribed address stays unsubscribed, a
+    bounced or complained one stays suppressed ("kept suppressed").
     """
     report = subscriber_ops.import_csv(open_store(state), csv_file)
     for problem in report.rejected:
         click.echo(f"skipped: {problem}", err=True)
-    click.echo(f"{report.added} added, {report.updated} updated, {len(report.rejected)} rejected")
+    # "kept suppressed" only when there are some: the line scripts read stays as it was.
+    kept = f", {report.kept_suppressed} kept suppressed" if report.kept_suppressed else ""
+    click.echo(
+        f"{report.added} added, {report.updated} updated{kept}, {len(report.rejected)} rejected"
+    )
     if report.rejected:
         raise SystemExit(1)
 
@@ -44,9 +51,19 @@ def subscribers_import(state: State, csv_file: Path) -> None:
 @click.option("--name", default="", help="The subscriber's name, used in the greeting.")
 @pass_state
 def subscribers_add(state: State, email: str, name: str) -> None:
-    """Add EMAIL to the list (or update its name)."""
-    added = subscriber_ops.add(open_store(state), email, name)
-    click.echo(f"added {added}" if added else f"updated {email.strip()}")
+    """Add EMAIL to the list (or update its name).
+
+    A bounced or complained address stays suppressed: only a confirmed signup brings
+    it back.
+    """
+    done = subscriber_ops.add(open_store(state), email, name)
+    if done.outcome == subscriber_ops.KEPT_SUPPRESSED:
+        click.echo(
+            f"kept {done.email} suppressed ({done.suppressed}):"
+            " only a confirmed signup brings it back"
+        )
+    else:
+        click.echo(f"{done.outcome} {done.email}")
 
 
 @subscribers.command("remove")
@@ -77,9 +94,18 @@ def subscribers_list(state: State, status: str | None) -> None:
     show_default=True,
     help="Count subscribers with this status.",
 )
-@pass_state
-def subscribers_count(state: State, status: str) -> None:
-    """Print the number of subscribers."""
+@click.option("--json", "as_json", is_flag=True, help="Print the count of every status as JSON.")
+@click.pass_context
+def subscribers_count(ctx: click.Context, status: str, as_json: bool) -> None:
+    """Print the number of subscribers (active ones unless --status), or with --json
+    the number with each status."""
+    state = ctx.find_object(State)
+    assert state is not None  # the root command made it
+    if as_json:
+        if ctx.get_parameter_source("status") is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--json counts every status: leave out --status")
+        click.echo(json.dumps(privacy.status_counts(open_store(state))))
+        return
     click.echo(str(open_store(state).count_subscribers(status)))
 
 
