@@ -1,21 +1,31 @@
 """The list's side of bounces and privacy, through the CLI on a real database (a SQLite
 file and PostgreSQL): suppression holds on import, add, remove and signup; counts per
-status."""
+status; `subscribers erase` (their data gone, the campaigns' statistics kept, the
+address refused afterwards)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from campaign_support import Publication, make_publication
 from click.testing import CliRunner, Result
 from site_support import confirm_link, running
 from smtp_fixtures import SmtpServer
 
 from newsletter.cli import cli
-from newsletter.ledger import bounces
+from newsletter.issue import publish
+from newsletter.ledger import bounces, clicks
 from newsletter.ledger.store import Store
+from newsletter.ledger.tables import bounces as bounce_rows
+from newsletter.ledger.tables import clicks as click_rows
+from newsletter.ledger.tables import deliveries, erased, subscribers, utcnow
+from newsletter.send import tracking
 
 ANN = "ann@example.com"
 BOB = "bob@example.com"
@@ -72,6 +82,17 @@ def report(
 def status_of(pub: Publication, email: str) -> str | None:
     row = pub.store().subscriber(email)
     return None if row is None else str(row["status"])
+
+
+def send_to_all(pub: Publication) -> int:
+    """Send the sample issue to every active subscriber through the SMTP fixture, with
+    its sponsor links tracked; the campaign's id."""
+    ok(pub, "send", str(pub.issue), "--all", "--yes")
+    [campaign] = json.loads(ok(pub, "status", "--json"))["campaigns"]
+    built = publish.build_issue(pub.config(), publish.load_issue(pub.issue))
+    links = tracking.rewrite(built.html.source, built.text.source, "sponsor").links
+    tracking.save_links(pub.store(), campaign["id"], links)
+    return int(campaign["id"])
 
 
 # --- 1. suppression holds ---------------------------------------------------------------
@@ -146,3 +167,120 @@ def test_a_suppressed_address_comes_back_only_by_confirming_a_signup(
         assert site.get(link).status_code == 200
     assert status_of(pub, ANN) == "active"
     assert ok(pub, "subscribers", "count") == "1\n"
+
+
+# --- 3. erase ---------------------------------------------------------------------------
+
+
+def test_erase_removes_the_person_and_keeps_the_campaign_counts(
+    pub: Publication, assert_user_error: Callable[..., str]
+) -> None:
+    write_csv(pub, "email,name,city\nAnn@Example.com,Ann,Irvine\nbob@example.com,Bob,LA\n")
+    ok(pub, "subscribers", "import", str(pub.root / "list.csv"))
+    cid = send_to_all(pub)
+    store = pub.store()
+    ann_id = store.subscriber(ANN)["id"]
+    later = utcnow() + dt.timedelta(hours=1)
+    for _ in range(2):
+        clicks.record(store, cid, ann_id, 0, head=False, bot_seconds=10, now=later)
+    report(store, bounces.SOFT, "Ann@example.com", "dsn-1", cid, "452 <Ann@example.com> full")
+    before = json.loads(ok(pub, "status", "--json"))["campaigns"][0]
+
+    done = ok(pub, "subscribers", "erase", "ANN@example.com", "--yes")
+    assert done == (
+        "erased Ann@example.com: name, attributes, 2 click(s) and the address in 1 bounce"
+        f" report(s) removed; 1 delivery(ies) kept as erased-{ann_id}@invalid\n"
+    )
+    assert store.subscriber(ANN) is None
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(subscribers).where(subscribers.c.id == ann_id)).one()
+        assert (row.email, row.email_key, row.name, row.attributes, row.status) == (
+            f"erased-{ann_id}@invalid",
+            f"erased-{ann_id}@invalid",
+            "",
+            "{}",
+            "unsubscribed",
+        )
+        left = sa.select(click_rows).where(click_rows.c.subscriber_id == ann_id)
+        assert conn.execute(left).all() == []
+        [bounce] = conn.execute(sa.select(bounce_rows)).all()
+        assert (bounce.email, bounce.diagnostic, bounce.kind) == (
+            f"erased-{ann_id}@invalid",
+            None,
+            "soft",
+        )
+        [kept] = conn.execute(
+            sa.select(deliveries).where(deliveries.c.subscriber_id == ann_id)
+        ).all()
+        assert kept.status == "sent" and kept.campaign_id == cid
+        [(digest, erased_at)] = conn.execute(sa.select(erased)).all()
+        assert digest == hashlib.sha256(ANN.encode()).hexdigest()
+        # Nothing left anywhere that spells the address.
+        for table in (subscribers, bounce_rows):
+            for values in conn.execute(sa.select(table)).all():
+                assert "ann@example.com" not in repr(values).lower()
+    after = json.loads(ok(pub, "status", "--json"))["campaigns"][0]
+    assert (after["total"], after["sent"]) == (before["total"], before["sent"]) == (2, 2)
+    # The anonymous row stays on the list, off it for sending: unsubscribed.
+    assert ok(pub, "subscribers", "list") == (
+        f"erased-{ann_id}@invalid\t\tunsubscribed\n{BOB}\tBob\tactive\n"
+    )
+
+    # Erasing again finds nothing more to erase, and says when it was.
+    again = ok(pub, "subscribers", "erase", ANN, "--yes")
+    assert again == (
+        f"{ANN}: erased already on {erased_at:%Y-%m-%d};"
+        " 0 bounce report(s) cleared of the address\n"
+    )
+    unknown = invoke(pub, "subscribers", "erase", "nobody@example.com", "--yes")
+    assert unknown.exit_code == 1
+    assert_user_error(unknown, "nobody@example.com: not on the list, nothing to erase")
+
+
+def test_an_erased_address_is_refused_by_import_and_add_unless_asked(
+    pub: Publication, assert_user_error: Callable[..., str]
+) -> None:
+    ok(pub, "subscribers", "add", ANN, "--name", "Ann")
+    ok(pub, "subscribers", "erase", ANN, "--yes")
+    today = utcnow().date().isoformat()
+
+    # The same address in another case, from a list made before the erasure.
+    path = write_csv(pub, "email,name\nANN@Example.COM,Ann\ncarol@example.com,Carol\n")
+    result = invoke(pub, "subscribers", "import", str(path))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"skipped: {path}:2: ANN@example.com: erased on {today} at the person's request;"
+        " `newsletter subscribers add --again-after-erasure ANN@example.com` adds it anyway\n"
+    )
+    assert result.stdout == "1 added, 0 updated, 1 rejected\n"
+    assert ok(pub, "subscribers", "list", "--status", "active") == (
+        "carol@example.com\tCarol\tactive\n"
+    )
+
+    refused = invoke(pub, "subscribers", "add", "Ann@example.com")
+    assert refused.exit_code == 1
+    assert_user_error(refused, f"Ann@example.com: erased on {today} at the person's request")
+    assert pub.store().subscriber(ANN) is None
+
+    # They asked to come back: added, and the list knows they were erased once.
+    back = ok(pub, "subscribers", "add", "Ann@example.com", "--again-after-erasure")
+    assert back == "added Ann@example.com\n"
+    assert status_of(pub, ANN) == "active"
+
+
+def test_erase_asks_on_a_terminal_and_refuses_without_one(
+    pub: Publication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok(pub, "subscribers", "add", ANN)
+    blind = invoke(pub, "subscribers", "erase", ANN)
+    assert blind.exit_code == 2 and blind.stdout == ""
+    assert f"Error: erasing {ANN} cannot be undone: confirm it with --yes" in blind.stderr
+    monkeypatch.setattr("newsletter.cli.audience._stdin_is_terminal", lambda: True)
+    declined = invoke(pub, "subscribers", "erase", ANN, input="n\n")
+    assert declined.exit_code == 1 and "Aborted" in declined.stderr
+    assert status_of(pub, ANN) == "active"
+    accepted = invoke(pub, "subscribers", "erase", ANN, input="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert f"Erase {ANN}'s data for good?" in accepted.stderr
+    assert accepted.stdout.startswith(f"erased {ANN}: ")
+    assert status_of(pub, ANN) is None

@@ -2,12 +2,14 @@
 
 Neither an import nor an add brings back an address the list has lost for a reason:
 an unsubscribed one stays unsubscribed, a bounced or complained one stays suppressed
-(only a confirmed signup brings it back).
+(only a confirmed signup brings it back), and an address erased at the person's
+request is refused, row by row, unless `add --again-after-erasure` says otherwise.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +30,25 @@ class ImportReport:
     rejected: list[str] = field(default_factory=list)  # "FILE:LINE: reason"
 
 
-def read_csv(path: Path) -> tuple[list[SubscriberRow], list[str]]:
-    """Rows of a subscriber CSV (columns email, name, and any extras kept as attributes).
+@dataclass
+class SubscriberList:
+    """A subscriber CSV as read: the good rows, the line of each, one message per bad row."""
 
-    Returns the good rows and one message per bad row, naming its line.
-    """
+    rows: list[SubscriberRow]
+    lines: dict[str, int]  # {email as stored: its line in the file}
+    problems: list[str]
+
+
+def erased_reason(email: str, erased_at: dt.datetime) -> str:
+    """Why an address is not added back: the words of the import and of add."""
+    return (
+        f"{email}: erased on {erased_at.date().isoformat()} at the person's request;"
+        f" `newsletter subscribers add --again-after-erasure {email}` adds it anyway"
+    )
+
+
+def read_csv(path: Path) -> SubscriberList:
+    """Rows of a subscriber CSV (columns email, name, and any extras kept as attributes)."""
     text = read_text(path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
@@ -49,13 +65,14 @@ def read_csv(path: Path) -> tuple[list[SubscriberRow], list[str]]:
         raise ContentError(f"{path}:{reader.reader.line_num}: {reason}") from None
 
 
-def _read_rows(path: Path, reader: csv.DictReader[str]) -> tuple[list[SubscriberRow], list[str]]:
+def _read_rows(path: Path, reader: csv.DictReader[str]) -> SubscriberList:
     if reader.fieldnames is None:
         raise ContentError(f"{path}: the file is empty")
     columns = [c.strip().lower() for c in reader.fieldnames]
     if "email" not in columns:
         raise ContentError(f"{path}:1: no 'email' column (found: {', '.join(columns)})")
     rows: dict[str, SubscriberRow] = {}
+    lines: dict[str, int] = {}
     problems: list[str] = []
     line = 1
     for record in reader:
@@ -74,12 +91,18 @@ def _read_rows(path: Path, reader: csv.DictReader[str]) -> tuple[list[Subscriber
             continue
         name = clean_display_name(values.pop("name", ""))
         rows[addresses.key(email)] = SubscriberRow(email=email, name=name, attributes=values)
-    return list(rows.values()), problems
+        lines[email] = line
+    return SubscriberList(list(rows.values()), lines, problems)
 
 
 def import_csv(store: Store, path: Path) -> ImportReport:
-    rows, problems = read_csv(path)
-    done = store.upsert_subscribers(rows)
+    read = read_csv(path)
+    done = store.upsert_subscribers(read.rows)
+    refused = sorted(
+        (read.lines[email], f"{path}:{read.lines[email]}: {erased_reason(email, when)}")
+        for email, when in done.erased.items()
+    )
+    problems = read.problems + [message for _, message in refused]
     return ImportReport(done.added, done.updated, len(done.suppressed), problems)
 
 
@@ -101,13 +124,18 @@ UPDATED = "updated"
 KEPT_SUPPRESSED = "kept suppressed"
 
 
-def add(store: Store, address: str, name: str = "") -> Added:
-    """Add or update one subscriber."""
+def add(store: Store, address: str, name: str = "", again_after_erasure: bool = False) -> Added:
+    """Add or update one subscriber. An address erased at the person's request is
+    refused (one NewsletterError that says when) unless `again_after_erasure`."""
     try:
         email = normalize_email(address)
     except ValueError as exc:
         raise NewsletterError(f"{address!r}: {exc}") from None
-    done = store.upsert_subscribers([SubscriberRow(email, clean_display_name(name))])
+    done = store.upsert_subscribers(
+        [SubscriberRow(email, clean_display_name(name))], again_after_erasure=again_after_erasure
+    )
+    if done.erased:
+        raise NewsletterError(erased_reason(email, done.erased[email]))
     if done.added:
         return Added(email, ADDED)
     given = address.strip()

@@ -1,8 +1,9 @@
-"""The list: subscribers import, add, remove, list, count; unsubscribe."""
+"""The list: subscribers import, add, remove, list, count, erase; unsubscribe."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -19,9 +20,13 @@ from newsletter.ledger import privacy
 from newsletter.ledger.tables import SUBSCRIBER_STATUSES
 
 
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 @cli.group()
 def subscribers() -> None:
-    """Manage the subscriber list: import, add, remove, list, count."""
+    """Manage the subscriber list: import, add, remove, list, count, erase."""
 
 
 @subscribers.command("import")
@@ -32,7 +37,8 @@ def subscribers_import(state: State, csv_file: Path) -> None:
 
     Bad rows are reported with their line number and skipped; the good rows are
     imported. Re-importing is safe: an unsubscribed address stays unsubscribed, a
-    bounced or complained one stays suppressed ("kept suppressed").
+    bounced or complained one stays suppressed ("kept suppressed"), and an address
+    erased at the person's request is refused (its row is reported, exit 1).
     """
     report = subscriber_ops.import_csv(open_store(state), csv_file)
     for problem in report.rejected:
@@ -49,14 +55,19 @@ def subscribers_import(state: State, csv_file: Path) -> None:
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--name", default="", help="The subscriber's name, used in the greeting.")
+@click.option(
+    "--again-after-erasure",
+    is_flag=True,
+    help="Add an address erased at the person's request (they asked to be added again).",
+)
 @pass_state
-def subscribers_add(state: State, email: str, name: str) -> None:
+def subscribers_add(state: State, email: str, name: str, again_after_erasure: bool) -> None:
     """Add EMAIL to the list (or update its name).
 
     A bounced or complained address stays suppressed: only a confirmed signup brings
-    it back.
+    it back. An erased address is refused unless --again-after-erasure.
     """
-    done = subscriber_ops.add(open_store(state), email, name)
+    done = subscriber_ops.add(open_store(state), email, name, again_after_erasure)
     if done.outcome == subscriber_ops.KEPT_SUPPRESSED:
         click.echo(
             f"kept {done.email} suppressed ({done.suppressed}):"
@@ -107,6 +118,35 @@ def subscribers_count(ctx: click.Context, status: str, as_json: bool) -> None:
         click.echo(json.dumps(privacy.status_counts(open_store(state))))
         return
     click.echo(str(open_store(state).count_subscribers(status)))
+
+
+@subscribers.command("erase")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@pass_state
+def subscribers_erase(state: State, email: str, yes: bool) -> None:
+    """Erase EMAIL's data at the person's request: name, attributes, clicks, the
+    address in bounce reports. Deliveries stay, for the campaigns' statistics, on a
+    row with no address. Only a hash of the address is kept, so that an import does
+    not add it back. Asks for confirmation unless --yes; it cannot be undone.
+    """
+    email = email.strip()
+    if not yes:
+        if not _stdin_is_terminal():
+            raise click.UsageError(f"erasing {email} cannot be undone: confirm it with --yes")
+        click.confirm(f"Erase {email}'s data for good?", abort=True, err=True)
+    done = privacy.erase(open_store(state), email)
+    if not done.erased_now:
+        click.echo(
+            f"{email}: erased already on {done.erased_at:%Y-%m-%d};"
+            f" {done.bounces} bounce report(s) cleared of the address"
+        )
+        return
+    click.echo(
+        f"erased {done.email}: name, attributes, {done.clicks} click(s) and the address in"
+        f" {done.bounces} bounce report(s) removed; {done.deliveries} delivery(ies) kept"
+        f" as {done.placeholder}"
+    )
 
 
 @cli.command()

@@ -1,11 +1,46 @@
-"""What the list holds about its people: the counts per status."""
+"""What the list holds about its people: erasing one person's data, `subscribers
+erase` (the right to erasure, GDPR art. 17); and the counts per status.
+
+Erasing keeps the campaigns' statistics. The subscriber's delivery rows stay, on the
+same row made anonymous: address `erased-<id>@invalid` (RFC 2606 reserves .invalid,
+so nothing can ever be sent to it), no name, no attributes, status unsubscribed (the
+statuses are not ours to extend, and unsubscribed is what the row now is: off the
+list). Their clicks are deleted; their bounce reports keep kind, time and status code,
+for the campaigns' bounce counts, and lose the address and the diagnostic (a server's
+reply quotes the address). Of the address itself only its hash stays, in `erased`
+(`store.erasure_hash`), so that an import made before the erasure is refused rather
+than bringing the person back.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
 import sqlalchemy as sa
 
-from newsletter.ledger.store import Store
-from newsletter.ledger.tables import SUBSCRIBER_STATUSES, subscribers
+from newsletter import addresses
+from newsletter.errors import NewsletterError
+from newsletter.ledger.store import Store, erasure_hash
+from newsletter.ledger.tables import (
+    SUBSCRIBER_STATUSES,
+    UNSUBSCRIBED,
+    bounces,
+    clicks,
+    deliveries,
+    erased,
+    subscribers,
+    utcnow,
+)
+
+
+class NotOnList(NewsletterError):
+    """The list holds nothing about the address: no subscriber, no report, no erasure."""
+
+
+def placeholder(subscriber_id: int) -> str:
+    """The address an erased subscriber's row keeps: unique, and undeliverable."""
+    return f"erased-{subscriber_id}@invalid"
 
 
 def status_counts(store: Store) -> dict[str, int]:
@@ -17,3 +52,80 @@ def status_counts(store: Store) -> dict[str, int]:
     counts = dict.fromkeys(SUBSCRIBER_STATUSES, 0)
     counts.update({status: int(n) for status, n in rows})
     return counts
+
+
+# --- erase ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What `erase` did."""
+
+    email: str  # as it was stored (as given when no subscriber was left)
+    erased_at: dt.datetime  # now, or when it was erased before
+    erased_now: bool  # False: erased before, no subscriber left to erase
+    placeholder: str | None  # the anonymous row its deliveries stay on
+    deliveries: int  # kept, on that row
+    clicks: int  # deleted
+    bounces: int  # reports cleared of the address and diagnostic
+
+
+def erase(store: Store, email: str, now: dt.datetime | None = None) -> Erasure:
+    """Erase what the list holds about `email`, in one transaction (see the module's
+    docstring). An address erased before, with nothing left of it, is reported as such;
+    one the list never held is NotOnList."""
+    now = now or utcnow()
+    key = addresses.key(email)
+    digest = erasure_hash(email)
+    with store.begin() as conn:
+        row = conn.execute(
+            sa.select(subscribers.c.id, subscribers.c.email)
+            .where(subscribers.c.email_key == key)
+            .with_for_update()
+        ).one_or_none()
+        before = conn.execute(
+            sa.select(erased.c.erased_at).where(erased.c.email_hash == digest)
+        ).scalar_one_or_none()
+        # Reports of the address not tied to the row (it bounced before it was on the
+        # list, or after an earlier erasure) hold the address too.
+        about = sa.func.lower(bounces.c.email) == key
+        if row is not None:
+            about = sa.or_(about, bounces.c.subscriber_id == row.id)
+        cleared = conn.execute(
+            bounces.update()
+            .where(about)
+            .values(
+                email=placeholder(row.id) if row is not None else "erased@invalid",
+                diagnostic=None,
+            )
+        ).rowcount
+        if row is None:
+            if before is None and not cleared:
+                raise NotOnList(f"{email}: not on the list, nothing to erase")
+            return Erasure(email, before or now, False, None, 0, 0, cleared)
+        gone = conn.execute(clicks.delete().where(clicks.c.subscriber_id == row.id)).rowcount
+        # A server's reply in last_error quotes the address; the status stays, for the
+        # campaign's counts.
+        kept = conn.execute(
+            deliveries.update().where(deliveries.c.subscriber_id == row.id).values(last_error=None)
+        ).rowcount
+        conn.execute(
+            subscribers.update()
+            .where(subscribers.c.id == row.id)
+            .values(
+                email=placeholder(row.id),
+                email_key=placeholder(row.id),
+                name="",
+                attributes="{}",
+                status=UNSUBSCRIBED,
+                unsubscribed_at=now,
+                confirm_sent_at=None,
+            )
+        )
+        if before is None:
+            conn.execute(erased.insert().values(email_hash=digest, erased_at=now))
+        else:  # erased before, added again since: this is the erasure that counts now
+            conn.execute(
+                erased.update().where(erased.c.email_hash == digest).values(erased_at=now)
+            )
+    return Erasure(row.email, now, True, placeholder(row.id), kept, gone, cleared)

@@ -7,7 +7,9 @@ on PostgreSQL. The tables and statuses are in tables.py.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import hashlib
 import json
 import re
 import sqlite3
@@ -29,6 +31,7 @@ from newsletter.ledger.tables import (
     SCHEMA_VERSION,
     SUPPRESSED,
     UNSUBSCRIBED,
+    erased,
     meta_table,
     metadata,
     subscribers,
@@ -289,14 +292,18 @@ class Store:
 
     # --- subscribers ----------------------------------------------------------------------
 
-    def upsert_subscribers(self, rows: list[SubscriberRow]) -> Upserted:
+    def upsert_subscribers(
+        self, rows: list[SubscriberRow], *, again_after_erasure: bool = False
+    ) -> Upserted:
         """Insert new addresses, update names/attributes of known ones; keeps statuses.
 
         An unsubscribed address stays unsubscribed, a suppressed one (bounced,
-        complained) stays suppressed.
+        complained) stays suppressed. A new address whose data was erased at the
+        person's request is refused unless `again_after_erasure`: a list import made
+        before the erasure must not bring the person back unnoticed.
         """
         if not rows:
-            return Upserted(0, 0, {})
+            return Upserted(0, 0, {}, {})
         now = utcnow()
         with self.begin() as conn:
             keys = [addresses.key(r.email) for r in rows]
@@ -310,6 +317,10 @@ class Store:
                 ):
                     existing[email_key] = (sid, status)
             new = [(k, r) for k, r in zip(keys, rows, strict=True) if k not in existing]
+            refused: dict[str, dt.datetime] = {}
+            if new and not again_after_erasure:
+                refused = _erased_among(conn, [r.email for _, r in new])
+                new = [(k, r) for k, r in new if r.email not in refused]
             if new:
                 conn.execute(
                     subscribers.insert(),
@@ -341,7 +352,7 @@ class Store:
                     ],
                 )
         suppressed = {r.email: existing[k][1] for k, r in known if existing[k][1] in SUPPRESSED}
-        return Upserted(len(new), len(known) - len(suppressed), suppressed)
+        return Upserted(len(new), len(known) - len(suppressed), suppressed, refused)
 
     def set_subscriber_status(self, email: str, status: str) -> bool:
         """Whether the address is on the list. Unsubscribing a bounced or complained
@@ -390,6 +401,27 @@ class Store:
             return int(conn.execute(query).scalar_one())
 
 
+def erasure_hash(email: str) -> str:
+    """What `erased` keeps of an address: the SHA-256 (hex) of its case-folded form, so
+    that the same address in any case is known again, and nothing else about it is."""
+    return hashlib.sha256(addresses.key(email).encode("utf-8")).hexdigest()
+
+
+def _erased_among(conn: Connection, emails: list[str]) -> dict[str, dt.datetime]:
+    """Those of `emails` whose data was erased, with when."""
+    hashes = {erasure_hash(e): e for e in emails}
+    found: dict[str, dt.datetime] = {}
+    digests = list(hashes)
+    for chunk_start in range(0, len(digests), 500):
+        for digest, erased_at in conn.execute(
+            sa.select(erased.c.email_hash, erased.c.erased_at).where(
+                erased.c.email_hash.in_(digests[chunk_start : chunk_start + 500])
+            )
+        ):
+            found[hashes[digest]] = erased_at
+    return found
+
+
 @dataclass(frozen=True)
 class Upserted:
     """What an import or add did to the list."""
@@ -398,6 +430,8 @@ class Upserted:
     updated: int  # known addresses, suppressed ones not counted
     # Known addresses left bounced or complained (their names updated): {email: status}.
     suppressed: Mapping[str, str]
+    # New addresses refused, their data erased at the person's request: {email: when}.
+    erased: Mapping[str, dt.datetime]
 
 
 @dataclass(frozen=True)
