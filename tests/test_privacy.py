@@ -1,7 +1,7 @@
 """The list's side of bounces and privacy, through the CLI on a real database (a SQLite
 file and PostgreSQL): suppression holds on import, add, remove and signup; counts per
-status; `subscribers erase` (their data gone, the campaigns' statistics kept, the
-address refused afterwards)."""
+status; `subscribers export` (every record about a person) and `subscribers erase`
+(their data gone, the campaigns' statistics kept, the address refused afterwards)."""
 
 from __future__ import annotations
 
@@ -266,6 +266,9 @@ def test_an_erased_address_is_refused_by_import_and_add_unless_asked(
     back = ok(pub, "subscribers", "add", "Ann@example.com", "--again-after-erasure")
     assert back == "added Ann@example.com\n"
     assert status_of(pub, ANN) == "active"
+    exported = json.loads(ok(pub, "subscribers", "export", ANN, "--json"))
+    assert exported["erased_at"].startswith(today)
+    assert exported["subscriber"]["email"] == "Ann@example.com"
 
 
 def test_erase_asks_on_a_terminal_and_refuses_without_one(
@@ -284,3 +287,67 @@ def test_erase_asks_on_a_terminal_and_refuses_without_one(
     assert f"Erase {ANN}'s data for good?" in accepted.stderr
     assert accepted.stdout.startswith(f"erased {ANN}: ")
     assert status_of(pub, ANN) is None
+
+
+# --- 4. export --------------------------------------------------------------------------
+
+
+def test_export_lists_every_record_about_the_person(
+    pub: Publication, assert_user_error: Callable[..., str]
+) -> None:
+    write_csv(pub, "email,name,city\nAnn@Example.com,Ann,Irvine\nbob@example.com,Bob,LA\n")
+    ok(pub, "subscribers", "import", str(pub.root / "list.csv"))
+    cid = send_to_all(pub)
+    store = pub.store()
+    ann_id = store.subscriber(ANN)["id"]
+    later = utcnow() + dt.timedelta(hours=1)
+    clicks.record(store, cid, ann_id, 0, head=False, bot_seconds=10, now=later)
+    clicks.record(store, cid, store.subscriber(BOB)["id"], 0, head=False, bot_seconds=10)
+    report(store, bounces.SOFT, "Ann@example.com", "dsn-1", cid, "452 4.2.2 mailbox full")
+    report(store, bounces.COMPLAINT, "Ann@example.com", "arf-1", cid)
+    report(store, bounces.HARD, BOB, "dsn-2", cid)
+
+    data = json.loads(ok(pub, "subscribers", "export", "ann@EXAMPLE.com", "--json"))
+    assert data["email"] == "Ann@example.com" and data["erased_at"] is None
+    subscriber = data["subscriber"]
+    assert {k: subscriber[k] for k in ("email", "name", "attributes", "status")} == {
+        "email": "Ann@example.com",
+        "name": "Ann",
+        "attributes": {"city": "Irvine"},
+        "status": "complained",
+    }
+    assert dt.datetime.fromisoformat(subscriber["created_at"]) <= utcnow()
+    assert subscriber["unsubscribed_at"] is not None  # when the complaint came
+    [delivery] = data["deliveries"]
+    built = publish.build_issue(pub.config(), publish.load_issue(pub.issue))
+    assert (delivery["campaign_id"], delivery["issue"], delivery["status"]) == (
+        cid,
+        built.issue.slug,
+        "sent",
+    )
+    assert dt.datetime.fromisoformat(delivery["sent_at"]) <= utcnow()
+    [click] = data["clicks"]
+    assert click["campaign_id"] == cid
+    assert click["url"].startswith("https://www.helloshuttle.com/")
+    assert dt.datetime.fromisoformat(click["clicked_at"]) == later
+    assert [(b["kind"], b["diagnostic"], b["campaign_id"]) for b in data["bounces"]] == [
+        ("soft", "452 4.2.2 mailbox full", cid),
+        ("complaint", None, cid),
+    ]
+
+    plain = ok(pub, "subscribers", "export", ANN).splitlines()
+    assert plain[0].startswith("subscriber: Ann@example.com\tAnn\tcomplained\tsince ")
+    assert "attribute: city=Irvine" in plain
+    assert [line.split(":")[0] for line in plain[2:]] == ["delivery", "click", "soft", "complaint"]
+
+    unknown = invoke(pub, "subscribers", "export", "nobody@example.com", "--json")
+    assert unknown.exit_code == 1 and unknown.stdout == ""
+    assert_user_error(unknown, "nobody@example.com: not on the list, and no record of it")
+
+    ok(pub, "subscribers", "erase", ANN, "--yes")
+    gone = json.loads(ok(pub, "subscribers", "export", ANN, "--json"))
+    assert gone["subscriber"] is None and gone["erased_at"] is not None
+    assert (gone["deliveries"], gone["clicks"], gone["bounces"]) == ([], [], [])
+    assert ok(pub, "subscribers", "export", ANN).startswith(
+        f"erased: {ANN}: erased on {gone['erased_at'][:10]} at the person's request;"
+    )

@@ -40,7 +40,7 @@ class SubscriberList:
 
 
 def erased_reason(email: str, erased_at: dt.datetime) -> str:
-    """Why an address is not added back: the words of the import and of add."""
+    """Why an address is not added back: the words of the import, add and export."""
     return (
         f"{email}: erased on {erased_at.date().isoformat()} at the person's request;"
         f" `newsletter subscribers add --again-after-erasure {email}` adds it anyway"

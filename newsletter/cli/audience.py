@@ -1,4 +1,4 @@
-"""The list: subscribers import, add, remove, list, count, erase; unsubscribe."""
+"""The list: subscribers import, add, remove, list, count, export, erase; unsubscribe."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _stdin_is_terminal() -> bool:
 
 @cli.group()
 def subscribers() -> None:
-    """Manage the subscriber list: import, add, remove, list, count, erase."""
+    """Manage the subscriber list: import, add, remove, list, count, export, erase."""
 
 
 @subscribers.command("import")
@@ -118,6 +118,35 @@ def subscribers_count(ctx: click.Context, status: str, as_json: bool) -> None:
         click.echo(json.dumps(privacy.status_counts(open_store(state))))
         return
     click.echo(str(open_store(state).count_subscribers(status)))
+
+
+@subscribers.command("export")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print every record as JSON.")
+@pass_state
+def subscribers_export(state: State, email: str, as_json: bool) -> None:
+    """Print every record the list holds about EMAIL (a request for access): the
+    subscriber, each delivery, click, bounce and complaint, and whether it was erased.
+    """
+    data = privacy.export(open_store(state), email.strip())
+    if as_json:
+        click.echo(json.dumps(data.as_dict(), ensure_ascii=False, indent=2))
+        return
+    if data.erased_at is not None:
+        click.echo(f"erased: {subscriber_ops.erased_reason(data.email, data.erased_at)}")
+    if data.subscriber is not None:
+        s = data.subscriber
+        click.echo(f"subscriber: {s.email}\t{s.name}\t{s.status}\tsince {s.created_at:%Y-%m-%d}")
+        for name, value in s.attributes.items():
+            click.echo(f"attribute: {name}={value}")
+    for d in data.deliveries:
+        sent = f"\t{d.sent_at.isoformat()}" if d.sent_at else ""
+        click.echo(f"delivery: campaign {d.campaign_id}\t{d.issue}\t{d.status}{sent}")
+    for c in data.clicks:
+        click.echo(f"click: campaign {c.campaign_id}\t{c.url}\t{c.clicked_at.isoformat()}")
+    for b in data.bounces:
+        said = f"\t{b.diagnostic}" if b.diagnostic else ""
+        click.echo(f"{b.kind}: {b.received_at.isoformat()}\t{b.status_code or ''}{said}")
 
 
 @subscribers.command("erase")

@@ -1,5 +1,6 @@
-"""What the list holds about its people: erasing one person's data, `subscribers
-erase` (the right to erasure, GDPR art. 17); and the counts per status.
+"""What the list holds about one person, and erasing it: `subscribers export` (the
+right of access, GDPR art. 15) and `subscribers erase` (erasure, art. 17); and the
+counts per status.
 
 Erasing keeps the campaigns' statistics. The subscriber's delivery rows stay, on the
 same row made anonymous: address `erased-<id>@invalid` (RFC 2606 reserves .invalid,
@@ -15,7 +16,9 @@ than bringing the person back.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -26,6 +29,8 @@ from newsletter.ledger.tables import (
     SUBSCRIBER_STATUSES,
     UNSUBSCRIBED,
     bounces,
+    campaign_links,
+    campaigns,
     clicks,
     deliveries,
     erased,
@@ -129,3 +134,140 @@ def erase(store: Store, email: str, now: dt.datetime | None = None) -> Erasure:
                 erased.update().where(erased.c.email_hash == digest).values(erased_at=now)
             )
     return Erasure(row.email, now, True, placeholder(row.id), kept, gone, cleared)
+
+
+# --- export -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubscriberRecord:
+    email: str
+    name: str
+    attributes: dict[str, str]
+    status: str
+    created_at: dt.datetime
+    unsubscribed_at: dt.datetime | None
+    confirm_sent_at: dt.datetime | None  # when a signup confirmation last went out
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    campaign_id: int
+    issue: str  # the issue's slug
+    subject: str
+    status: str
+    sent_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class ClickRecord:
+    campaign_id: int
+    url: str | None  # None: the campaign's links are gone
+    clicked_at: dt.datetime
+    suspected_bot: bool
+
+
+@dataclass(frozen=True)
+class BounceRecord:
+    kind: str  # hard, soft, complaint
+    received_at: dt.datetime
+    source: str
+    status_code: str | None
+    diagnostic: str | None
+    campaign_id: int | None
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """Every record the list holds about one address."""
+
+    email: str
+    erased_at: dt.datetime | None  # when it was erased at the person's request, if it was
+    subscriber: SubscriberRecord | None  # None: not (or no longer) on the list
+    deliveries: tuple[DeliveryRecord, ...]
+    clicks: tuple[ClickRecord, ...]
+    bounces: tuple[BounceRecord, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """For JSON: times in ISO 8601 (UTC)."""
+        return _iso(asdict(self))
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _iso(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_iso(v) for v in value]
+    return value
+
+
+def export(store: Store, email: str) -> PersonalData:
+    """Every record about `email`, in one consistent read; NotOnList when there is none."""
+    key = addresses.key(email)
+    with store.engine.connect() as conn, conn.begin():
+        row = conn.execute(
+            sa.select(subscribers).where(subscribers.c.email_key == key)
+        ).one_or_none()
+        when = conn.execute(
+            sa.select(erased.c.erased_at).where(erased.c.email_hash == erasure_hash(email))
+        ).scalar_one_or_none()
+        about = sa.func.lower(bounces.c.email) == key
+        if row is not None:
+            about = sa.or_(about, bounces.c.subscriber_id == row.id)
+        reports = tuple(
+            BounceRecord(
+                r.kind, r.received_at, r.source, r.status_code, r.diagnostic, r.campaign_id
+            )
+            for r in conn.execute(sa.select(bounces).where(about).order_by(bounces.c.id))
+        )
+        if row is None:
+            if when is None and not reports:
+                raise NotOnList(f"{email}: not on the list, and no record of it")
+            return PersonalData(email, when, None, (), (), reports)
+        sent = tuple(
+            DeliveryRecord(r.campaign_id, r.issue_slug, r.subject, r.status, r.sent_at)
+            for r in conn.execute(
+                sa.select(
+                    deliveries.c.campaign_id,
+                    campaigns.c.issue_slug,
+                    campaigns.c.subject,
+                    deliveries.c.status,
+                    deliveries.c.sent_at,
+                )
+                .join(campaigns, campaigns.c.id == deliveries.c.campaign_id)
+                .where(deliveries.c.subscriber_id == row.id)
+                .order_by(deliveries.c.id)
+            )
+        )
+        clicked = tuple(
+            ClickRecord(r.campaign_id, r.url, r.clicked_at, r.suspected_bot)
+            for r in conn.execute(
+                sa.select(
+                    clicks.c.campaign_id,
+                    campaign_links.c.url,
+                    clicks.c.clicked_at,
+                    clicks.c.suspected_bot,
+                )
+                .outerjoin(
+                    campaign_links,
+                    sa.and_(
+                        campaign_links.c.campaign_id == clicks.c.campaign_id,
+                        campaign_links.c.idx == clicks.c.link_idx,
+                    ),
+                )
+                .where(clicks.c.subscriber_id == row.id)
+                .order_by(clicks.c.id)
+            )
+        )
+    subscriber = SubscriberRecord(
+        row.email,
+        row.name,
+        json.loads(row.attributes or "{}"),
+        row.status,
+        row.created_at,
+        row.unsubscribed_at,
+        row.confirm_sent_at,
+    )
+    return PersonalData(row.email, when, subscriber, sent, clicked, reports)
