@@ -1,8 +1,15 @@
-"""The subscriber list: validate addresses, import CSV files, add and remove."""
+"""The subscriber list: validate addresses, import CSV files, add and remove.
+
+Neither an import nor an add brings back an address the list has lost for a reason:
+an unsubscribed one stays unsubscribed, a bounced or complained one stays suppressed
+(only a confirmed signup brings it back), and an address erased at the person's
+request is refused, row by row, unless `add --again-after-erasure` says otherwise.
+"""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +18,7 @@ from newsletter import addresses
 from newsletter.errors import ContentError, NewsletterError
 from newsletter.fileio import read_text
 from newsletter.ledger.store import Store, SubscriberRow
-from newsletter.ledger.tables import ACTIVE, UNSUBSCRIBED
+from newsletter.ledger.tables import UNSUBSCRIBED
 from newsletter.mail.message import clean_display_name
 
 
@@ -19,14 +26,29 @@ from newsletter.mail.message import clean_display_name
 class ImportReport:
     added: int = 0
     updated: int = 0
+    kept_suppressed: int = 0  # known addresses left bounced or complained
     rejected: list[str] = field(default_factory=list)  # "FILE:LINE: reason"
 
 
-def read_csv(path: Path) -> tuple[list[SubscriberRow], list[str]]:
-    """Rows of a subscriber CSV (columns email, name, and any extras kept as attributes).
+@dataclass
+class SubscriberList:
+    """A subscriber CSV as read: the good rows, the line of each, one message per bad row."""
 
-    Returns the good rows and one message per bad row, naming its line.
-    """
+    rows: list[SubscriberRow]
+    lines: dict[str, int]  # {email as stored: its line in the file}
+    problems: list[str]
+
+
+def erased_reason(email: str, erased_at: dt.datetime) -> str:
+    """Why an address is not added back: the words of the import, add and export."""
+    return (
+        f"{email}: erased on {erased_at.date().isoformat()} at the person's request;"
+        f" `newsletter subscribers add --again-after-erasure {email}` adds it anyway"
+    )
+
+
+def read_csv(path: Path) -> SubscriberList:
+    """Rows of a subscriber CSV (columns email, name, and any extras kept as attributes)."""
     text = read_text(path)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
@@ -43,13 +65,14 @@ def read_csv(path: Path) -> tuple[list[SubscriberRow], list[str]]:
         raise ContentError(f"{path}:{reader.reader.line_num}: {reason}") from None
 
 
-def _read_rows(path: Path, reader: csv.DictReader[str]) -> tuple[list[SubscriberRow], list[str]]:
+def _read_rows(path: Path, reader: csv.DictReader[str]) -> SubscriberList:
     if reader.fieldnames is None:
         raise ContentError(f"{path}: the file is empty")
     columns = [c.strip().lower() for c in reader.fieldnames]
     if "email" not in columns:
         raise ContentError(f"{path}:1: no 'email' column (found: {', '.join(columns)})")
     rows: dict[str, SubscriberRow] = {}
+    lines: dict[str, int] = {}
     problems: list[str] = []
     line = 1
     for record in reader:
@@ -68,35 +91,61 @@ def _read_rows(path: Path, reader: csv.DictReader[str]) -> tuple[list[Subscriber
             continue
         name = clean_display_name(values.pop("name", ""))
         rows[addresses.key(email)] = SubscriberRow(email=email, name=name, attributes=values)
-    return list(rows.values()), problems
+        lines[email] = line
+    return SubscriberList(list(rows.values()), lines, problems)
 
 
 def import_csv(store: Store, path: Path) -> ImportReport:
-    rows, problems = read_csv(path)
-    added, updated = store.upsert_subscribers(rows)
-    return ImportReport(added=added, updated=updated, rejected=problems)
+    read = read_csv(path)
+    done = store.upsert_subscribers(read.rows)
+    refused = sorted(
+        (read.lines[email], f"{path}:{read.lines[email]}: {erased_reason(email, when)}")
+        for email, when in done.erased.items()
+    )
+    problems = read.problems + [message for _, message in refused]
+    return ImportReport(done.added, done.updated, len(done.suppressed), problems)
 
 
 # The address as stored: domain in ASCII, local part as given (ValueError if invalid).
 normalize_email = addresses.normalize
 
 
-def add(store: Store, address: str, name: str = "") -> str | None:
-    """Add or update one subscriber; the address as stored when it is new, else None."""
+@dataclass(frozen=True)
+class Added:
+    """What `add` did: one of added, updated, or kept suppressed (bounced, complained)."""
+
+    email: str  # as stored when added, else as given
+    outcome: str  # ADDED, UPDATED or KEPT_SUPPRESSED
+    suppressed: str = ""  # kept suppressed: bounced or complained
+
+
+ADDED = "added"
+UPDATED = "updated"
+KEPT_SUPPRESSED = "kept suppressed"
+
+
+def add(store: Store, address: str, name: str = "", again_after_erasure: bool = False) -> Added:
+    """Add or update one subscriber. An address erased at the person's request is
+    refused (one NewsletterError that says when) unless `again_after_erasure`."""
     try:
         email = normalize_email(address)
     except ValueError as exc:
         raise NewsletterError(f"{address!r}: {exc}") from None
-    added, _ = store.upsert_subscribers([SubscriberRow(email, clean_display_name(name))])
-    return email if added else None
+    done = store.upsert_subscribers(
+        [SubscriberRow(email, clean_display_name(name))], again_after_erasure=again_after_erasure
+    )
+    if done.erased:
+        raise NewsletterError(erased_reason(email, done.erased[email]))
+    if done.added:
+        return Added(email, ADDED)
+    given = address.strip()
+    if done.suppressed:
+        return Added(given, KEPT_SUPPRESSED, done.suppressed[email])
+    return Added(given, UPDATED)
 
 
 def remove(store: Store, address: str) -> None:
-    """Unsubscribe an address (the row stays, so a re-import does not bring it back)."""
+    """Unsubscribe an address (the row stays, so a re-import does not bring it back; a
+    bounced or complained one stays so)."""
     if not store.set_subscriber_status(address, UNSUBSCRIBED):
-        raise NewsletterError(f"{address}: not a subscriber")
-
-
-def resubscribe(store: Store, address: str) -> None:
-    if not store.set_subscriber_status(address, ACTIVE):
         raise NewsletterError(f"{address}: not a subscriber")

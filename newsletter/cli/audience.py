@@ -1,7 +1,9 @@
-"""The list: subscribers import, add, remove, list, count; unsubscribe."""
+"""The list: subscribers import, add, remove, list, count, export, erase; unsubscribe."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import click
@@ -14,12 +16,17 @@ from newsletter.cli.root import (
     open_store,
     pass_state,
 )
+from newsletter.ledger import privacy
 from newsletter.ledger.tables import SUBSCRIBER_STATUSES
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
 
 
 @cli.group()
 def subscribers() -> None:
-    """Manage the subscriber list: import, add, remove, list, count."""
+    """Manage the subscriber list: import, add, remove, list, count, export, erase."""
 
 
 @subscribers.command("import")
@@ -29,12 +36,18 @@ def subscribers_import(state: State, csv_file: Path) -> None:
     """Import CSV_FILE (columns email, name, and extra columns kept as attributes).
 
     Bad rows are reported with their line number and skipped; the good rows are
-    imported. Re-importing is safe; an unsubscribed address stays unsubscribed.
+    imported. Re-importing is safe: an unsubscribed address stays unsubscribed, a
+    bounced or complained one stays suppressed ("kept suppressed"), and an address
+    erased at the person's request is refused (its row is reported, exit 1).
     """
     report = subscriber_ops.import_csv(open_store(state), csv_file)
     for problem in report.rejected:
         click.echo(f"skipped: {problem}", err=True)
-    click.echo(f"{report.added} added, {report.updated} updated, {len(report.rejected)} rejected")
+    # "kept suppressed" only when there are some: the line scripts read stays as it was.
+    kept = f", {report.kept_suppressed} kept suppressed" if report.kept_suppressed else ""
+    click.echo(
+        f"{report.added} added, {report.updated} updated{kept}, {len(report.rejected)} rejected"
+    )
     if report.rejected:
         raise SystemExit(1)
 
@@ -42,11 +55,26 @@ def subscribers_import(state: State, csv_file: Path) -> None:
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--name", default="", help="The subscriber's name, used in the greeting.")
+@click.option(
+    "--again-after-erasure",
+    is_flag=True,
+    help="Add an address erased at the person's request (they asked to be added again).",
+)
 @pass_state
-def subscribers_add(state: State, email: str, name: str) -> None:
-    """Add EMAIL to the list (or update its name)."""
-    added = subscriber_ops.add(open_store(state), email, name)
-    click.echo(f"added {added}" if added else f"updated {email.strip()}")
+def subscribers_add(state: State, email: str, name: str, again_after_erasure: bool) -> None:
+    """Add EMAIL to the list (or update its name).
+
+    A bounced or complained address stays suppressed: only a confirmed signup brings
+    it back. An erased address is refused unless --again-after-erasure.
+    """
+    done = subscriber_ops.add(open_store(state), email, name, again_after_erasure)
+    if done.outcome == subscriber_ops.KEPT_SUPPRESSED:
+        click.echo(
+            f"kept {done.email} suppressed ({done.suppressed}):"
+            " only a confirmed signup brings it back"
+        )
+    else:
+        click.echo(f"{done.outcome} {done.email}")
 
 
 @subscribers.command("remove")
@@ -77,10 +105,77 @@ def subscribers_list(state: State, status: str | None) -> None:
     show_default=True,
     help="Count subscribers with this status.",
 )
-@pass_state
-def subscribers_count(state: State, status: str) -> None:
-    """Print the number of subscribers."""
+@click.option("--json", "as_json", is_flag=True, help="Print the count of every status as JSON.")
+@click.pass_context
+def subscribers_count(ctx: click.Context, status: str, as_json: bool) -> None:
+    """Print the number of subscribers (active ones unless --status), or with --json
+    the number with each status."""
+    state = ctx.find_object(State)
+    assert state is not None  # the root command made it
+    if as_json:
+        if ctx.get_parameter_source("status") is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--json counts every status: leave out --status")
+        click.echo(json.dumps(privacy.status_counts(open_store(state))))
+        return
     click.echo(str(open_store(state).count_subscribers(status)))
+
+
+@subscribers.command("export")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print every record as JSON.")
+@pass_state
+def subscribers_export(state: State, email: str, as_json: bool) -> None:
+    """Print every record the list holds about EMAIL (a request for access): the
+    subscriber, each delivery, click, bounce and complaint, and whether it was erased.
+    """
+    data = privacy.export(open_store(state), email.strip())
+    if as_json:
+        click.echo(json.dumps(data.as_dict(), ensure_ascii=False, indent=2))
+        return
+    if data.erased_at is not None:
+        click.echo(f"erased: {subscriber_ops.erased_reason(data.email, data.erased_at)}")
+    if data.subscriber is not None:
+        s = data.subscriber
+        click.echo(f"subscriber: {s.email}\t{s.name}\t{s.status}\tsince {s.created_at:%Y-%m-%d}")
+        for name, value in s.attributes.items():
+            click.echo(f"attribute: {name}={value}")
+    for d in data.deliveries:
+        sent = f"\t{d.sent_at.isoformat()}" if d.sent_at else ""
+        click.echo(f"delivery: campaign {d.campaign_id}\t{d.issue}\t{d.status}{sent}")
+    for c in data.clicks:
+        click.echo(f"click: campaign {c.campaign_id}\t{c.url}\t{c.clicked_at.isoformat()}")
+    for b in data.bounces:
+        said = f"\t{b.diagnostic}" if b.diagnostic else ""
+        click.echo(f"{b.kind}: {b.received_at.isoformat()}\t{b.status_code or ''}{said}")
+
+
+@subscribers.command("erase")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@pass_state
+def subscribers_erase(state: State, email: str, yes: bool) -> None:
+    """Erase EMAIL's data at the person's request: name, attributes, clicks, the
+    address in bounce reports. Deliveries stay, for the campaigns' statistics, on a
+    row with no address. Only a hash of the address is kept, so that an import does
+    not add it back. Asks for confirmation unless --yes; it cannot be undone.
+    """
+    email = email.strip()
+    if not yes:
+        if not _stdin_is_terminal():
+            raise click.UsageError(f"erasing {email} cannot be undone: confirm it with --yes")
+        click.confirm(f"Erase {email}'s data for good?", abort=True, err=True)
+    done = privacy.erase(open_store(state), email)
+    if not done.erased_now:
+        click.echo(
+            f"{email}: erased already on {done.erased_at:%Y-%m-%d};"
+            f" {done.bounces} bounce report(s) cleared of the address"
+        )
+        return
+    click.echo(
+        f"erased {done.email}: name, attributes, {done.clicks} click(s) and the address in"
+        f" {done.bounces} bounce report(s) removed; {done.deliveries} delivery(ies) kept"
+        f" as {done.placeholder}"
+    )
 
 
 @cli.command()

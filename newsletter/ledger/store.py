@@ -7,7 +7,9 @@ on PostgreSQL. The tables and statuses are in tables.py.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import hashlib
 import json
 import re
 import sqlite3
@@ -27,7 +29,9 @@ from newsletter.ledger import migrations
 from newsletter.ledger.tables import (
     ACTIVE,
     SCHEMA_VERSION,
+    SUPPRESSED,
     UNSUBSCRIBED,
+    erased,
     meta_table,
     metadata,
     subscribers,
@@ -288,27 +292,35 @@ class Store:
 
     # --- subscribers ----------------------------------------------------------------------
 
-    def upsert_subscribers(self, rows: list[SubscriberRow]) -> tuple[int, int]:
+    def upsert_subscribers(
+        self, rows: list[SubscriberRow], *, again_after_erasure: bool = False
+    ) -> Upserted:
         """Insert new addresses, update names/attributes of known ones; keeps statuses.
 
-        Returns (added, updated). An unsubscribed address stays unsubscribed.
+        An unsubscribed address stays unsubscribed, a suppressed one (bounced,
+        complained) stays suppressed. A new address whose data was erased at the
+        person's request is refused unless `again_after_erasure`: a list import made
+        before the erasure must not bring the person back unnoticed.
         """
         if not rows:
-            return 0, 0
-        added = updated = 0
+            return Upserted(0, 0, {}, {})
         now = utcnow()
         with self.begin() as conn:
             keys = [addresses.key(r.email) for r in rows]
-            existing: dict[str, int] = {}
+            existing: dict[str, tuple[int, str]] = {}
             for chunk_start in range(0, len(keys), 500):
                 chunk = keys[chunk_start : chunk_start + 500]
-                for sid, email_key in conn.execute(
-                    sa.select(subscribers.c.id, subscribers.c.email_key).where(
-                        subscribers.c.email_key.in_(chunk)
-                    )
+                for sid, email_key, status in conn.execute(
+                    sa.select(
+                        subscribers.c.id, subscribers.c.email_key, subscribers.c.status
+                    ).where(subscribers.c.email_key.in_(chunk))
                 ):
-                    existing[email_key] = sid
+                    existing[email_key] = (sid, status)
             new = [(k, r) for k, r in zip(keys, rows, strict=True) if k not in existing]
+            refused: dict[str, dt.datetime] = {}
+            if new and not again_after_erasure:
+                refused = _erased_among(conn, [r.email for _, r in new])
+                new = [(k, r) for k, r in new if r.email not in refused]
             if new:
                 conn.execute(
                     subscribers.insert(),
@@ -324,7 +336,6 @@ class Store:
                         for k, r in new
                     ],
                 )
-                added = len(new)
             known = [(k, r) for k, r in zip(keys, rows, strict=True) if k in existing]
             if known:
                 conn.execute(
@@ -333,26 +344,32 @@ class Store:
                     .values(name=sa.bindparam("new_name"), attributes=sa.bindparam("attrs")),
                     [
                         {
-                            "sid": existing[k],
+                            "sid": existing[k][0],
                             "new_name": r.name,
                             "attrs": json.dumps(r.attributes, ensure_ascii=False),
                         }
                         for k, r in known
                     ],
                 )
-                updated = len(known)
-        return added, updated
+        suppressed = {r.email: existing[k][1] for k, r in known if existing[k][1] in SUPPRESSED}
+        return Upserted(len(new), len(known) - len(suppressed), suppressed, refused)
 
     def set_subscriber_status(self, email: str, status: str) -> bool:
+        """Whether the address is on the list. Unsubscribing a bounced or complained
+        address leaves it so: it is not sent to either way, and the stronger status is
+        what keeps it off the list (and what `count` reports)."""
         values: dict[str, Any] = {"status": status}
         values["unsubscribed_at"] = utcnow() if status == UNSUBSCRIBED else None
+        which = subscribers.c.email_key == addresses.key(email)
         with self.begin() as conn:
-            result = conn.execute(
-                subscribers.update()
-                .where(subscribers.c.email_key == addresses.key(email))
-                .values(**values)
-            )
-        return result.rowcount > 0
+            kept = conn.execute(
+                sa.select(subscribers.c.status).where(which).with_for_update()
+            ).scalar_one_or_none()
+            if kept is None:
+                return False
+            if not (status == UNSUBSCRIBED and kept in SUPPRESSED):
+                conn.execute(subscribers.update().where(which).values(**values))
+        return True
 
     def subscriber(self, email: str) -> Mapping[str, Any] | None:
         """The subscriber with this address, in any spelling of its case."""
@@ -382,6 +399,39 @@ class Store:
             query = query.where(subscribers.c.status == status)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+
+def erasure_hash(email: str) -> str:
+    """What `erased` keeps of an address: the SHA-256 (hex) of its case-folded form, so
+    that the same address in any case is known again, and nothing else about it is."""
+    return hashlib.sha256(addresses.key(email).encode("utf-8")).hexdigest()
+
+
+def _erased_among(conn: Connection, emails: list[str]) -> dict[str, dt.datetime]:
+    """Those of `emails` whose data was erased, with when."""
+    hashes = {erasure_hash(e): e for e in emails}
+    found: dict[str, dt.datetime] = {}
+    digests = list(hashes)
+    for chunk_start in range(0, len(digests), 500):
+        for digest, erased_at in conn.execute(
+            sa.select(erased.c.email_hash, erased.c.erased_at).where(
+                erased.c.email_hash.in_(digests[chunk_start : chunk_start + 500])
+            )
+        ):
+            found[hashes[digest]] = erased_at
+    return found
+
+
+@dataclass(frozen=True)
+class Upserted:
+    """What an import or add did to the list."""
+
+    added: int
+    updated: int  # known addresses, suppressed ones not counted
+    # Known addresses left bounced or complained (their names updated): {email: status}.
+    suppressed: Mapping[str, str]
+    # New addresses refused, their data erased at the person's request: {email: when}.
+    erased: Mapping[str, dt.datetime]
 
 
 @dataclass(frozen=True)
