@@ -1,17 +1,20 @@
 """The services some tests need, one pytest marker each.
 
-A test that needs PostgreSQL, the Celery brokers or a browser carries the marker
-(`postgres`, `celery`, `browser`), so `pytest -m "not browser"` leaves it out. When a
-marked test runs and its service is missing, it is skipped with one line that names
-the service and how to start it; with `CI` set it fails instead, because `.ci/run`
-starts or installs every service and a skip there would hide a broken setup.
+A test that needs PostgreSQL, the Celery brokers, a browser or SpamAssassin carries the
+marker (`postgres`, `celery`, `browser`, `spamassassin`), so `pytest -m "not browser"`
+leaves it out. When a marked test runs and its service is missing, it is skipped with
+one line that names the service and how to start or install it; with `CI` set it fails
+instead, because `.ci/run` starts or installs every service and a skip there would hide
+a broken setup.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,10 +78,25 @@ def _browser() -> str | None:
     return "browser tests need " + " and ".join(missing) if missing else None
 
 
+def _spamassassin() -> str | None:
+    program = shutil.which("spamassassin")
+    if program is None:
+        return "SpamAssassin: spamassassin is not on PATH (apt-get install spamassassin)"
+    # --lint loads the rules: without any (no package rules, no sa-update) it fails.
+    lint = subprocess.run(
+        [program, "--local", "--lint"], capture_output=True, text=True, timeout=120
+    )
+    if lint.returncode != 0:
+        said = (lint.stderr.strip().splitlines() or ["no message"])[0]
+        return f"SpamAssassin's rules do not load ({said}); reinstall spamassassin"
+    return None
+
+
 CHECKS: dict[str, Callable[[], str | None]] = {
     "postgres": _postgres,
     "celery": _celery,
     "browser": _browser,
+    "spamassassin": _spamassassin,
 }
 
 

@@ -76,12 +76,17 @@ def build(state: State, issue: Path, out_dir: Path | None, force: bool) -> None:
 @cli.command()
 @click.argument("issue", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.option(
+    "--spam",
+    is_flag=True,
+    help="Also score the message with SpamAssassin (local rules): an error over [check] spam_max.",
+)
 @pass_state
-def check(state: State, issue: Path, as_json: bool) -> None:
+def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
     """Lint ISSUE: exit 1 on errors (unsubscribe, postal address, sponsor label, sizes...)."""
-    findings = publish.check_issue(state.config, issue)
+    findings = publish.check_issue(state.config, issue, spam_score=spam)
     errors = sum(f.level == "error" for f in findings)
-    warnings = len(findings) - errors
+    warnings = sum(f.level == "warning" for f in findings)
     if as_json:
         click.echo(
             json.dumps(

@@ -15,7 +15,7 @@ SUBJECT_WARN = 78
 
 @dataclass(frozen=True)
 class Finding:
-    level: str  # "error" or "warning"
+    level: str  # "error", "warning", or "info" (what `check --spam` saw that does no harm)
     code: str
     message: str
     where: str = ""

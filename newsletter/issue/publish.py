@@ -19,7 +19,7 @@ from newsletter import tokens
 from newsletter.config import Config, Sponsor
 from newsletter.errors import CheckFailed, NewsletterError
 from newsletter.fileio import write_files
-from newsletter.issue import check, inline, markdown, render, sponsor
+from newsletter.issue import check, inline, markdown, render, spam, sponsor
 from newsletter.issue.content import Issue, read_issue
 from newsletter.mail.dkim import DkimSigner
 from newsletter.mail.message import Envelope, MessageTemplate
@@ -218,9 +218,15 @@ def refuse_on_check_errors(config: Config, built: BuiltIssue, doing: str) -> Non
         )
 
 
-def check_issue(config: Config, path: Path | str) -> list[check.Finding]:
+def check_issue(config: Config, path: Path | str, spam_score: bool = False) -> list[check.Finding]:
+    """The lint's findings, errors first; with `spam_score`, then SpamAssassin's rules
+    and its total, scoring the message `build` writes (an error over [check] spam_max)."""
     built = build_issue(config, load_issue(path))
-    return check_built(config, built, sample(config, built))
+    filled = sample(config, built)
+    findings = check_built(config, built, filled)
+    if spam_score:
+        findings += spam.findings(spam.score(filled.message), config.check.spam_max)
+    return findings
 
 
 def write_build(
