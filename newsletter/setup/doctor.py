@@ -3,6 +3,9 @@
 Each check says ok, warn or fail. A fail means a send would not work (or not
 safely); a warn means it would, with something worth fixing. Nothing is created
 or changed: no tables, no secret file, no message (the SMTP check stops at QUIT).
+
+The DNS checks (DKIM's record, SPF, DMARC: `dns_checks`) warn when the DNS cannot
+answer, naming what could not be checked; SPF and DMARC findings are warnings at most.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 
+from newsletter import addresses
 from newsletter import config as config_mod
 from newsletter.errors import NewsletterError
 from newsletter.hosts import is_loopback
@@ -21,6 +26,8 @@ from newsletter.issue import publish
 from newsletter.issue.content import Issue
 from newsletter.ledger import store
 from newsletter.mail import dkim, transport
+from newsletter.setup import dns_checks
+from newsletter.setup.dns_checks import Dns, DnsLookup, DnsLookupError
 
 OK = "ok"
 WARN = "warn"
@@ -31,7 +38,7 @@ LEVELS = (OK, WARN, FAIL)
 @dataclass(frozen=True)
 class Check:
     level: str  # OK, WARN or FAIL
-    name: str  # what was checked: config, templates, database, password, smtp, base_url
+    name: str  # what was checked: config, templates, database, ..., dkim, spf, dmarc
     message: str
 
     def as_dict(self) -> dict[str, str]:
@@ -41,11 +48,12 @@ class Check:
 def run(
     config_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
-    lookup_txt: Callable[[str], list[str]] | None = None,
+    lookup: DnsLookup | None = None,
 ) -> Iterator[Check]:
     """The checks, in order, as they finish (the SMTP one can take up to [smtp] timeout).
 
-    `lookup_txt` finds the DKIM record (default: the DNS; the tests give their own).
+    `lookup` asks the DNS for the DKIM, SPF and DMARC records (default: the system's
+    resolver, `dns_checks.lookup_dns`; the tests give their own).
 
     Without a valid config nothing else can be checked: the config check is the only one.
     """
@@ -64,8 +72,14 @@ def run(
         yield password_check
     yield check_smtp(config, have_password=password_check is None or password_check.level == OK)
     yield check_base_url(config)
+    dns = Dns(lookup or dns_checks.lookup_dns)
     if config.dkim.domain:
-        yield check_dkim(config, lookup_txt or lookup_dns_txt)
+        yield check_dkim(config, dns)
+    # Mail from a domain reserved for examples is a test: its DNS is not the user's.
+    if not dns_checks.is_reserved(envelope_domain(config)):
+        yield check_spf(config, dns)
+    if not dns_checks.is_reserved(from_domain(config)):
+        yield check_dmarc(config, dns)
 
 
 def summary(checks: list[Check]) -> str:
@@ -260,11 +274,7 @@ def check_base_url(config: config_mod.Config) -> Check:
 # --- DKIM -----------------------------------------------------------------------------
 
 
-class DnsLookupError(Exception):
-    """The DNS could not answer (no resolver, timeout): not the same as "no record"."""
-
-
-def check_dkim(config: config_mod.Config, lookup_txt: Callable[[str], list[str]]) -> Check:
+def check_dkim(config: config_mod.Config, dns: Dns) -> Check:
     """The private key is readable, and the record its selector names publishes that key."""
     try:
         signer = dkim.DkimSigner.from_config(config)
@@ -274,7 +284,7 @@ def check_dkim(config: config_mod.Config, lookup_txt: Callable[[str], list[str]]
     name = f"{signer.selector}._domainkey.{signer.domain}"
     published = _dkim_tags(dkim.dns_value(signer.key.public_key()))["p"]
     try:
-        records = [_dkim_tags(text) for text in lookup_txt(name)]
+        records = [_dkim_tags(text) for text in dns.txt(name)]
     except DnsLookupError as exc:
         return Check(
             WARN, "dkim", f"{signer.algorithm} key readable; cannot look up {name}: {exc}"
@@ -307,15 +317,166 @@ def _dkim_tags(record: str) -> dict[str, str]:
     return tags
 
 
-def lookup_dns_txt(name: str) -> list[str]:
-    """The TXT records at `name` ([] when there is none), each one's strings joined."""
-    import dns.exception
-    import dns.resolver
+# --- SPF and DMARC --------------------------------------------------------------------
+# Warnings, never failures: the mail still goes out, and receivers weigh SPF and DMARC
+# with the rest. A failure is for what cannot work at all.
 
+
+def from_domain(config: config_mod.Config) -> str:
+    """The domain of [publication] from, in A-labels: the one DMARC is about."""
+    return _domain_of(parseaddr(config.publication.from_addr)[1])
+
+
+def envelope_sender(config: config_mod.Config) -> str:
+    """The envelope sender (MAIL FROM) that SPF checks: [bounces] address when set (its
+    VERP addresses keep its domain), else the From address."""
+    return config.bounces.address or parseaddr(config.publication.from_addr)[1]
+
+
+def envelope_domain(config: config_mod.Config) -> str:
+    return _domain_of(envelope_sender(config))
+
+
+def _domain_of(address: str) -> str:
     try:
-        answer = dns.resolver.resolve(name, "TXT", lifetime=5.0)
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-        return []
-    except dns.exception.DNSException as exc:
-        raise DnsLookupError(str(exc) or type(exc).__name__) from None
-    return [b"".join(rdata.strings).decode("ascii", "replace") for rdata in answer]
+        address = addresses.ascii_domain(address)
+    except ValueError:
+        pass  # the config check has passed it; look it up as written
+    return address.rpartition("@")[2].lower()
+
+
+def check_spf(config: config_mod.Config, dns: Dns) -> Check:
+    """The envelope domain's SPF record (RFC 7208) authorises the relay's addresses."""
+    domain = envelope_domain(config)
+    try:
+        records = dns_checks.spf_records(domain, dns)
+    except DnsLookupError as exc:
+        return Check(WARN, "spf", f"cannot look up the SPF record of {domain}: {exc}")
+    if not records:
+        return Check(
+            WARN,
+            "spf",
+            f"no SPF record at {domain} (the envelope domain): receivers cannot tell which"
+            ' servers may send its mail; publish a TXT record "v=spf1 ... ~all" that names'
+            " the relay",
+        )
+    if len(records) > 1:
+        return Check(
+            WARN,
+            "spf",
+            f"{domain} has {len(records)} SPF records: receivers take that as an error"
+            " (permerror, RFC 7208 section 4.5); merge them into one",
+        )
+    level, verdicts = OK, []
+    for host in dict.fromkeys(smtp.host for _, smtp in transport.servers(config)):
+        host_level, verdict = _spf_verdict(host, envelope_sender(config), dns)
+        verdicts.append(verdict)
+        level = WARN if WARN in (level, host_level) else OK
+    return Check(level, "spf", f'{domain}: "{records[0]}": {"; ".join(verdicts)}')
+
+
+# What each RFC 7208 section 2.6 result means for the relay's mail, as doctor says it.
+_SPF_MEANING = {
+    "fail": "the record forbids it, and receivers may reject the mail",
+    "softfail": "the record does not authorise it, and receivers may file the mail as spam",
+    "neutral": "the record neither authorises nor forbids it",
+    "none": "no SPF policy applies",
+}
+_SPF_HINT = (
+    "add the relay (ip4:, ip6:, or the include: its provider documents; a provider may"
+    " send from other addresses than its relay listens on)"
+)
+
+
+def _spf_verdict(host: str, sender: str, dns: Dns) -> tuple[str, str]:
+    """(level, what SPF says of mail that the relay `host` sends for `sender`)."""
+    try:
+        found = dns_checks.relay_addresses(host, dns)
+    except DnsLookupError as exc:
+        return WARN, f"cannot look up the relay {host}: {exc}"
+    if not found:
+        return WARN, f"the relay {host} has no A or AAAA record, so it cannot be checked"
+    if is_loopback(host) or all(dns_checks.is_local_address(a) for a in found):
+        # A local relay hands the mail on to another server, whose address is what the
+        # receivers see and check.
+        return WARN, (
+            f"the relay {host} is on this machine or network, so SPF sees the server it"
+            " hands the mail on to: check that server's addresses against the record"
+        )
+    results = [dns_checks.evaluate_spf(address, sender, dns) for address in found]
+    if all(r.result == "pass" for r in results):
+        return OK, f"pass for the relay {host} ({', '.join(found)})"
+    worst = next(r for r in results if r.result != "pass")
+    if worst.result == "temperror":
+        return WARN, f"cannot evaluate it for the relay {host}: {worst.explanation}"
+    if worst.result == "permerror":
+        return WARN, f"the record is broken ({worst.explanation}): receivers cannot use it"
+    which = ", ".join(r.address for r in results if r.result == worst.result)
+    by = f" ({worst.mechanism})" if worst.mechanism else ""
+    meaning = _SPF_MEANING.get(worst.result, worst.explanation)
+    return WARN, f"{worst.result}{by} for the relay {host} ({which}): {meaning}; {_SPF_HINT}"
+
+
+def check_dmarc(config: config_mod.Config, dns: Dns) -> Check:
+    """The From domain's DMARC record (RFC 7489): found, what it asks, and whether the
+    DKIM signature or the envelope domain can align with From."""
+    domain = from_domain(config)
+    try:
+        found = dns_checks.discover_dmarc(domain, dns)
+    except DnsLookupError as exc:
+        return Check(WARN, "dmarc", f"cannot look up the DMARC record of {domain}: {exc}")
+    _, alignment = _alignment(config, domain, {})  # relaxed: RFC 7489 section 6.3 defaults
+    if not found.records:
+        return Check(
+            WARN,
+            "dmarc",
+            f"no DMARC record at {' nor '.join(found.asked)}: receivers apply no policy to"
+            f' mail that forges {domain}; publish one, e.g. "v=DMARC1; p=none;'
+            f' rua=mailto:dmarc@{domain}" to start with reports; {alignment}',
+        )
+    if len(found.records) > 1:
+        return Check(
+            WARN,
+            "dmarc",
+            f"{found.name} has {len(found.records)} DMARC records: receivers apply none"
+            " (RFC 7489 section 6.6.3); keep one",
+        )
+    tags = dns_checks.dmarc_tags(found.records[0])
+    subdomain = found.organisational  # a record found at the organisational domain
+    policy = dns_checks.effective_policy(tags, subdomain)
+    can_align, alignment = _alignment(config, domain, tags)
+    where = f"{found.name} (for {domain})" if subdomain else found.name
+    said = ", ".join(f"{t}={tags[t]}" for t in ("p", "sp", "pct", "rua") if t in tags)
+    if "rua" not in tags:
+        said += ", no rua (no aggregate reports)"
+    if policy is None:
+        return Check(
+            WARN, "dmarc", f"{where}: {said}: no valid p= tag, so receivers ignore the record"
+        )
+    level = OK if policy != "none" and can_align else WARN
+    if policy == "none":
+        said += (
+            f"; {'sp' if subdomain and 'sp' in tags else 'p'}=none asks receivers to report"
+            " only, not to act on mail that fails (quarantine or reject once the reports"
+            " show only your mail)"
+        )
+    return Check(level, "dmarc", f"{where}: {said}; {alignment}")
+
+
+def _alignment(config: config_mod.Config, domain: str, tags: dict[str, str]) -> tuple[bool, str]:
+    """(can DMARC pass, what aligns with the From domain and what cannot): RFC 7489
+    section 3.1, relaxed unless the record says adkim=s or aspf=s."""
+    envelope = envelope_domain(config)
+    dkim_d = config.dkim.domain.lower()
+    spf = f"SPF (envelope domain {envelope})"
+    dkim = f"DKIM (d={dkim_d})" if dkim_d else "DKIM (no [dkim] signing)"
+    spf_ok = dns_checks.aligned(envelope, domain, strict=tags.get("aspf", "").lower() == "s")
+    dkim_ok = bool(dkim_d) and dns_checks.aligned(
+        dkim_d, domain, strict=tags.get("adkim", "").lower() == "s"
+    )
+    if spf_ok and dkim_ok:
+        return True, f"{spf} and {dkim} align with From"
+    if spf_ok or dkim_ok:
+        good, bad, alone = (spf, dkim, "SPF") if spf_ok else (dkim, spf, "DKIM")
+        return True, f"{good} aligns with From; {bad} cannot, so DMARC rests on {alone} alone"
+    return False, f"neither {spf} nor {dkim} aligns with From {domain}: DMARC fails every message"
