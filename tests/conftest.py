@@ -28,6 +28,18 @@ def newsletter_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests stay on 127.0.0.1: doctor's SPF, DMARC and DKIM lookups answer "unreachable"
+    unless a test hands doctor its own lookup."""
+    from newsletter.setup import dns_checks
+
+    def unreachable(name: str, rdtype: str) -> list[str]:
+        raise dns_checks.DnsUnreachable(f"{name}: no DNS in the tests")
+
+    monkeypatch.setattr(dns_checks, "lookup_dns", unreachable)
+
+
 @pytest.fixture
 def publication(tmp_path: Path) -> Path:
     """A copy of the sample publication (config, templates, issues); its newsletter.toml."""
