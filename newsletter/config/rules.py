@@ -219,3 +219,25 @@ def _validate_bounces(path: Path, bounces: Bounces) -> None:
             f"{path}: [bounces] imap_password_env: name the environment variable that holds"
             f" the password for {bounces.imap_username!r}"
         )
+    # arn:partition:sns:region:account-id:topic-name; a topic name is up to 256 letters,
+    # digits, '-' and '_' (SNS CreateTopic), with '.fifo' for a FIFO topic.
+    topic_arn = r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?"
+    for arn in bounces.ses_topic_arns:
+        if not re.fullmatch(topic_arn, arn):
+            raise ConfigError(
+                f"{path}: [bounces] ses_topic_arns: expected SNS topic ARNs like"
+                f" arn:aws:sns:us-east-1:123456789012:ses-bounces, got {arn!r}"
+            )
+    if bounces.postmark_username and not bounces.postmark_password_env:
+        raise ConfigError(
+            f"{path}: [bounces] postmark_password_env: name the environment variable that"
+            f" holds the webhook password for {bounces.postmark_username!r}"
+        )
+    if bounces.postmark_password_env and not bounces.postmark_username:
+        raise ConfigError(
+            f"{path}: [bounces] postmark_username: required with postmark_password_env"
+            " (the webhook's basic-auth user name)"
+        )
+    if ":" in bounces.postmark_username:
+        # RFC 7617 section 2: the user-id of basic auth cannot contain a colon.
+        raise ConfigError(f"{path}: [bounces] postmark_username: must not contain ':'")

@@ -12,6 +12,7 @@ The links and headers every message carries land here:
     GET  /unsubscribe/TOKEN    a page with a button; opening it changes nothing
     POST /unsubscribe/TOKEN    one-click unsubscribe (RFC 8058): no cookies, answers 200
     GET  /unsubscribe          how to unsubscribe (the web version's footer link)
+    POST /webhooks/PROVIDER    a mail provider's bounces and complaints (webhooks.py)
 
 Every absolute link is made from [publication] base_url, never from the request, so
 the pages are the same whatever Host a proxy passes on, and the archive pages are
@@ -42,7 +43,7 @@ from newsletter.ledger import signups
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import UNSUBSCRIBED
 from newsletter.send import tracking
-from newsletter.web import archive, serving, signup
+from newsletter.web import archive, serving, signup, webhooks
 
 MAX_FORM_BYTES = 8192
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -72,7 +73,10 @@ def _quiet(message: str) -> None:
 class Site:
     """The public pages as an ASGI app; `close` releases the database and the mail thread."""
 
-    def __init__(self, config: Config, log: Log = _quiet) -> None:
+    def __init__(
+        self, config: Config, log: Log = _quiet, fetch: webhooks.Fetch | None = None
+    ) -> None:
+        """`fetch` gets an https URL for the SES webhook (sns.fetch_https by default)."""
         archive.require_base_url(config)
         self.config = config
         self._log = log
@@ -85,6 +89,7 @@ class Site:
             self._confirm = tokens.Signer(secret, tokens.CONFIRM)
             self._clicks = tracking.ClickSigner(secret)
             self.outbox = signup.Outbox(self.store, config, log) if config.signup.enabled else None
+            self.webhooks = webhooks.Webhooks(self.store, config, secret, fetch, log)
         except BaseException:
             self.store.close()
             raise
@@ -97,6 +102,7 @@ class Site:
             Route("/unsubscribe", self.how_to_unsubscribe),
             Route("/unsubscribe/{token}", self.unsubscribe, methods=["GET", "POST"]),
             Route("/c/{token}", self.click, methods=["GET", "HEAD"]),
+            Route("/webhooks/{provider}", self.webhook, methods=["POST"]),
         ]
         if self.outbox is not None:
             routes += [
@@ -252,6 +258,25 @@ class Site:
             status=400,
         )
 
+    # -- bounce webhooks
+
+    async def webhook(self, request: Request) -> Response:
+        """A provider's report: verified, recorded once, answered in a word (webhooks.py)."""
+        provider = request.path_params["provider"]
+        if provider not in self.webhooks.providers:
+            answer = webhooks.NOT_FOUND
+        else:
+            body = await _read_body(request, webhooks.MAX_BODY_BYTES)
+            if body is None:
+                answer = webhooks.TOO_LARGE
+            else:
+                answer = await anyio.to_thread.run_sync(
+                    self.webhooks.receive, provider, body, request.headers
+                )
+        return Response(
+            answer.text, status_code=answer.status, media_type="text/plain", headers=answer.headers
+        )
+
     # -- signing up
 
     async def subscribe(self, request: Request) -> Response:
@@ -339,6 +364,19 @@ async def _read_form(request: Request) -> dict[str, str] | Response:
     for name, value in pairs:
         fields.setdefault(name, value)
     return fields
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is longer than `limit` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 # --- entry points ---------------------------------------------------------------------------
