@@ -7,6 +7,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -48,8 +49,10 @@ class Running:
 
 
 @contextlib.contextmanager
-def running(config: config_mod.Config) -> Iterator[Running]:
-    site = site_mod.Site(config)
+def running(config: config_mod.Config, **site_options: Any) -> Iterator[Running]:
+    """The site served on a free port of 127.0.0.1 (`site_options` go to Site: the
+    webhooks' https fetch, say)."""
+    site = site_mod.Site(config, **site_options)
     try:
         server = site_mod.server(site, "127.0.0.1", 0)
     except BaseException:

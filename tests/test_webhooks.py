@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
-from site_support import Running
+from site_support import Running, running
 from smtp_fixtures import SmtpServer
 
 from newsletter import tokens
@@ -157,19 +157,9 @@ def https(keys: Keys) -> FakeHttps:
 
 @contextlib.contextmanager
 def serving(pub: Publication, fetch: FakeHttps, **settings: str) -> Iterator[Running]:
-    """site_support.running, with the site's https fetch injected."""
-    site = site_mod.Site(pub.config(**settings), fetch=fetch)
-    try:
-        server = site_mod.server(site, "127.0.0.1", 0)
-    except BaseException:
-        site.close()
-        raise
-    server.start()
-    try:
-        yield Running(site, server)
-    finally:
-        server.stop()
-        site.close()
+    """The site, with its https fetch injected."""
+    with running(pub.config(**settings), fetch=fetch) as site:
+        yield site
 
 
 @pytest.fixture
