@@ -1,7 +1,7 @@
 """The services some tests need, one pytest marker each.
 
-A test that needs PostgreSQL, the Celery brokers or a browser carries the marker
-(`postgres`, `celery`, `browser`), so `pytest -m "not browser"` leaves it out. When a
+A test that needs PostgreSQL, the Celery brokers, a browser or Dovecot carries the marker
+(`postgres`, `celery`, `browser`, `dovecot`), so `pytest -m "not browser"` leaves it out. When a
 marked test runs and its service is missing, it is skipped with one line that names
 the service and how to start it; with `CI` set it fails instead, because `.ci/run`
 starts or installs every service and a skip there would hide a broken setup.
@@ -23,6 +23,9 @@ POSTGRES_URL = os.environ.get(POSTGRES_ENV, "")
 REDIS = ("127.0.0.1", 6379)
 AMQP = ("127.0.0.1", 5672)
 CHROMIUM = Path(os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium"))
+# Debian's dovecot-imapd: the tests start their own server from these (tests/test_bounces.py).
+DOVECOT = Path(os.environ.get("NEWSLETTER_DOVECOT", "/usr/sbin/dovecot"))
+DOVECOT_IMAP = Path("/usr/lib/dovecot/imap")
 
 
 def _reachable(address: tuple[str, int]) -> str | None:
@@ -75,10 +78,21 @@ def _browser() -> str | None:
     return "browser tests need " + " and ".join(missing) if missing else None
 
 
+def _dovecot() -> str | None:
+    missing = [str(p) for p in (DOVECOT, DOVECOT_IMAP) if not p.exists()]
+    if missing:
+        return (
+            f"Dovecot: {' and '.join(missing)} not found (apt-get install dovecot-imapd;"
+            " the tests start their own server on a free port)"
+        )
+    return None
+
+
 CHECKS: dict[str, Callable[[], str | None]] = {
     "postgres": _postgres,
     "celery": _celery,
     "browser": _browser,
+    "dovecot": _dovecot,
 }
 
 

@@ -11,9 +11,16 @@ CLI runs in-process and as a subprocess, and `bounces fetch` reads a real Doveco
 from __future__ import annotations
 
 import datetime as dt
+import os
+import pwd
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,9 +28,14 @@ import sqlalchemy as sa
 import tls_fixtures
 from campaign_support import SECRET, Publication, make_publication
 from click.testing import CliRunner, Result
+from imapclient import IMAPClient
+from services import DOVECOT
+from smtp_fixtures import free_port
 
 from newsletter.bounces import classify as classify_mod
+from newsletter.bounces import fetch as fetch_mod
 from newsletter.bounces.classify import NotMail, classify
+from newsletter.bounces.fetch import fetch
 from newsletter.bounces.ingest import Summary, ingest
 from newsletter.cli import cli
 from newsletter.issue import publish
@@ -442,3 +454,354 @@ def test_ingest_as_a_pipe_runs_it(pub: Publication) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode() == "carol@example.net: hard 5.1.1, suppressed (bounced)\n"
     assert recorded(pub) == [("carol@example.net", "hard", 1, 3)]
+
+
+# --- `newsletter bounces fetch`, against a real Dovecot --------------------------------
+
+IMAP_USER, IMAP_PASSWORD = "bounces", "imap-test-password"
+DONE = "newsletter-processed"
+
+DOVECOT_CONF = """\
+protocols = imap
+listen = 127.0.0.1
+base_dir = {home}/run
+state_dir = {home}/state
+log_path = {home}/dovecot.log
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+default_internal_user = {internal}
+default_login_user = {login}
+first_valid_uid = {uid}
+first_valid_gid = {gid}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {home}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={home}/mail/%u
+}}
+mail_location = maildir:~/Maildir
+{capability}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {tls_port}
+    ssl = yes
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+@dataclass
+class Dovecot:
+    port: int  # IMAP, with STARTTLS
+    tls_port: int  # IMAPS
+
+    def client(self) -> IMAPClient:
+        client = IMAPClient("127.0.0.1", self.port, ssl=False, timeout=10)
+        client.login(IMAP_USER, IMAP_PASSWORD)
+        return client
+
+    def deliver(self, *messages: bytes) -> None:
+        with self.client() as client:
+            for raw in messages:
+                # IMAP sends lines ending in CRLF (RFC 3501 section 4.3).
+                client.append("INBOX", raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+
+    def count(self, folder: str) -> int:
+        """The messages in `folder`, those flagged \\Deleted too."""
+        with self.client() as client:
+            if not client.folder_exists(folder):
+                return 0
+            client.select_folder(folder, readonly=True)
+            return len(client.search("ALL"))
+
+
+@pytest.fixture
+def start_dovecot(self_signed: tuple[Path, Path]) -> Iterator[Callable[..., Dovecot]]:
+    """start_dovecot(capability=""): a Dovecot of its own on two free ports, with a
+    throwaway configuration, one user and a Maildir; `capability` replaces the IMAP
+    CAPABILITY it announces after login (to leave out MOVE). Stopped after the test."""
+    cert, key = self_signed
+    started: list[tuple[subprocess.Popen[bytes], str]] = []
+    if os.geteuid() == 0:  # Dovecot runs mail as a user of its own, never as root
+        internal, login, mail = "dovecot", "dovenull", pwd.getpwnam("dovecot")
+    else:
+        mail = pwd.getpwuid(os.geteuid())
+        internal = login = mail.pw_name
+
+    def start(capability: str = "") -> Dovecot:
+        # Short: Dovecot's sockets live under it, and a socket path has 108 bytes at most.
+        home = tempfile.mkdtemp(prefix="newsletter-dovecot-")
+        os.chmod(home, 0o755)
+        os.makedirs(f"{home}/mail")
+        os.chown(f"{home}/mail", mail.pw_uid, mail.pw_gid)
+        Path(home, "passwd").write_text(f"{IMAP_USER}:{{PLAIN}}{IMAP_PASSWORD}\n")
+        server = Dovecot(free_port(), free_port())
+        conf = Path(home, "dovecot.conf")
+        conf.write_text(
+            DOVECOT_CONF.format(
+                home=home,
+                cert=cert,
+                key=key,
+                internal=internal,
+                login=login,
+                uid=mail.pw_uid,
+                gid=mail.pw_gid,
+                port=server.port,
+                tls_port=server.tls_port,
+                capability=f"imap_capability = {capability}" if capability else "",
+            )
+        )
+        proc = subprocess.Popen([str(DOVECOT), "-F", "-c", str(conf)], stderr=subprocess.PIPE)
+        started.append((proc, home))
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                server.client().logout()
+                return server
+            except OSError:
+                log = Path(home, "dovecot.log")
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    errors = proc.stderr.read().decode() if proc.poll() is not None else ""
+                    pytest.fail(f"Dovecot did not start: {errors}{log.read_text()[-2000:]}")
+                time.sleep(0.1)
+
+    yield start
+    for proc, home in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def dovecot(start_dovecot: Callable[..., Dovecot]) -> Dovecot:
+    return start_dovecot()
+
+
+def mailbox(pub: Publication, server: Dovecot, security: str = "none", **keys: str) -> None:
+    """Point [bounces] of `pub` at the server's mailbox."""
+    port = server.tls_port if security == "tls" else server.port
+    settings = {
+        "imap_host": "127.0.0.1",
+        "imap_port": str(port),
+        "imap_security": security,
+        "imap_username": IMAP_USER,
+        "imap_password_env": "BOUNCES_IMAP_PASSWORD",
+        **keys,
+    }
+    pub.env.update({f"NEWSLETTER_BOUNCES_{k.upper()}": v for k, v in settings.items()})
+    pub.env["BOUNCES_IMAP_PASSWORD"] = IMAP_PASSWORD
+
+
+ALL_SAMPLES = sorted(SAMPLES.glob("*.eml"))
+A_PERSON_WRITES = b"From: Ann <ann.lee@example.com>\nSubject: Hello\n\nA question for you.\n"
+
+
+@pytest.mark.dovecot
+def test_fetch_records_each_message_moves_it_and_counts_nothing_twice(
+    pub: Publication, dovecot: Dovecot
+) -> None:
+    mailbox(pub, dovecot)
+    dovecot.deliver(*(p.read_bytes() for p in ALL_SAMPLES), A_PERSON_WRITES, b"hello world\n")
+    result = invoke(pub, "bounces", "fetch")
+    assert result.exit_code == 0, result.output
+    # 8 hard (kim is not on the list, so 8 suppressed with erin's complaint), bob and leo
+    # soft; the out-of-office reply, the person's message and the bytes that are no mail
+    # are ignored.
+    assert result.stdout == (
+        "13 messages, 8 hard, 2 soft, 1 complaints, 3 ignored, 8 suppressed\n"
+    )
+    assert (dovecot.count("INBOX"), dovecot.count(DONE)) == (0, 13)
+    assert status(pub, "ivan@example.com") == "active"
+    assert status(pub, "erin@example.com") == "complained"
+    assert len(recorded(pub)) == 11
+    again = invoke(pub, "bounces", "fetch")
+    assert again.stdout == "0 messages, 0 hard, 0 soft, 0 complaints, 0 ignored, 0 suppressed\n"
+    assert len(recorded(pub)) == 11
+
+
+@pytest.mark.dovecot
+def test_a_report_the_pipe_recorded_is_seen_before_in_the_mailbox(
+    pub: Publication, dovecot: Dovecot
+) -> None:
+    mailbox(pub, dovecot)
+    assert invoke(pub, "bounces", "ingest", input=sample("postfix_dsn.eml")).exit_code == 0
+    dovecot.deliver(sample("postfix_dsn.eml"), sample("gmail_dsn.eml"))
+    result = invoke(pub, "bounces", "fetch")
+    assert result.stdout == (
+        "2 messages, 1 hard, 0 soft, 0 complaints, 0 ignored, 1 suppressed, 1 seen before\n"
+    )
+
+
+@pytest.mark.dovecot
+@pytest.mark.parametrize("capability", ["IMAP4rev1 UIDPLUS", "IMAP4rev1"])
+def test_fetch_moves_by_copy_where_the_server_has_no_move(
+    pub: Publication, start_dovecot: Callable[..., Dovecot], capability: str
+) -> None:
+    server = start_dovecot(capability)
+    with server.client() as client:
+        assert not client.has_capability("MOVE")
+    mailbox(pub, server)
+    server.deliver(sample("postfix_dsn.eml"), sample("gmail_dsn.eml"), sample("arf_abuse.eml"))
+    result = invoke(pub, "bounces", "fetch")
+    assert result.stdout.startswith("3 messages, 2 hard, 0 soft, 1 complaints"), result.output
+    # Expunged, not only flagged \Deleted: count() sees those too.
+    assert (server.count("INBOX"), server.count(DONE)) == (0, 3)
+
+
+@pytest.mark.dovecot
+def test_a_message_another_run_moved_is_not_an_error(
+    pub: Publication, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second run moves every message while the first is reading its first one: the
+    first finds the rest gone when it fetches them and when it moves its one."""
+    mailbox(pub, dovecot)
+    monkeypatch.setenv("BOUNCES_IMAP_PASSWORD", IMAP_PASSWORD)
+    dovecot.deliver(*(sample(n) for n in ("postfix_dsn.eml", "gmail_dsn.eml", "exim_text.eml")))
+    monkeypatch.setattr(fetch_mod, "BATCH", 1)
+    real_ingest = fetch_mod.ingest
+    inner: list[Summary] = []
+
+    def ingest_while_another_run_goes(*args: object, **kwargs: object) -> object:
+        if not inner:
+            inner.append(Summary())
+            inner[0] = fetch(pub.store(), pub.config(), KEY)
+        return real_ingest(*args, **kwargs)
+
+    monkeypatch.setattr(fetch_mod, "ingest", ingest_while_another_run_goes)
+    outer = fetch(pub.store(), pub.config(), KEY)
+    assert (inner[0].messages, inner[0].hard) == (3, 3)
+    assert (outer.messages, outer.hard, outer.seen_before) == (1, 0, 1)
+    assert (dovecot.count("INBOX"), dovecot.count(DONE)) == (0, 3)
+
+
+@pytest.mark.dovecot
+def test_two_fetches_at_once_count_each_report_once(
+    pub: Publication, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailbox(pub, dovecot)
+    monkeypatch.setenv("BOUNCES_IMAP_PASSWORD", IMAP_PASSWORD)
+    messages = [p.read_bytes() for p in ALL_SAMPLES] * 3
+    dovecot.deliver(*messages)
+    monkeypatch.setattr(fetch_mod, "BATCH", 4)  # many small rounds: the runs interleave
+    start = threading.Barrier(2)
+    summaries: list[Summary] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        start.wait()
+        try:
+            summaries.append(fetch(pub.store(), pub.config(), KEY))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert sum(s.hard for s in summaries) == 8
+    assert sum(s.soft for s in summaries) == 2
+    assert sum(s.complaints for s in summaries) == 1
+    assert sum(s.messages for s in summaries) >= len(messages)
+    assert len(recorded(pub)) == 11
+    # Every message handled and moved. Two sessions that move one message at the same
+    # instant may each leave a copy (Dovecot's Maildir lets both succeed): more is fine.
+    assert dovecot.count("INBOX") == 0
+    assert dovecot.count(DONE) >= len(messages)
+
+
+@pytest.mark.dovecot
+@pytest.mark.parametrize("security", ["tls", "starttls"])
+def test_tls_is_verified(
+    pub: Publication,
+    dovecot: Dovecot,
+    self_signed: tuple[Path, Path],
+    security: str,
+    assert_user_error: Callable[..., str],
+) -> None:
+    mailbox(pub, dovecot, security)
+    dovecot.deliver(sample("postfix_dsn.eml"))
+    refused = invoke(pub, "bounces", "fetch")
+    assert refused.exit_code == 1
+    assert_user_error(refused, "[bounces] imap_security: TLS with", "certificate verify failed")
+    assert dovecot.count("INBOX") == 1
+    # Trusted (the test's certificate as the CA bundle), the same server is fine.
+    pub.env["SSL_CERT_FILE"] = str(self_signed[0])
+    result = invoke(pub, "bounces", "fetch")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("1 messages, 1 hard")
+
+
+def test_tls_is_the_default(pub: Publication) -> None:
+    assert pub.config().bounces.imap_security == "tls"
+
+
+@pytest.mark.dovecot
+@pytest.mark.parametrize(
+    ("keys", "needles"),
+    [
+        (
+            {"imap_folder": "Bounces"},
+            ["[bounces] imap_folder: cannot open 'Bounces' at 127.0.0.1:", "exist"],
+        ),
+        (
+            {"imap_username": "nobody"},
+            ["[bounces] imap_username, imap_password_env:", "refused the login of 'nobody' ([AU"],
+        ),
+        ({"imap_port": "unreachable"}, ["[bounces] imap_host: cannot reach 127.0.0.1:"]),
+    ],
+    ids=["folder-missing", "login-refused", "host-unreachable"],
+)
+def test_mailbox_errors_are_one_line_naming_the_key(
+    pub: Publication,
+    dovecot: Dovecot,
+    keys: dict[str, str],
+    needles: list[str],
+    assert_user_error: Callable[..., str],
+) -> None:
+    if keys.get("imap_port") == "unreachable":
+        keys = {"imap_port": str(free_port())}  # nothing listens there
+    mailbox(pub, dovecot, **keys)
+    result = invoke(pub, "bounces", "fetch")
+    assert result.exit_code == 1
+    assert_user_error(result, *needles)
+
+
+def test_fetch_needs_a_mailbox_configured(
+    pub: Publication, assert_user_error: Callable[..., str]
+) -> None:
+    result = invoke(pub, "bounces", "fetch")
+    assert result.exit_code == 2
+    assert_user_error(result, "[bounces] imap_host: not set")
+    pub.env.update(
+        {
+            "NEWSLETTER_BOUNCES_IMAP_HOST": "127.0.0.1",
+            "NEWSLETTER_BOUNCES_IMAP_USERNAME": IMAP_USER,
+            "NEWSLETTER_BOUNCES_IMAP_PASSWORD_ENV": "BOUNCES_IMAP_PASSWORD",
+        }
+    )
+    result = invoke(pub, "bounces", "fetch")
+    assert result.exit_code == 2
+    assert_user_error(result, "[bounces] imap_password_env", "BOUNCES_IMAP_PASSWORD is not set")

@@ -6,6 +6,7 @@ from typing import BinaryIO
 
 import click
 
+from newsletter.bounces import fetch as fetch_mod
 from newsletter.bounces import ingest as ingest_mod
 from newsletter.cli.root import State, cli, open_store, pass_state
 from newsletter.tokens import load_secret
@@ -40,3 +41,21 @@ def bounces_ingest(state: State, message: BinaryIO) -> None:
     for outcome in result.outcomes:
         code = f" {outcome.bounce.status_code}" if outcome.bounce.status_code else ""
         click.echo(f"{outcome.who}: {outcome.bounce.kind}{code}, {outcome.effect}")
+
+
+@bounces_group.command("fetch")
+@pass_state
+def bounces_fetch(state: State) -> None:
+    """Read every message in the [bounces] IMAP mailbox, record it, move it away.
+
+    Reads imap_folder on imap_host (TLS unless imap_security says otherwise), logs in
+    as imap_username with the password in the variable imap_password_env names, and
+    moves each message it handled to imap_done_folder. Safe from cron, and twice at
+    once: a report is counted once.
+    """
+    done = fetch_mod.fetch(open_store(state), state.config, load_secret(state.config))
+    click.echo(
+        f"{done.messages} messages, {done.hard} hard, {done.soft} soft,"
+        f" {done.complaints} complaints, {done.ignored} ignored, {done.suppressed} suppressed"
+        + (f", {done.seen_before} seen before" if done.seen_before else "")
+    )
