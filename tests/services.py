@@ -1,11 +1,11 @@
 """The services some tests need, one pytest marker each.
 
-A test that needs PostgreSQL, the Celery brokers, a browser or SpamAssassin carries the
-marker (`postgres`, `celery`, `browser`, `spamassassin`), so `pytest -m "not browser"`
-leaves it out. When a marked test runs and its service is missing, it is skipped with
-one line that names the service and how to start or install it; with `CI` set it fails
-instead, because `.ci/run` starts or installs every service and a skip there would hide
-a broken setup.
+A test that needs PostgreSQL, the Celery brokers, a browser, SpamAssassin or Dovecot
+carries the marker (`postgres`, `celery`, `browser`, `spamassassin`, `dovecot`), so
+`pytest -m "not browser"` leaves it out. When a marked test runs and its service is
+missing, it is skipped with one line that names the service and how to start or install
+it; with `CI` set it fails instead, because `.ci/run` starts or installs every service and
+a skip there would hide a broken setup.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ POSTGRES_URL = os.environ.get(POSTGRES_ENV, "")
 REDIS = ("127.0.0.1", 6379)
 AMQP = ("127.0.0.1", 5672)
 CHROMIUM = Path(os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium"))
+# Debian's dovecot-imapd: the tests start their own server from these (tests/test_bounces.py).
+DOVECOT = Path(os.environ.get("NEWSLETTER_DOVECOT", "/usr/sbin/dovecot"))
+DOVECOT_IMAP = Path("/usr/lib/dovecot/imap")
 
 
 def _reachable(address: tuple[str, int]) -> str | None:
@@ -89,6 +92,15 @@ def _spamassassin() -> str | None:
     if lint.returncode != 0:
         said = (lint.stderr.strip().splitlines() or ["no message"])[0]
         return f"SpamAssassin's rules do not load ({said}); reinstall spamassassin"
+
+
+def _dovecot() -> str | None:
+    missing = [str(p) for p in (DOVECOT, DOVECOT_IMAP) if not p.exists()]
+    if missing:
+        return (
+            f"Dovecot: {' and '.join(missing)} not found (apt-get install dovecot-imapd;"
+            " the tests start their own server on a free port)"
+        )
     return None
 
 
@@ -97,6 +109,7 @@ CHECKS: dict[str, Callable[[], str | None]] = {
     "celery": _celery,
     "browser": _browser,
     "spamassassin": _spamassassin,
+    "dovecot": _dovecot,
 }
 
 

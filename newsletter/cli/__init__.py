@@ -11,7 +11,7 @@ The only package that imports click. One module per command group:
     site       serve, archive, sponsors
 """
 
-from newsletter.cli import audience, issue, schedule, sending, setup, site  # noqa: F401
+from newsletter.cli import audience, bounces, issue, schedule, sending, setup, site  # noqa: F401
 from newsletter.cli.root import cli
 
 __all__ = ["cli", "main"]
