@@ -21,7 +21,9 @@ MODULES = sorted(
     for m in pkgutil.walk_packages([str(PACKAGE)], "newsletter.")
     if m.name.rpartition(".")[2] not in ("__main__", "env")
 )
-PACKAGES = ("issue", "mail", "ledger", "send", "schedule", "web", "cli", "setup", "audience")
+PACKAGES = (
+    "issue", "mail", "ledger", "send", "schedule", "web", "cli", "setup", "audience", "bounces",
+)  # fmt: skip
 
 
 def source_files() -> list[Path]:
@@ -93,6 +95,8 @@ LAYERS = {
     "celery": PACKAGE / "send",
     "premailer": PACKAGE / "issue",
     "aiosmtpd": PACKAGE / "mail",
+    "imapclient": PACKAGE / "bounces",
+    "flufl": PACKAGE / "bounces",
 }
 
 

@@ -351,3 +351,32 @@ def test_export_lists_every_record_about_the_person(
     assert ok(pub, "subscribers", "export", ANN).startswith(
         f"erased: {ANN}: erased on {gone['erased_at'][:10]} at the person's request;"
     )
+
+
+def test_a_bounce_that_comes_after_the_erasure_does_not_name_the_person_again(
+    pub: Publication,
+) -> None:
+    write_csv(pub, "email,name\nann@example.com,Ann\n")
+    ok(pub, "subscribers", "import", str(pub.root / "list.csv"))
+    cid = send_to_all(pub)
+    store = pub.store()
+    ann_id = store.subscriber(ANN)["id"]
+    ok(pub, "subscribers", "erase", ANN, "--yes")
+    # The DSN of the message sent before the erasure: its VERP address names the row.
+    late = bounces.Bounce(
+        kind=bounces.HARD,
+        email="ann@example.com",
+        source="dsn",
+        event_key="dsn:late",
+        diagnostic="550 5.1.1 <ann@example.com> no such user",
+        campaign_id=cid,
+        subscriber_id=ann_id,
+    )
+    assert bounces.record(store, late, 3, 30).new
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            sa.select(bounce_rows.c.email, bounce_rows.c.diagnostic).where(
+                bounce_rows.c.event_key == "dsn:late"
+            )
+        ).one()
+    assert (row.email, row.diagnostic) == (f"erased-{ann_id}@invalid", None)

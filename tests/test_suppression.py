@@ -155,3 +155,132 @@ def test_a_report_about_an_address_not_on_the_list_is_kept(pub: Publication) -> 
     store = pub.store()
     done = bounces.record(store, report(bounces.HARD, "dsn:x", "stranger@example.com"), 3, 30)
     assert done.new and done.subscriber_id is None and done.suppressed is None
+
+
+# --- the whole way round: send, bounces come back, the next campaign --------------------
+
+
+def dsn(to: str, recipient: str, status: str, action: str, message_id: str) -> bytes:
+    """A delivery status notification (RFC 3464) as Postfix writes one, to `to`."""
+    return f"""Return-Path: <>
+Delivered-To: {to}
+From: MAILER-DAEMON@mx.example.net (Mail Delivery System)
+To: {to}
+Subject: Undelivered Mail Returned to Sender
+Auto-Submitted: auto-replied
+Message-Id: <{message_id}>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain; charset=us-ascii
+
+I'm sorry to have to inform you that your message could not be delivered.
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; {recipient}
+Action: {action}
+Status: {status}
+Diagnostic-Code: smtp; 550 {status} <{recipient}>: Recipient address rejected
+
+--B--
+""".replace("\n", "\r\n").encode()
+
+
+def arf(to: str, recipient: str, message_id: str) -> bytes:
+    """A feedback-loop complaint (RFC 5965 ARF) about the message sent to `recipient`."""
+    return f"""From: fbl@isp.example.net
+To: {to}
+Subject: FW: abuse report
+Message-Id: <{message_id}>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="F"
+
+--F
+Content-Type: text/plain
+
+This is an email abuse report.
+
+--F
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: isp-fbl/1.0
+Version: 1
+Original-Rcpt-To: {recipient}
+
+--F
+Content-Type: message/rfc822
+
+Return-Path: <{to}>
+From: news@helloshuttle.com
+To: {recipient}
+Subject: the issue
+
+body
+--F--
+""".replace("\n", "\r\n").encode()
+
+
+def vacation(to: str, sender: str) -> bytes:
+    return f"""From: {sender}
+To: {to}
+Subject: Out of office: the issue
+Auto-Submitted: auto-replied
+Message-Id: <ooo-1@example.com>
+
+I am away until Monday.
+""".replace("\n", "\r\n").encode()
+
+
+def test_a_campaign_with_bounces_complaints_and_auto_replies_ends_as_they_say(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    people = ["ann@example.com", "gone@example.com", "later@example.com", "angry@example.com",
+              "away@example.com"]  # fmt: skip
+    import_list(pub, people)
+    smtp_server.handler.rcpt_replies = {"gone@example.com": ["550 5.1.1 no such user"]}
+    first = invoke(pub, "send", str(pub.issue), "--all", "--yes")
+    assert "4 sent, 0 deferred, 1 failed" in first.stdout, first.output
+    sender_of = {r.rcpt_tos[0]: r.mail_from for r in smtp_server.received}
+
+    # What came back to the VERP addresses, fed in as a mail server's pipe does.
+    returned = [
+        dsn(sender_of["later@example.com"], "later@example.com", "5.1.1", "failed", "d1@mx"),
+        arf(sender_of["angry@example.com"], "angry@example.com", "a1@isp"),
+        vacation(sender_of["away@example.com"], "away@example.com"),
+    ]
+    for message in returned:
+        ingested = CliRunner().invoke(
+            cli,
+            ["--config", str(pub.config_path), "bounces", "ingest", "-"],
+            env=pub.env,
+            input=message,
+        )
+        assert ingested.exit_code == 0, ingested.output
+    store = pub.store()
+    assert {p: status_of(store, p) for p in people} == {
+        "ann@example.com": ACTIVE,
+        "gone@example.com": BOUNCED,  # 5xx at RCPT
+        "later@example.com": BOUNCED,  # the DSN
+        "angry@example.com": COMPLAINED,  # the complaint
+        "away@example.com": ACTIVE,  # an auto-reply counts for nothing
+    }
+    report = json.loads(invoke(pub, "status", "1", "--json").stdout)["campaigns"][0]
+    assert (report["bounced"], report["complaints"]) == (2, 1)
+
+    # A re-import brings none of them back; the next campaign leaves them out.
+    import_list(pub, [p.upper() for p in people])
+    assert status_of(store, "later@example.com") == BOUNCED
+    assert status_of(store, "angry@example.com") == COMPLAINED
+    smtp_server.handler.received.clear()
+    again = invoke(pub, "send", str(pub.issue), "--all", "--yes", "--again")
+    assert again.exit_code == 0, again.output
+    assert smtp_server.handler.count_by_recipient() == {
+        "ann@example.com": 1,
+        "away@example.com": 1,
+    }

@@ -9,6 +9,7 @@ The only package that imports click. One module per command group:
     schedule   schedule (create, list, cancel, move), run-due, worker
     setup      init, doctor, completion, dkim, db
     site       serve, archive, sponsors
+    bounces    bounces (ingest, fetch)
 """
 
 from newsletter.cli import audience, bounces, issue, schedule, sending, setup, site  # noqa: F401

@@ -15,6 +15,7 @@ back (see SUPPRESSED in tables.py).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from newsletter import addresses
+from newsletter.ledger import privacy
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
     BOUNCED,
@@ -76,6 +78,10 @@ def record(
     with store.begin() as conn:
         subscriber = _subscriber(conn, bounce)
         sid = subscriber.id if subscriber is not None else None
+        if subscriber is not None and subscriber.email == privacy.placeholder(subscriber.id):
+            # A late bounce about someone whose data was erased: it names the person
+            # again; keep the row's placeholder instead (and not what the server said).
+            bounce = dataclasses.replace(bounce, email=subscriber.email, diagnostic="")
         try:
             with conn.begin_nested():
                 conn.execute(
@@ -106,7 +112,7 @@ def record(
 
 
 def _subscriber(conn: sa.Connection, bounce: Bounce) -> Any:
-    query = sa.select(subscribers.c.id, subscribers.c.status)
+    query = sa.select(subscribers.c.id, subscribers.c.status, subscribers.c.email)
     if bounce.subscriber_id is not None:
         query = query.where(subscribers.c.id == bounce.subscriber_id)
     else:
