@@ -19,6 +19,7 @@ from site_support import confirm_link, running
 from smtp_fixtures import SmtpServer
 
 from newsletter.cli import cli
+from newsletter.config import Tracking
 from newsletter.issue import publish
 from newsletter.ledger import bounces, clicks
 from newsletter.ledger.store import Store
@@ -182,7 +183,7 @@ def test_erase_removes_the_person_and_keeps_the_campaign_counts(
     ann_id = store.subscriber(ANN)["id"]
     later = utcnow() + dt.timedelta(hours=1)
     for _ in range(2):
-        clicks.record(store, cid, ann_id, 0, head=False, bot_seconds=10, now=later)
+        clicks.record(store, cid, ann_id, 0, head=False, rules=Tracking(), now=later)
     report(store, bounces.SOFT, "Ann@example.com", "dsn-1", cid, "452 <Ann@example.com> full")
     before = json.loads(ok(pub, "status", "--json"))["campaigns"][0]
 
@@ -301,8 +302,8 @@ def test_export_lists_every_record_about_the_person(
     store = pub.store()
     ann_id = store.subscriber(ANN)["id"]
     later = utcnow() + dt.timedelta(hours=1)
-    clicks.record(store, cid, ann_id, 0, head=False, bot_seconds=10, now=later)
-    clicks.record(store, cid, store.subscriber(BOB)["id"], 0, head=False, bot_seconds=10)
+    clicks.record(store, cid, ann_id, 0, head=False, rules=Tracking(), now=later)
+    clicks.record(store, cid, store.subscriber(BOB)["id"], 0, head=False, rules=Tracking())
     report(store, bounces.SOFT, "Ann@example.com", "dsn-1", cid, "452 4.2.2 mailbox full")
     report(store, bounces.COMPLAINT, "Ann@example.com", "arf-1", cid)
     report(store, bounces.HARD, BOB, "dsn-2", cid)

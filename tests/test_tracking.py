@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
 from newsletter.cli import cli
+from newsletter.config import Tracking
 from newsletter.issue import publish
 from newsletter.issue.render import html_slots, text_slots
 from newsletter.ledger import lifecycle, sponsorship
@@ -25,6 +26,10 @@ from newsletter.ledger.tables import deliveries
 from newsletter.send import campaign, tracking
 
 UTC = dt.UTC
+BROWSER = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/124.0.0.0 Safari/537.36"
+)
 
 
 @pytest.fixture
@@ -106,28 +111,38 @@ def test_clicks_are_recorded_and_bots_kept_out_of_the_report(pub: Publication) -
 
     def click(subscriber: int, *, head: bool = False, now: dt.datetime = later):
         return tracking.record_click(
-            store, signer, signer.sign(cid, subscriber, 0), head=head, bot_seconds=10, now=now
-        )
+            store, signer, signer.sign(cid, subscriber, 0), head=head, user_agent=BROWSER,
+            rules=Tracking(), now=now,
+        )  # fmt: skip
 
     first = click(1)
-    assert first is not None and not first.suspected_bot
+    assert first is not None and first.counted
     assert first.url.startswith("https://www.helloshuttle.com/?utm_source=")
-    assert click(1).url == first.url  # a second click by the same reader
-    assert click(2).suspected_bot is False
+    again = click(1)  # a second click by the same reader, within the hour
+    assert again.url == first.url and again.duplicate and not again.suspected_bot
+    assert click(2).counted
     assert click(3, head=True).reason == "HEAD request"
     assert click(3, now=too_soon).reason == "within 10 s of delivery"
-    assert tracking.record_click(store, signer, "forged.token", head=False, bot_seconds=10) is None
+    forged = tracking.record_click(
+        store, signer, "forged.token", head=False, user_agent=BROWSER, rules=Tracking()
+    )
+    assert forged is None
 
     rep = sponsorship.report(pub.config(), store, "helloshuttle")
     [line] = rep.issues
-    assert (line.delivered, line.clicks, line.unique_clickers) == (3, 3, 2)
+    assert line.delivered == 3
+    assert line.counts == sponsorship.Counts(
+        human_unique_clickers=2, human_clicks=2, bot_clicks=2, raw_clicks=5
+    )
     assert line.click_rate == pytest.approx(2 / 3)
-    assert line.links[0]["clicks"] == 3 and line.links[0]["unique_clickers"] == 2
+    assert line.links[0].counts == line.counts
     assert rep.totals == {
         "issues": 1,
         "delivered": 3,
-        "unique_clickers": 2,
-        "clicks": 3,
+        "human_unique_clickers": 2,
+        "human_clicks": 2,
+        "bot_clicks": 2,
+        "raw_clicks": 5,
         "click_rate": 0.6667,
     }
 
@@ -136,8 +151,8 @@ def test_report_formats(pub: Publication, tmp_path: Path) -> None:
     cid, _ = sent_campaign(pub, 2)
     signer = tracking.ClickSigner(SECRET.encode())
     tracking.record_click(
-        pub.store(), signer, signer.sign(cid, 1, 0), head=False, bot_seconds=10,
-        now=dt.datetime(2026, 12, 2, tzinfo=UTC),
+        pub.store(), signer, signer.sign(cid, 1, 0), head=False, user_agent=BROWSER,
+        rules=Tracking(), now=dt.datetime(2026, 12, 2, tzinfo=UTC),
     )  # fmt: skip
 
     def invoke(*args: str):  # noqa: ANN202
@@ -149,10 +164,13 @@ def test_report_formats(pub: Publication, tmp_path: Path) -> None:
     import json
 
     data = json.loads(invoke("--json").stdout)
-    assert data["totals"]["clicks"] == 1 and data["issues"][0]["delivered"] == 2
+    assert data["totals"]["human_clicks"] == 1 and data["issues"][0]["delivered"] == 2
     csv_lines = invoke("--csv").stdout.splitlines()
-    assert csv_lines[0].startswith("campaign,issue,sent,delivered,unique_clickers,clicks")
-    assert csv_lines[-1] == "total,,,2,1,1,0.5000"
+    assert csv_lines[0] == (
+        "campaign,issue,sent,delivered,link,human_unique_clickers,human_clicks,bot_clicks,"
+        "raw_clicks,click_rate"
+    )
+    assert csv_lines[-1] == "total,,,2,,1,1,0,1,0.5000"
     page = tmp_path / "report.html"
     result = invoke("--html", str(page))
     assert result.exit_code == 0, result.output
@@ -203,9 +221,10 @@ def test_received_tracked_link_redirects_with_utm_and_counts(
                 .where(deliveries.c.campaign_id == cid)
                 .values(sent_at=dt.datetime.now(UTC) - dt.timedelta(hours=1))
             )
-        first = site.get(links[0][0], follow_redirects=False)
-        again = site.get(links[0][0], follow_redirects=False)
-        other = site.get(links[1][0], follow_redirects=False)
+        browser = {"user-agent": BROWSER}
+        first = site.get(links[0][0], follow_redirects=False, headers=browser)
+        again = site.get(links[0][0], follow_redirects=False, headers=browser)
+        other = site.get(links[1][0], follow_redirects=False, headers=browser)
         token = links[0][0].split("/c/")[1]
         forged = site.get(f"/c/{token[:-2]}xy", follow_redirects=False)
         smuggled = site.get("/c/https://evil.example/", follow_redirects=False)
@@ -219,7 +238,10 @@ def test_received_tracked_link_redirects_with_utm_and_counts(
     for response in (forged, smuggled, encoded):
         assert response.status_code == 404 and "location" not in response.headers
     rep = sponsorship.report(config, store, "helloshuttle")
-    assert (rep.issues[0].clicks, rep.issues[0].unique_clickers) == (3, 2)  # HEAD left out
+    # HEAD is a bot's; the second click of the first reader is counted once.
+    assert rep.issues[0].counts == sponsorship.Counts(
+        human_unique_clickers=2, human_clicks=2, bot_clicks=1, raw_clicks=4
+    )
     assert rep.issues[0].delivered == 2
 
     page = tmp_path / "report.html"

@@ -106,7 +106,12 @@ def sponsors_list(state: State, as_json: bool) -> None:
 def sponsors_report(
     state: State, sponsor_id: str, as_json: bool, as_csv: bool, html_file: Path | None
 ) -> None:
-    """What SPONSOR_ID's placements delivered: per issue and in total (bots left out)."""
+    """What SPONSOR_ID's placements delivered: per issue, per link and in total.
+
+    Unique clickers and clicks are readers': a reader's clicks on a link within
+    [tracking] dedupe_window count once. Bot clicks (crawlers, mail scanners, HEAD
+    requests, clicks right after delivery) are shown apart, and raw is every request.
+    """
     if sum((as_json, as_csv, html_file is not None)) > 1:
         raise click.UsageError("choose one of --json, --csv and --html")
     rep = sponsorship.report(state.config, open_store(state), sponsor_id)
@@ -119,14 +124,4 @@ def sponsors_report(
         write_files({html_file: page.encode("utf-8")})
         click.echo(str(html_file))
     else:
-        for i in rep.issues:
-            click.echo(
-                f"{i.issue}: {i.delivered:,} delivered, {i.unique_clickers:,} unique clickers,"
-                f" {i.clicks:,} clicks, {i.click_rate:.2%}"
-            )
-        t = rep.totals
-        click.echo(
-            f"total ({t['issues']} issues): {t['delivered']:,} delivered,"
-            f" {t['unique_clickers']:,} unique clickers, {t['clicks']:,} clicks,"
-            f" {t['click_rate']:.2%}"
-        )
+        click.echo(sponsorship.report_text(rep), nl=False)

@@ -125,6 +125,7 @@ def validate(config: Config) -> None:
     for where, key, value in (
         ("schedule", "max_late", config.schedule.max_late),
         ("schedule", "give_up_after", config.schedule.give_up_after),
+        ("tracking", "dedupe_window", config.tracking.dedupe_window),
         ("signup", "throttle", config.signup.throttle),
         ("signup", "confirm_within", config.signup.confirm_within),
     ):

@@ -156,6 +156,13 @@ class Dkim:
 class Tracking:
     clicks: str = "sponsor"  # "sponsor" links, "all" links, or "off"
     bot_seconds: int = 10  # a click this soon after delivery is a link scanner, not a reader
+    # A reader's clicks on one link within this window count once: a double-click, a
+    # reload or a mail app that opens the link twice is one click for the sponsor.
+    dedupe_window: str = "1h"
+
+    @property
+    def dedupe_window_seconds(self) -> int:
+        return parse_duration(self.dedupe_window)
 
 
 @dataclass(frozen=True)

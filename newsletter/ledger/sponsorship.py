@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -81,6 +81,30 @@ def bookings(config: Config, store: Store) -> list[Booking]:
 # --- the advertiser's report --------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Counts:
+    """Clicks on sponsor links, told apart: every request is raw; a bot's (a crawler, a
+    mail scanner, a HEAD request, a click right after delivery) is never a reader's; a
+    reader's clicks on a link within [tracking] dedupe_window count once."""
+
+    human_unique_clickers: int = 0  # readers who clicked
+    human_clicks: int = 0  # readers' clicks, repeats within the window counted once
+    bot_clicks: int = 0
+    raw_clicks: int = 0  # every request recorded: readers' repeats and bots' included
+
+
+COUNT_COLUMNS = [f.name for f in fields(Counts)]
+
+
+@dataclass(frozen=True)
+class LinkLine:
+    url: str
+    counts: Counts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"url": self.url, **asdict(self.counts)}
+
+
 @dataclass
 class IssueLine:
     """One placement: an issue, however many campaigns sent it (their figures add up)."""
@@ -90,34 +114,54 @@ class IssueLine:
     subject: str
     sent_at: str
     delivered: int
-    unique_clickers: int
-    clicks: int
-    links: list[dict[str, Any]]  # {"url", "clicks", "unique_clickers"}
+    counts: Counts  # over all the issue's sponsor links
+    links: list[LinkLine]
     campaigns: list[int] = field(default_factory=list)  # every campaign of the issue
 
     @property
     def click_rate(self) -> float:
-        return self.unique_clickers / self.delivered if self.delivered else 0.0
+        """Readers who clicked, of those delivered to."""
+        unique = self.counts.human_unique_clickers
+        return unique / self.delivered if self.delivered else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "click_rate": round(self.click_rate, 4)}
+        return {
+            "campaign": self.campaign,
+            "issue": self.issue,
+            "subject": self.subject,
+            "sent_at": self.sent_at,
+            "delivered": self.delivered,
+            **asdict(self.counts),
+            "click_rate": round(self.click_rate, 4),
+            "links": [link.as_dict() for link in self.links],
+            "campaigns": self.campaigns,
+        }
 
 
 @dataclass
 class Report:
     sponsor_id: str
     sponsor_name: str
+    dedupe_window: str  # what [tracking] says now: a reader's clicks within it count once
     issues: list[IssueLine]
+
+    @property
+    def counts(self) -> Counts:
+        """The issues' counts added up: a reader who clicked in two issues is a unique
+        clicker of each."""
+        return Counts(
+            *(sum(getattr(i.counts, name) for i in self.issues) for name in COUNT_COLUMNS)
+        )
 
     @property
     def totals(self) -> dict[str, Any]:
         delivered = sum(i.delivered for i in self.issues)
-        unique = sum(i.unique_clickers for i in self.issues)
+        counts = self.counts
+        unique = counts.human_unique_clickers
         return {
             "issues": len(self.issues),
             "delivered": delivered,
-            "unique_clickers": unique,
-            "clicks": sum(i.clicks for i in self.issues),
+            **asdict(counts),
             "click_rate": round(unique / delivered, 4) if delivered else 0.0,
         }
 
@@ -125,13 +169,26 @@ class Report:
         return {
             "sponsor": self.sponsor_id,
             "name": self.sponsor_name,
+            "dedupe_window": self.dedupe_window,
             "issues": [i.as_dict() for i in self.issues],
             "totals": self.totals,
         }
 
 
+def _counted() -> tuple[sa.ColumnElement[Any], ...]:
+    """The columns of `Counts`, in its order, over the clicks selected."""
+    reader = sa.and_(clicks.c.suspected_bot.is_(False), clicks.c.duplicate.is_(False))
+    return (
+        sa.func.count(sa.distinct(sa.case((reader, clicks.c.subscriber_id)))),
+        sa.func.count(sa.case((reader, 1))),
+        sa.func.count(sa.case((clicks.c.suspected_bot.is_(True), 1))),
+        sa.func.count(),
+    )
+
+
 def report(config: Config, store: Store, sponsor_id: str) -> Report:
-    """What a sponsor's placements delivered: per issue and in total, bots left out.
+    """What a sponsor's placements delivered: per issue, per link and in total, readers'
+    clicks apart from bots' and from the raw count of requests.
 
     An issue sent by several campaigns (`send --new-only`, `--again`) is one placement:
     their deliveries and clicks add up, and a reader who clicked in two of them is one
@@ -158,12 +215,12 @@ def report(config: Config, store: Store, sponsor_id: str) -> Report:
                 .select_from(deliveries)
                 .where(deliveries.c.campaign_id.in_(ids), deliveries.c.status == SENT)
             ).scalar_one()
-            human = sa.and_(clicks.c.campaign_id.in_(ids), clicks.c.suspected_bot.is_(False))
             sponsor_links = sa.and_(
                 campaign_links.c.campaign_id == clicks.c.campaign_id,
                 campaign_links.c.idx == clicks.c.link_idx,
                 campaign_links.c.in_sponsor_block.is_(True),
             )
+            on_sponsor = clicks.join(campaign_links, sponsor_links)
             # A link is its URL: each campaign numbers its own links.
             urls = conn.execute(
                 sa.select(campaign_links.c.url)
@@ -176,16 +233,19 @@ def report(config: Config, store: Store, sponsor_id: str) -> Report:
                     sa.func.min(campaign_links.c.campaign_id), sa.func.min(campaign_links.c.idx)
                 )
             ).scalars()
-            on_sponsor = sa.select(
-                sa.func.count(), sa.func.count(sa.distinct(clicks.c.subscriber_id))
-            ).select_from(clicks.join(campaign_links, sponsor_links))
-            links = []
-            for url in urls:
-                n, unique = conn.execute(
-                    on_sponsor.where(human, campaign_links.c.url == url)
-                ).one()
-                links.append({"url": url, "clicks": int(n), "unique_clickers": int(unique)})
-            n, unique = conn.execute(on_sponsor.where(human)).one()
+            per_url = {
+                url: Counts(*map(int, counts))
+                for url, *counts in conn.execute(
+                    sa.select(campaign_links.c.url, *_counted())
+                    .select_from(on_sponsor)
+                    .where(clicks.c.campaign_id.in_(ids))
+                    .group_by(campaign_links.c.url)
+                )
+            }
+            links = [LinkLine(url, per_url.get(url, Counts())) for url in urls]
+            overall = conn.execute(
+                sa.select(*_counted()).select_from(on_sponsor).where(clicks.c.campaign_id.in_(ids))
+            ).one()
             first = placed[0]
             lines.append(
                 IssueLine(
@@ -194,31 +254,58 @@ def report(config: Config, store: Store, sponsor_id: str) -> Report:
                     subject=first.subject,
                     sent_at=(first.started_at.date().isoformat() if first.started_at else ""),
                     delivered=int(delivered),
-                    unique_clickers=int(unique),
-                    clicks=int(n),
+                    counts=Counts(*map(int, overall)),
                     links=links,
                     campaigns=ids,
                 )
             )
-    return Report(sponsor_id, sponsor_cfg.name, lines)
+    return Report(sponsor_id, sponsor_cfg.name, config.tracking.dedupe_window, lines)
+
+
+def report_text(rep: Report) -> str:
+    """The report for a terminal: a line per issue, one per link under it, the totals."""
+
+    def figures(n: Counts) -> str:
+        return (
+            f"{n.human_unique_clickers:,} unique clickers, {n.human_clicks:,} clicks"
+            f" ({n.bot_clicks:,} bot clicks, {n.raw_clicks:,} raw requests)"
+        )
+
+    out = []
+    for i in rep.issues:
+        out.append(
+            f"{i.issue}: {i.delivered:,} delivered, {figures(i.counts)}, {i.click_rate:.2%}"
+        )
+        out += [f"    {link.url}: {figures(link.counts)}" for link in i.links]
+    t = rep.totals
+    out.append(
+        f"total ({t['issues']} issues): {t['delivered']:,} delivered,"
+        f" {figures(rep.counts)}, {t['click_rate']:.2%}"
+    )
+    return "".join(line + "\n" for line in out)
 
 
 def report_csv(rep: Report) -> str:
+    """One row per issue and sponsor link (an issue without one has a row with no link),
+    then the totals. `delivered` is the issue's, on each of its rows; `click_rate` is the
+    link's unique clickers of those delivered to."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        ["campaign", "issue", "sent", "delivered", "unique_clickers", "clicks", "click_rate"]
-    )
+    writer.writerow(["campaign", "issue", "sent", "delivered", "link", *COUNT_COLUMNS,
+                     "click_rate"])  # fmt: skip
     for i in rep.issues:
-        # One row per issue: the campaigns that sent it, space-separated.
+        # The campaigns that sent the issue, space-separated.
         ids = " ".join(str(c) for c in i.campaigns) or str(i.campaign)
-        writer.writerow(
-            [ids, i.issue, i.sent_at, i.delivered, i.unique_clickers, i.clicks,
-             f"{i.click_rate:.4f}"]
-        )  # fmt: skip
+        for link in i.links or [LinkLine("", Counts())]:
+            n = link.counts
+            rate = n.human_unique_clickers / i.delivered if i.delivered else 0.0
+            writer.writerow(
+                [ids, i.issue, i.sent_at, i.delivered, link.url,
+                 *(getattr(n, name) for name in COUNT_COLUMNS), f"{rate:.4f}"]
+            )  # fmt: skip
     t = rep.totals
     writer.writerow(
-        ["total", "", "", t["delivered"], t["unique_clickers"], t["clicks"],
+        ["total", "", "", t["delivered"], "", *(t[name] for name in COUNT_COLUMNS),
          f"{t['click_rate']:.4f}"]
     )  # fmt: skip
     return out.getvalue()
@@ -229,30 +316,38 @@ def report_html(rep: Report, publication: str) -> str:
     e = html.escape
     t = rep.totals
     width, bar_h, gap, label_w = 640, 22, 10, 220
-    top = max((i.clicks for i in rep.issues), default=0) or 1
+    top = max((i.counts.human_clicks for i in rep.issues), default=0) or 1
     bars = []
     for n, i in enumerate(rep.issues):
         y = n * (bar_h + gap)
-        w = round((width - label_w - 60) * i.clicks / top)
+        clicks_n = i.counts.human_clicks
+        w = round((width - label_w - 60) * clicks_n / top)
         bars.append(
             f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">{e(i.issue[:32])}</text>'
             f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar_h}" fill="#0b5cad"/>'
-            f'<text x="{label_w + w + 6}" y="{y + 15}">{i.clicks}</text>'
+            f'<text x="{label_w + w + 6}" y="{y + 15}">{clicks_n}</text>'
         )
     height = max(len(rep.issues), 1) * (bar_h + gap)
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"'
-        f' role="img" aria-label="Clicks per issue" font-family="Helvetica, Arial, sans-serif"'
-        f' font-size="13">{"".join(bars)}</svg>'
+        f' role="img" aria-label="Readers\' clicks per issue"'
+        f' font-family="Helvetica, Arial, sans-serif" font-size="13">{"".join(bars)}</svg>'
     )
+
+    def cells(n: Counts) -> str:
+        return (
+            f"<td>{n.human_unique_clickers:,}</td><td>{n.human_clicks:,}</td>"
+            f"<td>{n.bot_clicks:,}</td><td>{n.raw_clicks:,}</td>"
+        )
+
+    heads = "<th>Unique clickers</th><th>Clicks</th><th>Bot clicks</th><th>Raw requests</th>"
     rows = "".join(
         f"<tr><td>{e(i.issue)}</td><td>{e(i.sent_at)}</td><td>{i.delivered:,}</td>"
-        f"<td>{i.unique_clickers:,}</td><td>{i.clicks:,}</td><td>{i.click_rate:.2%}</td></tr>"
+        f"{cells(i.counts)}<td>{i.click_rate:.2%}</td></tr>"
         for i in rep.issues
     )
     links = "".join(
-        f"<tr><td>{e(i.issue)}</td><td>{e(link['url'])}</td><td>{link['clicks']:,}</td>"
-        f"<td>{link['unique_clickers']:,}</td></tr>"
+        f"<tr><td>{e(i.issue)}</td><td>{e(link.url)}</td>{cells(link.counts)}</tr>"
         for i in rep.issues
         for link in i.links
     )
@@ -262,8 +357,8 @@ def report_html(rep: Report, publication: str) -> str:
 <style>
 body {{ font-family: Helvetica, Arial, sans-serif; color: #1f2933; margin: 32px; }}
 h1 {{ font-size: 24px; margin: 0 0 4px 0; }}
-p.sub {{ color: #6b7280; margin: 0 0 24px 0; }}
-.totals {{ display: flex; gap: 16px; margin: 0 0 24px 0; }}
+p.sub {{ color: #6b7280; margin: 0 0 24px 0; max-width: 720px; }}
+.totals {{ display: flex; flex-wrap: wrap; gap: 16px; margin: 0 0 24px 0; }}
 .totals div {{ background: #f2f4f7; padding: 12px 16px; border-radius: 6px; }}
 .totals b {{ display: block; font-size: 22px; }}
 table {{ border-collapse: collapse; margin: 0 0 24px 0; }}
@@ -271,18 +366,23 @@ th, td {{ text-align: left; padding: 6px 12px; border-bottom: 1px solid #e5e7eb;
 th {{ font-size: 12px; text-transform: uppercase; color: #6b7280; }}
 </style></head><body>
 <h1>{e(rep.sponsor_name)}</h1>
-<p class="sub">Sponsorship report, {e(publication)}. Suspected bot clicks (link scanners,
-HEAD requests) are not counted.</p>
+<p class="sub">Sponsorship report, {e(publication)}. Unique clickers and clicks are
+readers': a reader's clicks on a link within {e(rep.dedupe_window)} count once. Bot clicks
+(crawlers and mail scanners, HEAD requests, clicks right after delivery) are not counted;
+raw requests are every request, repeats and bots included.</p>
 <div class="totals">
 <div><b>{t["issues"]}</b>issues</div><div><b>{t["delivered"]:,}</b>delivered</div>
-<div><b>{t["unique_clickers"]:,}</b>unique clickers</div><div><b>{t["clicks"]:,}</b>clicks</div>
+<div><b>{t["human_unique_clickers"]:,}</b>unique clickers</div>
+<div><b>{t["human_clicks"]:,}</b>clicks</div>
 <div><b>{t["click_rate"]:.2%}</b>click rate</div>
+<div><b>{t["bot_clicks"]:,}</b>bot clicks</div>
+<div><b>{t["raw_clicks"]:,}</b>raw requests</div>
 </div>
-<h2>Clicks per issue</h2>
+<h2>Readers' clicks per issue</h2>
 {svg}
-<table><tr><th>Issue</th><th>Sent</th><th>Delivered</th><th>Unique clickers</th><th>Clicks</th>
+<table><tr><th>Issue</th><th>Sent</th><th>Delivered</th>{heads}
 <th>Click rate</th></tr>{rows}</table>
 <h2>Per link</h2>
-<table><tr><th>Issue</th><th>Link</th><th>Clicks</th><th>Unique clickers</th></tr>{links}</table>
+<table><tr><th>Issue</th><th>Link</th>{heads}</tr>{links}</table>
 </body></html>
 """

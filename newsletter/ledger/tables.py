@@ -201,8 +201,12 @@ clicks = sa.Table(
     sa.Column("link_idx", sa.Integer, nullable=False),
     sa.Column("clicked_at", UTCDateTime, nullable=False),
     sa.Column("suspected_bot", sa.Boolean, nullable=False),
-    sa.Column("reason", sa.String(64)),
+    sa.Column("reason", sa.String(64)),  # why a bot: a HEAD request, its user agent, too soon
+    # A reader's click again on the same link within [tracking] dedupe_window of their
+    # counted click: kept, as every request is, but counted once (revision 0005).
+    sa.Column("duplicate", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_clicks_campaign", "campaign_id", "link_idx"),
+    sa.Index("ix_clicks_reader", "campaign_id", "subscriber_id", "link_idx"),
 )
 
 # Bounces and complaints as they came back (a DSN, an ARF report, a 5xx at RCPT, a

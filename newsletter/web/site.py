@@ -22,6 +22,7 @@ byte for byte what `newsletter archive export` writes. No page sets a cookie.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import signal
 import threading
@@ -41,7 +42,7 @@ from newsletter import tokens
 from newsletter.config import Config
 from newsletter.ledger import signups
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import UNSUBSCRIBED
+from newsletter.ledger.tables import UNSUBSCRIBED, utcnow
 from newsletter.send import tracking
 from newsletter.web import archive, serving, signup, webhooks
 
@@ -74,12 +75,18 @@ class Site:
     """The public pages as an ASGI app; `close` releases the database and the mail thread."""
 
     def __init__(
-        self, config: Config, log: Log = _quiet, fetch: webhooks.Fetch | None = None
+        self,
+        config: Config,
+        log: Log = _quiet,
+        fetch: webhooks.Fetch | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
-        """`fetch` gets an https URL for the SES webhook (sns.fetch_https by default)."""
+        """`fetch` gets an https URL for the SES webhook (sns.fetch_https by default);
+        `clock` is when a click came (a test moves it across the dedupe window)."""
         archive.require_base_url(config)
         self.config = config
         self._log = log
+        self._clock = clock
         self.store = Store.open(config.database_url)
         try:
             self.pages = archive.Pages(config)
@@ -202,7 +209,9 @@ class Site:
 
         The URL comes from the campaign's link table, never from the request: a
         forged or altered token is a 404 without a Location, never an open redirect.
-        HEAD requests and clicks right after delivery count as link scanners.
+        Every request is recorded; HEAD requests, crawlers and mail scanners (by user
+        agent) and clicks right after delivery are bots', and a reader's clicks on the
+        link count once per [tracking] dedupe_window (send/tracking.record_click).
         """
         found = await anyio.to_thread.run_sync(
             functools.partial(
@@ -211,7 +220,9 @@ class Site:
                 self._clicks,
                 request.path_params["token"],
                 head=request.method == "HEAD",
-                bot_seconds=self.config.tracking.bot_seconds,
+                user_agent=request.headers.get("user-agent", ""),
+                rules=self.config.tracking,
+                now=self._clock(),
             )
         )
         if found is None:
