@@ -7,12 +7,17 @@ import datetime as dt
 import os
 import re
 import struct
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import lxml.html
 import pytest
 import site_support
+import sqlalchemy as sa
 from campaign_support import SECRET, Publication, add_subscribers, make_publication
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
@@ -22,6 +27,7 @@ from newsletter.config import Tracking
 from newsletter.issue import publish
 from newsletter.issue.render import html_slots, text_slots
 from newsletter.ledger import lifecycle, sponsorship
+from newsletter.ledger.tables import clicks as click_rows
 from newsletter.ledger.tables import deliveries
 from newsletter.send import campaign, tracking
 
@@ -285,3 +291,271 @@ def screenshot(page: Path, tmp_path: Path) -> Path | None:
         finally:
             context.close()
     return out
+
+
+# --- repeats and bots, through the served site -------------------------------------------
+
+SENT_AT = dt.datetime(2026, 12, 1, 17, 0, tzinfo=UTC)  # when sent_campaign delivered
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+# The names these scanners give themselves; the rest of each string is made up.
+PROOFPOINT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Proofpoint URL Defense"
+MIMECAST = "Mimecast URL Protect/1.0"
+BARRACUDA = "Mozilla/5.0 (compatible; Barracuda Email Security link protection)"
+SAFE_LINKS = "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17126; Pro)"
+
+
+class Clock:
+    """The site's clock: the test moves it."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def path_of(cid: int, subscriber: int, idx: int = 0) -> str:
+    return "/c/" + tracking.ClickSigner(SECRET.encode()).sign(cid, subscriber, idx)
+
+
+def recorded(pub: Publication) -> list[tuple[int, int, bool, str | None, bool]]:
+    """(subscriber, link, bot, reason, duplicate) of every click, in order."""
+    c = click_rows.c
+    with pub.store().engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(c.subscriber_id, c.link_idx, c.suspected_bot, c.reason, c.duplicate)
+            .order_by(c.id)
+        ).all()  # fmt: skip
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def visit(site: site_support.Running, path: str, agent: str = BROWSER) -> httpx.Response:
+    response = site.get(path, headers={"user-agent": agent}, follow_redirects=False)
+    assert response.status_code == 302, response.text
+    return response
+
+
+def slow_click_insert(conn: object, cursor: object, statement: str, *args: object) -> None:
+    if statement.startswith("INSERT INTO clicks"):
+        time.sleep(0.02)
+
+
+def test_fifty_gets_of_one_link_count_one_click_and_fifty_raw(
+    database_url: str, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    pub = make_publication(tmp_path, database_url, smtp_server.port)
+    cid, _ = sent_campaign(pub)
+    clock = Clock(SENT_AT + dt.timedelta(hours=1))
+    # At once, as a reader's double-clicks and a mail app's prefetch come: the check
+    # for an earlier click and the insert must not interleave.
+    with site_support.running(pub.config(), clock=clock) as site:
+        # Each insert takes a while, so that without a lock another request's check
+        # would run before it commits (and count a second click).
+        sa.event.listen(site.site.store.engine, "before_cursor_execute", slow_click_insert)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda _: visit(site, path_of(cid, 1)), range(50)))
+    rows = recorded(pub)
+    assert len(rows) == 50
+    assert sum(not duplicate for *_, duplicate in rows) == 1
+    assert not any(bot for _, _, bot, _, _ in rows)
+    [line] = sponsorship.report(pub.config(), pub.store(), "helloshuttle").issues
+    assert line.counts == sponsorship.Counts(
+        human_unique_clickers=1, human_clicks=1, bot_clicks=0, raw_clicks=50
+    )
+
+
+def test_crawlers_and_mail_scanners_are_recorded_as_bots_and_not_counted(
+    pub: Publication,
+) -> None:
+    cid, _ = sent_campaign(pub)
+    clock = Clock(SENT_AT + dt.timedelta(hours=1))
+    with site_support.running(pub.config(), clock=clock) as site:
+        for agent in (GOOGLEBOT, PROOFPOINT, SAFE_LINKS):
+            # A scanner still gets where the link leads: it is only not counted.
+            location = visit(site, path_of(cid, 1), agent).headers["location"]
+            assert location.startswith("https://www.helloshuttle.com/")
+        head = httpx.head(site.local(path_of(cid, 1)), headers={"user-agent": MIMECAST})
+        assert head.status_code == 302
+        visit(site, path_of(cid, 2), BARRACUDA)
+        # The reader's own click after the scanners' counts: a bot opens no window.
+        visit(site, path_of(cid, 1))
+    assert recorded(pub) == [
+        (1, 0, True, "crawler: Googlebot", False),
+        (1, 0, True, "mail scanner: Proofpoint", False),
+        (1, 0, True, "crawler: Microsoft Office", False),
+        (1, 0, True, "HEAD request", False),
+        (2, 0, True, "mail scanner: Barracuda", False),
+        (1, 0, False, None, False),
+    ]
+    [line] = sponsorship.report(pub.config(), pub.store(), "helloshuttle").issues
+    assert line.counts == sponsorship.Counts(
+        human_unique_clickers=1, human_clicks=1, bot_clicks=5, raw_clicks=6
+    )
+
+
+@pytest.mark.parametrize(
+    ("agent", "reason"),
+    [
+        (GOOGLEBOT, "crawler: Googlebot"),
+        ("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; Googlebot/2.1;"
+         " +http://www.google.com/bot.html) Chrome/124.0.6367.201 Safari/537.36",
+         "crawler: Googlebot"),
+        ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+         "crawler: bingbot"),
+        ("Mozilla/5.0 (compatible; Barracuda Sentinel (EE))", "crawler: Barracuda Sentinel (EE)"),
+        (BARRACUDA, "mail scanner: Barracuda"),
+        (PROOFPOINT, "mail scanner: Proofpoint"),
+        (MIMECAST, "mail scanner: Mimecast"),
+        (SAFE_LINKS, "crawler: Microsoft Office"),
+        ("Microsoft Office Existence Discovery", "crawler: Microsoft Office"),
+        ("python-httpx/0.27.0", "crawler: python-httpx"),
+        (BROWSER, ""),
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15"
+         " (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1", ""),
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0", ""),
+        # Apple Mail opening a link in its own view.
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15"
+         " (KHTML, like Gecko)", ""),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_known_bots_by_user_agent(agent: str, reason: str) -> None:
+    assert tracking.known_bot(agent) == reason
+
+
+def test_a_readers_clicks_count_once_per_window_from_the_counted_click(
+    pub: Publication,
+) -> None:
+    cid, _ = sent_campaign(pub)
+    t0 = SENT_AT + dt.timedelta(hours=1)
+    clock = Clock(t0)
+    config = pub.config(NEWSLETTER_TRACKING_DEDUPE_WINDOW="30m")
+    assert config.tracking.dedupe_window_seconds == 1800
+    offsets = [0, 1799, 1800, 1801, 3599, 3600]  # seconds after t0, reader 1
+    with site_support.running(config, clock=clock) as site:
+        for offset in offsets:
+            clock.now = t0 + dt.timedelta(seconds=offset)
+            visit(site, path_of(cid, 1))
+        visit(site, path_of(cid, 2))  # another reader: their own window
+    assert [duplicate for *_, duplicate in recorded(pub)] == [
+        False,  # 0: counted, the window runs to 30 min
+        True,  # 29:59
+        False,  # 30:00: the window is over; this click opens the next one
+        True,  # 30:01
+        True,  # 59:59: within the window of 30:00, though past the first click's
+        False,  # 60:00
+        False,  # reader 2 at 60:00
+    ]
+    [line] = sponsorship.report(config, pub.store(), "helloshuttle").issues
+    assert line.counts == sponsorship.Counts(
+        human_unique_clickers=2, human_clicks=4, bot_clicks=0, raw_clicks=7
+    )
+
+
+def test_the_dedupe_window_is_a_checked_duration(
+    pub: Publication, assert_user_error: Callable[..., str]
+) -> None:
+    assert pub.config().tracking.dedupe_window_seconds == 3600  # default: an hour
+    assert pub.config(NEWSLETTER_TRACKING_DEDUPE_WINDOW="0").tracking.dedupe_window_seconds == 0
+    result = CliRunner().invoke(
+        cli, ["--config", str(pub.config_path), "sponsors", "report", "helloshuttle"],
+        env={**pub.env, "NEWSLETTER_TRACKING_DEDUPE_WINDOW": "soon"},
+    )  # fmt: skip
+    line = assert_user_error(result)
+    assert result.exit_code == 2
+    assert line == (
+        f"Error: {pub.config_path}: [tracking] dedupe_window: expected a duration like"
+        " '6h', '30m' or '90s', got 'soon'"
+    )
+
+
+def test_the_report_in_every_format_has_readers_bots_and_raw_per_link(
+    pub: Publication, tmp_path: Path
+) -> None:
+    # A second link in the sponsor block, and a second issue that tracks nothing.
+    sponsor_html = pub.root / "templates" / "sponsor.html"
+    sponsor_html.write_text(
+        sponsor_html.read_text(encoding="utf-8").replace(
+            "</td></tr>", '<a href="https://www.helloshuttle.com/fares">Fares</a>\n</td></tr>'
+        ),
+        encoding="utf-8",
+    )
+    cid, _ = sent_campaign(pub)
+    second = pub.issue.with_name("2024-12-02-second-issue.md")
+    second.write_text(pub.issue.read_text(encoding="utf-8"), encoding="utf-8")
+    store = pub.store()
+    lifecycle.create(store, publish.build_issue(pub.config(), publish.load_issue(second)))
+    clock = Clock(SENT_AT + dt.timedelta(hours=1))
+    with site_support.running(pub.config(), clock=clock) as site:
+        for _ in range(3):
+            visit(site, path_of(cid, 1, 0))
+        visit(site, path_of(cid, 2, 0))
+        visit(site, path_of(cid, 3, 0), GOOGLEBOT)
+        visit(site, path_of(cid, 1, 1))
+        visit(site, path_of(cid, 2, 1), MIMECAST)
+
+    def invoke(*args: str) -> str:
+        result = CliRunner().invoke(
+            cli, ["--config", str(pub.config_path), "sponsors", "report", "helloshuttle", *args],
+            env=pub.env,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    import json
+
+    data = json.loads(invoke("--json"))
+    first, other = data["issues"]
+    slug = first["issue"]
+    url0, url1 = (link["url"] for link in first["links"])
+    assert url0.startswith("https://www.helloshuttle.com/?utm_") and url1.endswith("/fares")
+    figures = ["human_unique_clickers", "human_clicks", "bot_clicks", "raw_clicks"]
+    assert [[link[k] for k in figures] for link in first["links"]] == [[2, 2, 1, 5], [1, 1, 1, 2]]
+    assert [first[k] for k in figures] == [2, 3, 2, 7]
+    assert first["delivered"] == 3 and first["click_rate"] == 0.6667
+    assert other["links"] == [] and [other[k] for k in figures] == [0, 0, 0, 0]
+    assert data["totals"] == {
+        "issues": 2, "delivered": 3, "human_unique_clickers": 2, "human_clicks": 3,
+        "bot_clicks": 2, "raw_clicks": 7, "click_rate": 0.6667,
+    }  # fmt: skip
+    assert data["dedupe_window"] == "1h"
+
+    assert invoke("--csv").splitlines() == [
+        "campaign,issue,sent,delivered,link,human_unique_clickers,human_clicks,bot_clicks,"
+        "raw_clicks,click_rate",
+        f"{cid},{slug},,3,{url0},2,2,1,5,0.6667",
+        f"{cid},{slug},,3,{url1},1,1,1,2,0.3333",
+        f"{cid + 1},second-issue,,0,,0,0,0,0,0.0000",
+        "total,,,3,,2,3,2,7,0.6667",
+    ]
+
+    page = tmp_path / "report.html"
+    assert invoke("--html", str(page)) == f"{page}\n"
+    doc = lxml.html.fromstring(page.read_text(encoding="utf-8"))
+    issues_table, links_table = doc.xpath("//table")
+
+    def cells(table: lxml.html.HtmlElement) -> list[list[str]]:
+        return [[td.text_content() for td in tr.xpath("td")] for tr in table.xpath("tr")[1:]]
+
+    headers = [th.text_content() for th in links_table.xpath("tr/th")]
+    assert headers == ["Issue", "Link", "Unique clickers", "Clicks", "Bot clicks", "Raw requests"]
+    assert cells(links_table) == [
+        [slug, url0, "2", "2", "1", "5"],
+        [slug, url1, "1", "1", "1", "2"],
+    ]
+    assert cells(issues_table) == [
+        [slug, "", "3", "2", "3", "2", "7", "66.67%"],
+        ["second-issue", "", "0", "0", "0", "0", "0", "0.00%"],
+    ]
+    assert "within 1h count once" in doc.text_content()
+
+    text = invoke()
+    assert text.splitlines() == [
+        f"{slug}: 3 delivered, 2 unique clickers, 3 clicks (2 bot clicks, 7 raw requests), 66.67%",
+        f"    {url0}: 2 unique clickers, 2 clicks (1 bot clicks, 5 raw requests)",
+        f"    {url1}: 1 unique clickers, 1 clicks (1 bot clicks, 2 raw requests)",
+        "second-issue: 0 delivered, 0 unique clickers, 0 clicks (0 bot clicks,"
+        " 0 raw requests), 0.00%",
+        "total (2 issues): 3 delivered, 2 unique clickers, 3 clicks (2 bot clicks,"
+        " 7 raw requests), 66.67%",
+    ]
