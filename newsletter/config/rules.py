@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.errors
 import email.policy
+import ipaddress
 import re
 import zoneinfo
 from email.utils import parseaddr
@@ -16,6 +17,7 @@ from newsletter.config.sections import (
     SMTP_TIMEOUTS,
     Bounces,
     Config,
+    Signup,
     Smtp,
     Workers,
     parse_duration,
@@ -106,6 +108,7 @@ def validate(config: Config) -> None:
         _validate_smtp(path, f"smtp.{name}", server)
     _validate_workers(path, config.workers)
     _validate_bounces(path, config.bounces)
+    _validate_signup(path, config.signup)
     if config.check.spam_max < 0:
         raise ConfigError(f"{path}: [check] spam_max: must not be negative")
     if config.tracking.clicks not in ("sponsor", "all", "off"):
@@ -191,6 +194,36 @@ def _check_not_too_long(path: Path, where: str, key: str, seconds: float) -> Non
     if seconds > MAX_SECONDS:
         raise ConfigError(
             f"{path}: [{where}] {key}: too long: {MAX_SECONDS_TEXT}, got {seconds:g} seconds"
+        )
+
+
+# RFC 9110 section 5.1: a field name is a token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _validate_signup(path: Path, signup: Signup) -> None:
+    for key in ("client_per_hour", "per_hour", "queue_size"):
+        if getattr(signup, key) < 1:
+            raise ConfigError(
+                f"{path}: [signup] {key}: must be at least 1, got {getattr(signup, key)}"
+            )
+    for proxy in signup.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy)
+        except ValueError:
+            raise ConfigError(
+                f"{path}: [signup] trusted_proxies: expected IP addresses or networks like"
+                f" 127.0.0.1 or 10.0.0.0/8, got {proxy!r}"
+            ) from None
+    if signup.client_header and not _HEADER_NAME.fullmatch(signup.client_header):
+        raise ConfigError(
+            f"{path}: [signup] client_header: expected a header name like X-Forwarded-For,"
+            f" got {signup.client_header!r}"
+        )
+    if signup.trusted_proxies and not signup.client_header:
+        raise ConfigError(
+            f"{path}: [signup] client_header: required with trusted_proxies (the header"
+            " in which they name the client, e.g. X-Forwarded-For)"
         )
 
 

@@ -174,11 +174,22 @@ class Preview:
 
 @dataclass(frozen=True)
 class Signup:
-    """The signup form of `newsletter serve`: double opt-in, throttled per address."""
+    """The signup form of `newsletter serve`: double opt-in, throttled per address, per
+    client address and in all, so that the form cannot be used to flood a mailbox."""
 
     enabled: bool = True
     throttle: str = "10m"  # at most one confirmation message per address this often
     confirm_within: str = "7d"  # how long a confirmation link works
+    # A flood of 300 signups from one client sends at most this many confirmations; a
+    # person needs one, and five forgives typos and a second try.
+    client_per_hour: int = 5  # signups one client address may ask for per hour
+    # The cap for a flood from many clients: far above a small list's signups in an hour.
+    per_hour: int = 100  # confirmation messages sent per hour, all clients together
+    queue_size: int = 100  # confirmations waiting to be sent; past it, dropped (and logged)
+    # Behind a reverse proxy every request comes from the proxy: the client is named in
+    # client_header, which is believed only from these addresses (anyone can send it).
+    trusted_proxies: tuple[str, ...] = ()  # addresses or networks: "127.0.0.1", "10.0.0.0/8"
+    client_header: str = "X-Forwarded-For"
 
     @property
     def throttle_seconds(self) -> int:

@@ -231,6 +231,10 @@ class Server:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            # uvicorn would take the client from X-Forwarded-For of any loopback peer (or of
+            # anyone, with FORWARDED_ALLOW_IPS=*): the signup limits read it themselves, and
+            # only from [signup] trusted_proxies (web/limits.py).
+            proxy_headers=False,
         )
         self._server = _Uvicorn(config, on_exit)
         self._thread: threading.Thread | None = None

@@ -1,18 +1,29 @@
-"""Signup with double opt-in: a request sends a confirmation link; only that link activates.
+"""Signup with double opt-in: a request sends a confirmation link; only confirming it
+(a POST: the button on the page the link opens) activates.
 
-    request  -> the address is stored as pending, a confirmation message goes out
-    confirm  -> a pending address becomes active
+    request  -> a new address is stored as pending, a confirmation message goes out
+    open     -> the link shows a button and changes nothing (mail scanners open links)
+    confirm  -> the address becomes active, with the name typed into the form
 
 What a signup answers never depends on the address: an active address, a throttled
-one and a bot (the honeypot field filled in) get the same answer as a new address,
-and the message goes out from a thread of its own (`Outbox`), so not even the time
-the answer takes says whether one was sent. At most one confirmation goes to an
-address per [signup] throttle; the time of the last one is in the database, so the
-limit holds across processes and restarts.
+one, a request over a limit and a bot (the honeypot field filled in) get the same
+answer as a new address, and the message goes out from a thread of its own (`Outbox`),
+so not even the time the answer takes says whether one was sent.
+
+The limits, so that the form cannot flood a mailbox or the relay ([signup]):
+- one confirmation per address per `throttle`, kept in the database (across processes
+  and restarts);
+- kept in memory, per process: `client_per_hour` signups per client address
+  (limits.py says who the client is behind a proxy); one confirmation per mailbox per
+  `throttle`, where the variants of an address that differ in a "+tag" are one mailbox
+  (victim+1@, victim+2@ ... all reach the victim); `per_hour` confirmations in all;
+- at most `queue_size` confirmations waiting to be sent; more are dropped and logged.
 
 A confirmation token is signed for its own purpose (an unsubscribe token does not
-confirm anything) and carries the time it was made: it works for [signup]
-confirm_within, and never for an address that has unsubscribed since.
+confirm anything) and carries the time it was made and the name typed into the form,
+so the name is bound to the link the mailbox's owner confirms and nothing a stranger
+typed is stored. It works for [signup] confirm_within, and never for an address that
+left (unsubscribed, bounced, complained) after it was made.
 """
 
 from __future__ import annotations
@@ -20,8 +31,9 @@ from __future__ import annotations
 import datetime as dt
 import email.policy
 import queue
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -33,14 +45,13 @@ from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.issue import render
 from newsletter.ledger import signups
-from newsletter.ledger.signups import (
-    SEND,
-)
+from newsletter.ledger.signups import CONFIRMED, SEND
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import utcnow
 from newsletter.mail import transport
 from newsletter.mail.dkim import DkimSigner
 from newsletter.mail.message import clean_display_name
+from newsletter.web import limits
 
 TEXT_TEMPLATE = "confirm.txt"
 HTML_TEMPLATE = "confirm.html"
@@ -49,13 +60,19 @@ HTML_TEMPLATE = "confirm.html"
 # SEND, THROTTLED and ALREADY_ACTIVE come from the ledger (signups.py).
 BOT = "bot"  # the honeypot field was filled in: nothing is stored or sent
 INVALID = "invalid"  # not an email address: the form says so
+LIMITED = "limited"  # over a limit of [signup]: nothing is stored or sent
+DROPPED = "dropped"  # the confirmation queue is full: nothing is sent
 
-# What following a confirmation link came to (CONFIRMED, ALREADY_CONFIRMED, STALE: the
+# What a confirmation link came to (READY, CONFIRMED, ALREADY_CONFIRMED, STALE: the
 # ledger's).
 EXPIRED = "expired"
 FORGED = "forged"
 
+HOUR = 3600
+_SITE = ""  # the key of the site-wide window
+
 Log = Callable[[str], None]
+Clock = Callable[[], dt.datetime]
 _POLICY = email.policy.SMTP
 
 
@@ -67,8 +84,6 @@ def _quiet(message: str) -> None:
 class Request:
     outcome: str
     email: str = ""
-    token: str = ""  # the confirmation token, when outcome is SEND
-    at: dt.datetime | None = None  # when the right to send was taken, when outcome is SEND
     problem: str = ""  # why the address was refused, when outcome is INVALID
 
 
@@ -76,69 +91,206 @@ class Request:
 class Confirmation:
     outcome: str
     email: str = ""
+    name: str = ""  # the name typed into the form; it applies once confirmed
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a confirmation token says."""
+
+    email: str
+    made: dt.datetime
+    name: str = ""
 
 
 def confirm_signer(config: Config) -> tokens.Signer:
     return tokens.Signer(tokens.load_secret(config), tokens.CONFIRM)
 
 
-def make_token(signer: tokens.Signer, email: str, when: dt.datetime) -> str:
-    """A confirmation token for `email`, made at `when` (a confirm_signer's)."""
-    return signer.sign(f"{email}\n{int(when.timestamp())}")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_STAMP = re.compile(r"(\d{1,12})(?:\.(\d{6}))?")
 
 
-def read_token(signer: tokens.Signer, token: str) -> tuple[str, dt.datetime] | None:
-    """(address, when the token was made), or None for a forged or altered token."""
+def make_token(signer: tokens.Signer, email: str, when: dt.datetime, name: str = "") -> str:
+    """A confirmation token for `email`, made at `when`, that sets `name` (a confirm_signer's)."""
+    # To the microsecond, as the database keeps when an address left: a link asked for a
+    # moment before an unsubscribe must not bring the address back. (Links made before
+    # names were carried have whole seconds, and no name.)
+    seconds, micros = divmod((when - _EPOCH) // dt.timedelta(microseconds=1), 1_000_000)
+    payload = f"{email}\n{seconds}.{micros:06d}"
+    if name:
+        # Hex: the signer folds the case of what it signs, and a name keeps its own.
+        payload += f"\n{name.encode('utf-8').hex()}"
+    return signer.sign(payload)
+
+
+def read_token(signer: tokens.Signer, token: str) -> Link | None:
+    """What a token says, or None for a forged or altered token."""
     payload = signer.verify(token)
     if payload is None:
         return None
-    email, _, stamp = payload.rpartition("\n")
-    if not email or not stamp.isdigit():
+    email, _, rest = payload.partition("\n")
+    stamp, _, name_hex = rest.partition("\n")
+    match = _STAMP.fullmatch(stamp)
+    if not email or match is None:
         return None
-    return email, dt.datetime.fromtimestamp(int(stamp), dt.UTC)
-
-
-def request(
-    store: Store,
-    config: Config,
-    signer: tokens.Signer,
-    address: str,
-    name: str = "",
-    honeypot: str = "",
-    now: dt.datetime | None = None,
-) -> Request:
-    """Record a signup and say whether a confirmation is to be sent (see `Outbox`)."""
-    if honeypot.strip():
-        return Request(BOT)
+    seconds, micros = int(match[1]), int(match[2] or 0)
     try:
-        email = addresses.normalize(address)
-    except ValueError as exc:
-        return Request(INVALID, problem=str(exc))
-    now = now or utcnow()
-    outcome = signups.claim(
-        store, email, clean_display_name(name), now, config.signup.throttle_seconds
-    )
-    if outcome != SEND:
-        return Request(outcome, email)
-    return Request(outcome, email, make_token(signer, email, now), now)
+        name = bytes.fromhex(name_hex).decode("utf-8")
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        return None
+    made = _EPOCH + dt.timedelta(seconds=seconds, microseconds=micros)
+    return Link(email, made, clean_display_name(name))
 
 
-def confirm(
-    store: Store,
-    config: Config,
-    signer: tokens.Signer,
-    token: str,
-    now: dt.datetime | None = None,
-) -> Confirmation:
-    """Follow a confirmation link: a pending address becomes active."""
-    read = read_token(signer, token)
-    if read is None:
-        return Confirmation(FORGED)
-    email, made = read
-    now = now or utcnow()
-    if now - made > dt.timedelta(seconds=config.signup.confirm_within_seconds):
-        return Confirmation(EXPIRED, email)
-    return Confirmation(signups.activate(store, email, made), email)
+def mailbox_key(email: str) -> str:
+    """The mailbox an address reaches: its "+tag" dropped (RFC 5233 subaddresses)."""
+    local, _, domain = addresses.key(email).rpartition("@")
+    return f"{local.partition('+')[0]}@{domain}"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A confirmation to send."""
+
+    email: str
+    token: str
+    claimed_at: dt.datetime  # when the right to send was taken
+
+
+class Desk:
+    """The signup form's side of the site: takes requests within the limits, hands their
+    confirmations to the `Outbox`, opens and confirms the links. Thread-safe."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        signer: tokens.Signer,
+        log: Log = _quiet,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._signer = signer
+        self._log = log
+        self._clock = clock
+        settings = config.signup
+        self._trusted = limits.networks(settings.trusted_proxies)
+        self.client_header = settings.client_header
+        self._clients = limits.Window(settings.client_per_hour, HOUR)
+        self._mailboxes = limits.Window(1, settings.throttle_seconds)
+        self._site = limits.Window(settings.per_hour, HOUR)
+        self._lock = threading.Lock()
+        self._warned = False
+        self.outbox = Outbox(config, self._unsent, log, settings.queue_size)
+
+    # -- asking
+
+    def client(self, peer: str | None, forwarded: Sequence[str]) -> str:
+        """Whom a request counts against: from `peer`, with these client_header lines."""
+        address = limits.client_address(peer, forwarded, self._trusted)
+        direct = limits.parse_address(peer or "")
+        if forwarded and not self._warned and not limits.is_trusted(direct, self._trusted):
+            # Behind a proxy nobody told us about, every visitor is the proxy: say so once.
+            self._warned = True
+            self._log(
+                f"signup: a request from {peer} carries {self.client_header}, and {peer} is"
+                " not in [signup] trusted_proxies: the header is ignored (behind a proxy,"
+                " every visitor counts as the proxy)"
+            )
+        return limits.client_key(address)
+
+    def ask(self, client: str, address: str, name: str = "", honeypot: str = "") -> Request:
+        """A signup from the form: send a confirmation if no limit says otherwise."""
+        if honeypot.strip():
+            self._log("signup: nothing sent (bot)")
+            return Request(BOT)
+        try:
+            email = addresses.normalize(address)
+        except ValueError as exc:
+            return Request(INVALID, problem=str(exc))
+        now = self._clock()
+        over = self._reserve(client, email, now)
+        if over:
+            self._log(f"signup: nothing sent ({over}) {email}")
+            return Request(LIMITED, email)
+        try:
+            outcome = signups.claim(self._store, email, now, self._config.signup.throttle_seconds)
+        except BaseException:
+            self._give_back(email, now)
+            raise
+        if outcome != SEND:
+            self._give_back(email, now)
+            self._log(f"signup: nothing sent ({outcome}) {email}")
+            return Request(outcome, email)
+        job = Outgoing(email, make_token(self._signer, email, now, clean_display_name(name)), now)
+        if not self.outbox.submit(job):
+            self._log(
+                f"signup: nothing sent to {email}: {self.outbox.capacity} confirmations are"
+                " waiting already ([signup] queue_size)"
+            )
+            self._unsent(job)
+            return Request(DROPPED, email)
+        return Request(SEND, email)
+
+    def _reserve(self, client: str, email: str, now: dt.datetime) -> str:
+        """Count the request against the limits; why it is over one, or "" (then the
+        mailbox's and the site's are taken, to give back if nothing is sent)."""
+        at = now.timestamp()
+        mailbox = mailbox_key(email)
+        settings = self._config.signup
+        with self._lock:
+            # Every request counts against its client, sent or not: a flood is requests.
+            if not self._clients.take(client, at):
+                return f"{client} asked {settings.client_per_hour} times within the hour"
+            if not self._mailboxes.allows(mailbox, at):
+                return f"{mailbox} was sent one within [signup] throttle"
+            if not self._site.allows(_SITE, at):
+                return f"{settings.per_hour} confirmations sent within the hour"
+            self._mailboxes.take(mailbox, at)
+            self._site.take(_SITE, at)
+        return ""
+
+    def _give_back(self, email: str, now: dt.datetime) -> None:
+        at = now.timestamp()
+        with self._lock:
+            self._mailboxes.give_back(mailbox_key(email), at)
+            self._site.give_back(_SITE, at)
+
+    def _unsent(self, job: Outgoing) -> None:
+        """A confirmation was not sent: the person may try again at once."""
+        self._give_back(job.email, job.claimed_at)
+        try:
+            signups.release(self._store, job.email, job.claimed_at)
+        except Exception as exc:  # noqa: BLE001 - logged; the throttle then just runs out
+            self._log(f"signup: could not lift the throttle for {job.email}: {exc}")
+
+    # -- the link
+
+    def look(self, token: str) -> Confirmation:
+        """What the link would do (GET, HEAD): changes nothing."""
+        return self._follow(token, press=False)
+
+    def confirm(self, token: str) -> Confirmation:
+        """The button on the link's page was pressed (POST): the address becomes active."""
+        return self._follow(token, press=True)
+
+    def _follow(self, token: str, press: bool) -> Confirmation:
+        link = read_token(self._signer, token)
+        if link is None:
+            return Confirmation(FORGED)
+        within = dt.timedelta(seconds=self._config.signup.confirm_within_seconds)
+        if self._clock() - link.made > within:
+            return Confirmation(EXPIRED, link.email, link.name)
+        if not press:
+            return Confirmation(
+                signups.check(self._store, link.email, link.made), link.email, link.name
+            )
+        outcome = signups.activate(self._store, link.email, link.made, link.name)
+        if outcome == CONFIRMED:
+            self._log(f"signup: {link.email} confirmed")
+        return Confirmation(outcome, link.email, link.name)
 
 
 # --- the confirmation message ---------------------------------------------------------------
@@ -208,27 +360,28 @@ class Composer:
         return self._dkim.sign(data) if self._dkim is not None else data
 
 
-@dataclass(frozen=True)
-class _Job:
-    email: str
-    token: str
-    claimed_at: dt.datetime
-
-
 class Outbox:
     """Sends confirmation messages from a thread of its own, one SMTP session each.
 
-    The page that answers a signup never waits for SMTP. A message that cannot be
-    sent is logged, and the throttle is lifted so that the person can try again.
+    The page that answers a signup never waits for SMTP. At most `capacity` messages
+    wait or are being sent; `submit` refuses more, so a flood cannot fill the memory. A
+    message that cannot be sent is logged and handed to `unsent` (which lifts the
+    throttle, so that the person can try again).
     """
 
-    def __init__(self, store: Store, config: Config, log: Log = _quiet) -> None:
-        self._store = store
-        self._config = config
+    def __init__(
+        self,
+        config: Config,
+        unsent: Callable[[Outgoing], None],
+        log: Log = _quiet,
+        capacity: int = 100,
+    ) -> None:
         self._composer = Composer(config)
         self._settings = transport.SmtpSettings.from_config(config)
+        self._unsent = unsent
         self._log = log
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self.capacity = capacity
+        self._queue: queue.Queue[Outgoing | None] = queue.Queue()
         self._idle = threading.Condition()
         self._waiting = 0
         self._thread: threading.Thread | None = None
@@ -238,12 +391,16 @@ class Outbox:
         self._thread = threading.Thread(target=self._run, name="newsletter-signup", daemon=True)
         self._thread.start()
 
-    def submit(self, signup: Request) -> None:
-        """Send the confirmation for a request whose outcome is SEND."""
-        assert signup.outcome == SEND and signup.at is not None
+    def submit(self, job: Outgoing) -> bool:
+        """Queue a confirmation; False when `capacity` are waiting or being sent already."""
         with self._idle:
+            # Counted with the one being sent, so what is refused does not depend on
+            # whether the thread has taken the first message off the queue yet.
+            if self._waiting >= self.capacity:
+                return False
             self._waiting += 1
-        self._queue.put(_Job(signup.email, signup.token, signup.at))
+        self._queue.put(job)
+        return True
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every submitted message has been handed over (or given up on)."""
@@ -270,7 +427,7 @@ class Outbox:
                     self._waiting -= 1
                     self._idle.notify_all()
 
-    def _send(self, job: _Job) -> None:
+    def _send(self, job: Outgoing) -> None:
         try:
             data = self._composer.message(job.email, job.token, job.claimed_at)
             conn = transport.SmtpConnection(self._settings)
@@ -288,7 +445,4 @@ class Outbox:
             self._log(f"signup: confirmation sent to {job.email}")
             return
         self._log(f"signup: could not send the confirmation to {job.email}: {problem}")
-        try:
-            signups.release(self._store, job.email, job.claimed_at)
-        except Exception as exc:  # noqa: BLE001 - logged; the throttle then just runs out
-            self._log(f"signup: could not lift the throttle for {job.email}: {exc}")
+        self._unsent(job)

@@ -8,7 +8,9 @@ The links and headers every message carries land here:
     GET  /site.css             the pages' style sheet
     GET  /subscribe            the signup form ([signup] enabled)
     POST /subscribe            ask for a confirmation message (signup.py)
-    GET  /confirm/TOKEN        the confirmation link: activates the address (POST too)
+    GET  /confirm/TOKEN        the confirmation link: a page with a button; opening it
+                               changes nothing (mail scanners open every link)
+    POST /confirm/TOKEN        the button: activates the address
     GET  /unsubscribe/TOKEN    a page with a button; opening it changes nothing
     POST /unsubscribe/TOKEN    one-click unsubscribe (RFC 8058): no cookies, answers 200
     GET  /unsubscribe          how to unsubscribe (the web version's footer link)
@@ -79,10 +81,11 @@ class Site:
         config: Config,
         log: Log = _quiet,
         fetch: webhooks.Fetch | None = None,
-        clock: Callable[[], dt.datetime] = utcnow,
+        clock: signup.Clock = utcnow,
     ) -> None:
         """`fetch` gets an https URL for the SES webhook (sns.fetch_https by default);
-        `clock` is when a click came (a test moves it across the dedupe window)."""
+        `clock` tells the signups and the clicks the time (limits, links, the dedupe
+        window)."""
         archive.require_base_url(config)
         self.config = config
         self._log = log
@@ -95,7 +98,12 @@ class Site:
             self._unsubscribe = tokens.Signer(secret, tokens.UNSUBSCRIBE)
             self._confirm = tokens.Signer(secret, tokens.CONFIRM)
             self._clicks = tracking.ClickSigner(secret)
-            self.outbox = signup.Outbox(self.store, config, log) if config.signup.enabled else None
+            self.signups = (
+                signup.Desk(self.store, config, self._confirm, log, clock)
+                if config.signup.enabled
+                else None
+            )
+            self.outbox = self.signups.outbox if self.signups is not None else None
             self.webhooks = webhooks.Webhooks(self.store, config, secret, fetch, log)
         except BaseException:
             self.store.close()
@@ -296,13 +304,14 @@ class Site:
         form = await _read_form(request)
         if isinstance(form, Response):
             return form
-        assert self.outbox is not None
+        desk = self.signups
+        assert desk is not None
+        peer = request.client.host if request.client else None
+        client = desk.client(peer, request.headers.getlist(desk.client_header))
         result = await anyio.to_thread.run_sync(
             functools.partial(
-                signup.request,
-                self.store,
-                self.config,
-                self._confirm,
+                desk.ask,
+                client,
                 form.get("email", ""),
                 form.get("name", ""),
                 form.get("website", ""),
@@ -316,11 +325,8 @@ class Site:
                 email=form.get("email", ""),
                 name=form.get("name", ""),
             )
-        if result.outcome == signups.SEND:
-            self.outbox.submit(result)
-        else:
-            self._log(f"signup: nothing sent ({result.outcome}) {result.email}".rstrip())
-        # The same answer whatever became of it: the page tells nobody who is subscribed.
+        # The same answer whatever became of it (sent, throttled, over a limit, subscribed
+        # already): the page tells nobody who is subscribed.
         return self._notice(
             "Check your inbox",
             "A message with a link to confirm the subscription is on its way to the address"
@@ -329,15 +335,18 @@ class Site:
         )
 
     async def confirm(self, request: Request) -> Response:
-        result = await anyio.to_thread.run_sync(
-            signup.confirm, self.store, self.config, self._confirm, request.path_params["token"]
-        )
+        desk = self.signups
+        assert desk is not None
+        token = request.path_params["token"]
+        # Mail scanners and previews open (GET, HEAD) every link: only the button confirms.
+        follow = desk.confirm if request.method == "POST" else desk.look
+        result = await anyio.to_thread.run_sync(follow, token)
         name = self.config.publication.name
         past = ("Past issues", f"{self.pages.root}/")
         again = ("Sign up again", f"{self.pages.root}/subscribe")
+        if result.outcome == signups.READY:
+            return self._page("confirm.html", email=result.email, name=result.name)
         if result.outcome in (signups.CONFIRMED, signups.ALREADY_CONFIRMED):
-            if result.outcome == signups.CONFIRMED:
-                self._log(f"signup: {result.email} confirmed")
             return self._notice(
                 "You are subscribed",
                 f"The next issue of {name} will reach {result.email}.",
