@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import difflib
 import re
@@ -102,6 +103,11 @@ def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
         meta = yaml.safe_load(block) if block.strip() else {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        # The scanner notices a key without ':' or an unclosed quote only on a later
+        # line; its context mark is where that key or quote starts, the line to fix.
+        # (A parser's context is the whole enclosing mapping: its problem mark is right.)
+        if isinstance(exc, yaml.scanner.ScannerError) and exc.context_mark is not None:
+            mark = exc.context_mark
         line = mark.line + 2 if mark is not None else 1
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise ContentError(f"{path}:{line}: malformed front matter: {problem}") from None
@@ -125,14 +131,43 @@ def _issue_date(path: Path, value: object, from_name: str | None) -> dt.date:
             f"{path}: front matter: missing date (or name the file YYYY-MM-DD-slug.md)"
         )
     try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise ContentError(
-            f"{path}: front matter date: expected YYYY-MM-DD, got {text!r}"
-        ) from None
+        return parse_date(text)
+    except ValueError as exc:
+        where = "front matter date" if value is not None else "file name"
+        raise ContentError(f"{path}: {where}: {exc}") from None
+
+
+_ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+
+
+def parse_date(text: str) -> dt.date:
+    """YYYY-MM-DD; a ValueError says whether the format or the date itself is wrong."""
+    match = _ISO_DATE.match(text.strip())
+    if not match:
+        raise ValueError(f"expected YYYY-MM-DD, got {text!r}")
+    year, month, day = (int(g) for g in match.groups())
+    if not 1 <= month <= 12:
+        raise ValueError(f"{text} is not a valid date: there is no month {month}")
+    days = calendar.monthrange(year, month)[1] if year else 31
+    if not 1 <= day <= days:
+        raise ValueError(
+            f"{text} is not a valid date: {calendar.month_name[month]} {year} has {days} days"
+        )
+    try:
+        return dt.date(year, month, day)
+    except ValueError as exc:  # year 0
+        raise ValueError(f"{text} is not a valid date: {exc}") from None
 
 
 # --- importing a plain-text article -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArticleLine:
+    """A line of the imported article: its number in the file (from 1) and its text."""
+
+    number: int
+    text: str
 
 
 @dataclass
