@@ -226,6 +226,12 @@ def test_parse_date_tells_a_wrong_format_from_a_wrong_date(text, message):
     assert content.parse_date("2024-02-29") == dt.date(2024, 2, 29)
 
 
+def test_the_body_line_is_the_files_line_of_the_body(tmp_path):
+    issue = content.read_issue(write_issue(tmp_path, GOOD))
+    assert issue.body_line == 5  # the blank line after the closing '---'
+    assert issue.body.split("\n")[1] == GOOD.split("\n")[6 - 1] == "Body text."
+
+
 def test_an_undated_file_needs_a_date(tmp_path):
     assert "missing date" in read_error(write_issue(tmp_path, GOOD, "hello.md"))
 
@@ -338,3 +344,14 @@ def test_import_refuses_an_empty_article(text, expected):
 )
 def test_slugify(title, slug):
     assert content.slugify(title) == slug
+
+
+# --- what import guesses, and what it says about it -------------------------------------
+
+
+def test_import_leaves_urls_as_written_so_they_become_links():
+    text = "Title\n\nSee https://example.com/a_b*c?x=[1] and www.example.org/x_y, *not* <b>.\n"
+    body = content.import_article(text, dt.date(2024, 1, 1)).markdown.split("\n---\n", 1)[1]
+    assert (
+        "See https://example.com/a_b*c?x=[1] and www.example.org/x_y, \\*not\\* \\<b\\>." in body
+    )

@@ -34,12 +34,13 @@ class Issue:
     sponsor: str | None = None  # None: the configured default; "none": no sponsor block
     author: str = ""
     source: str = ""
+    body_line: int = 1  # the file's line number of the body's first line
 
 
 def read_issue(path: Path) -> Issue:
     """Read an issue file; every problem is reported with the file and, where known, the line."""
     text = read_text(path)
-    meta, body = _split_front_matter(path, text)
+    meta, body, body_line = _split_front_matter(path, text)
     unknown = [k for k in meta if k not in FRONT_MATTER_KEYS]
     if unknown:
         key = unknown[0]
@@ -88,10 +89,11 @@ def read_issue(path: Path) -> Issue:
         sponsor=values.get("sponsor"),
         author=values.get("author", ""),
         source=values.get("source", ""),
+        body_line=body_line,
     )
 
 
-def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
+def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str, int]:
     lines = text.split("\n")
     if not lines or lines[0].strip() != "---":
         raise ContentError(f"{path}:1: expected front matter starting with '---'")
@@ -117,7 +119,8 @@ def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
         raise ContentError(f"{path}: front matter: lists or mappings nested too deeply") from None
     if not isinstance(meta, dict):
         raise ContentError(f"{path}:2: front matter must be 'key: value' lines")
-    return meta, "\n".join(lines[end + 1 :])
+    # lines[end] is the closing '---', the file's line end + 1.
+    return meta, "\n".join(lines[end + 1 :]), end + 2
 
 
 def _issue_date(path: Path, value: object, from_name: str | None) -> dt.date:
@@ -290,8 +293,19 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+# A URL as written in the article is left unescaped, so that it becomes a link: an
+# escaped "\_" inside it would end the link there.
+_URL = re.compile(r"((?:https?://|www\.)[^\s<>]+)", re.IGNORECASE)
+
+
 def _escape_markdown(text: str) -> str:
-    text = re.sub(r"([\\`*_\[\]<>])", r"\\\1", text)
+    # split() with a group alternates prose and URLs: odd indexes are URLs.
+    parts = _URL.split(text)
+    text = "".join(part if n % 2 else _escape_prose(part) for n, part in enumerate(parts))
     # A line that would start a heading, list or block quote.
     text = re.sub(r"^([#>+-])(?=\s)", r"\\\1", text)
     return re.sub(r"^(\d+)([.)])(?=\s)", r"\1\\\2", text)
+
+
+def _escape_prose(text: str) -> str:
+    return re.sub(r"([\\`*_\[\]<>])", r"\\\1", text)
