@@ -65,6 +65,29 @@ def test_import_writes_the_issue_and_explains_what_it_did(seed, publication):
     assert seed.issue.read_text(encoding="utf-8") == from_repo.read_text(encoding="utf-8")
 
 
+def test_import_lists_each_line_it_made_a_heading(seed):
+    lines = SEED.read_text(encoding="utf-8").split("\n")
+    made = [n for n in seed.imported.stderr.splitlines() if "made a heading" in n]
+    assert len(made) == len(SUBHEADINGS)
+    for note, heading in zip(made, SUBHEADINGS, strict=True):
+        number = lines.index(heading) + 1
+        assert note == f"note: {SEED}:{number}: made a heading: {heading}"
+
+
+def test_import_says_which_lines_of_markup_it_left_out(publication, run_cli, tmp_path):
+    article = tmp_path / "article.txt"
+    article.write_text(
+        "A Title\n\nThe first paragraph, as prose.\n\n<script>\n\nA heading\n", encoding="utf-8"
+    )
+    result = run_cli("import", article, "--date", "2024-05-01")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"note: {article}:7: made a heading: A heading",
+        f"note: {article}:5: left out, only markup: <script>",
+    ]
+    assert "script" not in Path(result.stdout.strip()).read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize(
     ("date", "message"),
     [

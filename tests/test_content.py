@@ -349,6 +349,54 @@ def test_slugify(title, slug):
 # --- what import guesses, and what it says about it -------------------------------------
 
 
+def test_import_lists_the_lines_it_made_headings(imported, seed_text):
+    lines = seed_text.split("\n")
+    assert [h.text for h in imported.headings] == SUBHEADINGS
+    for heading in imported.headings:
+        assert lines[heading.number - 1].strip() == heading.text
+    assert imported.skipped == []
+
+
+ARTICLE_WITH_MARKUP = """\
+<html>
+The Title
+<div class="story">
+
+The first paragraph, long enough to read as prose.
+
+<script>
+
+A short line
+
+<b>Bold and short</b>
+
+<script>alert(1)</script>
+
+</div>
+The end.
+"""
+
+
+def test_import_leaves_out_lines_of_markup_and_makes_no_heading_of_them():
+    result = content.import_article(ARTICLE_WITH_MARKUP, dt.date(2024, 1, 1))
+    assert [(line.number, line.text) for line in result.skipped] == [
+        (1, "<html>"),
+        (3, '<div class="story">'),
+        (7, "<script>"),
+        (15, "</div>"),
+    ]
+    assert [(h.number, h.text) for h in result.headings] == [(9, "A short line")]
+    body = result.markdown.split("\n---\n", 1)[1]
+    assert front_matter(result.markdown)["title"] == "The Title"
+    assert body.strip().split("\n\n") == [
+        "The first paragraph, long enough to read as prose.",
+        "## A short line",
+        "\\<b\\>Bold and short\\</b\\>",
+        "\\<script\\>alert(1)\\</script\\>",
+        "The end.",
+    ]
+
+
 def test_import_leaves_urls_as_written_so_they_become_links():
     text = "Title\n\nSee https://example.com/a_b*c?x=[1] and www.example.org/x_y, *not* <b>.\n"
     body = content.import_article(text, dt.date(2024, 1, 1)).markdown.split("\n---\n", 1)[1]

@@ -66,6 +66,11 @@ def import_cmd(
     write_files({target: imported.markdown.encode("utf-8")})
     for note in imported.notes:
         click.echo(f"note: {note}", err=True)
+    # file:line, so that an editor can jump to each guess and undo a wrong one.
+    for line in imported.headings:
+        click.echo(f"note: {article}:{line.number}: made a heading: {line.text}", err=True)
+    for line in imported.skipped:
+        click.echo(f"note: {article}:{line.number}: left out, only markup: {line.text}", err=True)
     click.echo(str(target))
 
 

@@ -179,11 +179,16 @@ class ImportedArticle:
     slug: str
     date: dt.date
     notes: list[str] = field(default_factory=list)
+    headings: list[ArticleLine] = field(default_factory=list)  # lines made subheadings
+    skipped: list[ArticleLine] = field(default_factory=list)  # markup-only lines left out
 
 
 _SOURCE_LINE = re.compile(r"^\((?:according to|source:?|sources:?)\s+(.+?)\.?\)$", re.IGNORECASE)
 _END_PUNCTUATION = tuple(".!?:;,\"'”’)…")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"”’]?\s+(?=[A-Z\"“‘(])")
+# An HTML tag or comment, as pasted from a web page: <script>, </div>, <br/>, <!-- x -->.
+# Not an autolink (<https://...>) or an address (<ann@example.com>).
+_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][\w-]*(?:\s[^<>]*)?/?>")
 PREHEADER_MAX = 140
 SUBHEADING_MAX = 90
 
@@ -194,22 +199,26 @@ def import_article(
     """Turn a plain-text article into an issue (front matter + Markdown).
 
     The first line is the title; short lines without end punctuation become
-    subheadings; a closing "(According to ...)" line becomes the source; a
-    trailing paragraph that advertises a configured sponsor is dropped, because
-    the configured sponsor block is appended to every issue anyway.
+    subheadings (listed in `headings`, with their line numbers); a closing
+    "(According to ...)" line becomes the source; a trailing paragraph that
+    advertises a configured sponsor is dropped, because the configured sponsor block
+    is appended to every issue anyway. A line of nothing but markup (a stray
+    `<script>` or `</div>` pasted along with the text) is left out (`skipped`), and a
+    line with markup in it is never made a heading.
     """
-    blocks = [b.strip() for b in re.split(r"\n\s*\n", text.replace("\r\n", "\n").strip())]
-    blocks = [b for b in blocks if b]
+    skipped: list[ArticleLine] = []
+    blocks = _blocks(text, skipped)
     if not blocks:
         raise ContentError("the article is empty")
-    first, _, rest = blocks[0].partition("\n")
-    title = _one_line(first)
-    blocks = ([rest.strip()] if rest.strip() else []) + blocks[1:]
+    first, *rest = blocks.pop(0)
+    title = _one_line(first.text)
+    if rest:
+        blocks.insert(0, rest)
     notes: list[str] = []
 
     names = [n for n in sponsor_names if n]
-    if blocks and any(n.lower() in blocks[-1].lower() for n in names):
-        named = next(n for n in names if n.lower() in blocks[-1].lower())
+    if blocks and any(n.lower() in _block_text(blocks[-1]).lower() for n in names):
+        named = next(n for n in names if n.lower() in _block_text(blocks[-1]).lower())
         notes.append(
             f"removed the closing advertisement for {named} "
             "(the configured sponsor block is appended to every issue)"
@@ -218,7 +227,7 @@ def import_article(
 
     source = ""
     if blocks:
-        match = _SOURCE_LINE.match(_one_line(blocks[-1]))
+        match = _SOURCE_LINE.match(_one_line(_block_text(blocks[-1])))
         if match:
             source = match.group(1).strip()
             blocks.pop()
@@ -226,13 +235,16 @@ def import_article(
 
     body: list[str] = []
     paragraphs: list[str] = []
+    headings: list[ArticleLine] = []
     for block in blocks:
-        line = _one_line(block)
+        line = _one_line(_block_text(block))
         if (
-            "\n" not in block
+            len(block) == 1
             and len(line) <= SUBHEADING_MAX
             and not line.endswith(_END_PUNCTUATION)
+            and not _TAG.search(line)
         ):
+            headings.append(ArticleLine(block[0].number, line))
             body.append("## " + _escape_markdown(line))
         else:
             paragraphs.append(line)
@@ -251,7 +263,34 @@ def import_article(
         meta["source"] = source
     front = yaml.safe_dump(meta, allow_unicode=True, sort_keys=False, width=10_000)
     markdown = f"---\n{front}---\n\n" + "\n\n".join(body) + "\n"
-    return ImportedArticle(markdown=markdown, slug=slug, date=date, notes=notes)
+    return ImportedArticle(
+        markdown=markdown, slug=slug, date=date, notes=notes, headings=headings, skipped=skipped
+    )
+
+
+def _blocks(text: str, skipped: list[ArticleLine]) -> list[list[ArticleLine]]:
+    """The article's paragraphs (runs of non-blank lines), each line with its number.
+
+    Lines of nothing but markup go to `skipped` instead.
+    """
+    blocks: list[list[ArticleLine]] = []
+    current: list[ArticleLine] = []
+    for number, raw in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        line = raw.strip()
+        if line and not _TAG.sub("", line).strip():
+            skipped.append(ArticleLine(number, line))
+        elif line:
+            current.append(ArticleLine(number, line))
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _block_text(block: list[ArticleLine]) -> str:
+    return "\n".join(line.text for line in block)
 
 
 def preheader_from(paragraph: str, limit: int = PREHEADER_MAX) -> str:
