@@ -171,6 +171,63 @@ RULES = [
         "warning",
     ),
     (
+        "img with empty alt, not marked decorative",
+        lambda s: dataclasses.replace(
+            s, html=before_body_end(s.html, '<img src="https://x.example/a.png" alt="" width="1">')
+        ),
+        "img-alt-empty",
+        "warning",
+    ),
+    (
+        "img with a file name as alt",
+        lambda s: dataclasses.replace(
+            s,
+            html=before_body_end(
+                s.html, '<img src="https://x.example/a.png" alt="IMG_1234.jpg" width="1">'
+            ),
+        ),
+        "img-alt-meaningless",
+        "warning",
+    ),
+    (
+        "img with its own file name as alt",
+        lambda s: dataclasses.replace(
+            s,
+            html=before_body_end(
+                s.html, '<img src="https://x.example/DSC%200042.png" alt="DSC 0042" width="1">'
+            ),
+        ),
+        "img-alt-meaningless",
+        "warning",
+    ),
+    (
+        "img with a placeholder alt",
+        lambda s: dataclasses.replace(
+            s,
+            html=before_body_end(
+                s.html, '<img src="https://x.example/a.png" alt="Image" width="1">'
+            ),
+        ),
+        "img-alt-meaningless",
+        "warning",
+    ),
+    (
+        "img not https",
+        lambda s: dataclasses.replace(
+            s, html=before_body_end(s.html, '<img src="http://x.example/a.png" alt="A" width="1">')
+        ),
+        "img-not-https",
+        "warning",
+    ),
+    (
+        "tel link without country code",
+        lambda s: dataclasses.replace(
+            s, html=before_body_end(s.html, '<a href="tel:9498005678">call</a>')
+        ),
+        "tel-no-country",
+        "warning",
+    ),
+    (
         "img without width",
         lambda s: dataclasses.replace(
             s, html=before_body_end(s.html, '<img src="https://x.example/a.png" alt="a">')
@@ -202,7 +259,25 @@ def test_each_rule_fires(clean, change, code, level):
             s, html=before_body_end(s.html, "<p>" + "y " * 800 + "</p>")
         ),
         lambda s: dataclasses.replace(
-            s, html=before_body_end(s.html, '<img src="https://x/a.png" alt="" width="1">')
+            s,
+            html=before_body_end(
+                s.html, '<img src="https://x/a.png" alt="" role="presentation" width="1">'
+            ),
+        ),
+        lambda s: dataclasses.replace(
+            s,
+            html=before_body_end(
+                s.html, '<img src="https://x/a.png" alt="" aria-hidden="true" width="1">'
+            ),
+        ),
+        lambda s: dataclasses.replace(
+            s,
+            html=before_body_end(
+                s.html, '<img src="https://x/a.png" alt="A map of the route" width="1">'
+            ),
+        ),
+        lambda s: dataclasses.replace(
+            s, html=before_body_end(s.html, '<a href="tel:+19498005678">call</a>')
         ),
         lambda s: dataclasses.replace(
             s,
@@ -211,7 +286,16 @@ def test_each_rule_fires(clean, change, code, level):
             text=once(s.text, s.sponsor_text, ""),
         ),
     ],
-    ids=["subject of 78", "message line of 998", "long html line", "decorative img", "no sponsor"],
+    ids=[
+        "subject of 78",
+        "message line of 998",
+        "long html line",
+        "decorative img (role)",
+        "decorative img (aria-hidden)",
+        "img with alt text",
+        "tel link with country code",
+        "no sponsor",
+    ],
 )
 def test_edges_that_are_fine(clean, change):
     assert check.check(change(clean)) == []
@@ -299,3 +383,96 @@ def test_build_force_writes_and_reports_the_errors(without_unsubscribe, run_cli,
     assert sorted(p.suffix for p in out.iterdir()) == [".eml", ".html", ".txt"]
     assert result.stderr.count("error: ") == 2
     assert "unsubscribe" in result.stderr
+
+
+# --- what the issue file says that does not show as written -------------------------------
+
+
+def append_to_body(issue, text: str) -> int:
+    """Add text at the end of the issue; the file's line number of its first line."""
+    before = issue.read_text(encoding="utf-8")
+    assert before.endswith("\n")
+    issue.write_text(before + "\n" + text, encoding="utf-8")
+    return before.count("\n") + 2
+
+
+def findings_of(run_cli, issue) -> list[dict]:
+    result = run_cli("check", issue, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["findings"]
+
+
+def test_raw_html_in_the_body_is_a_warning_at_its_line(run_cli, sample_issue):
+    first = append_to_body(
+        sample_issue,
+        "Some <b>bold</b> words, `<code>` and <https://example.com/x>.\n"
+        "\n"
+        '<div class="note">\n'
+        "A note.\n"
+        "</div>\n"
+        "\n"
+        "Fine: a < b, and 3 > 2.\n",
+    )
+    found = [
+        (f["code"], f["level"], f["where"], f["message"])
+        for f in findings_of(run_cli, sample_issue)
+    ]
+    assert found == [
+        (
+            "raw-html",
+            "warning",
+            f"{sample_issue}:{first}",
+            "raw HTML shows as text, not markup: <b>",
+        ),
+        (
+            "raw-html",
+            "warning",
+            f"{sample_issue}:{first + 2}",
+            'raw HTML shows as text, not markup: <div class="note">',
+        ),
+    ]
+    plain = run_cli("check", sample_issue)
+    assert f"warning: raw HTML shows as text, not markup: <b> [{sample_issue}:{first}]" in (
+        plain.stdout.splitlines()
+    )
+
+
+def test_the_line_of_raw_html_counts_the_front_matter_and_wrapped_lines(tmp_path):
+    from newsletter.issue.content import read_issue
+
+    path = tmp_path / "2024-01-01-x.md"
+    path.write_text(
+        "---\ntitle: T\nsubject: S\n---\n\nFirst line\nsecond line <i>x</i>\n", encoding="utf-8"
+    )
+    (finding,) = check.source_findings(read_issue(path))
+    assert finding.where == f"{path}:7"
+
+
+@pytest.mark.parametrize(
+    ("markdown", "code"),
+    [
+        ("![](https://x.example/map.png)", "img-alt-empty"),
+        ("![IMG_1234.jpg](https://x.example/map.png)", "img-alt-meaningless"),
+        ("![A map](http://x.example/map.png)", "img-not-https"),
+    ],
+)
+def test_markdown_images_without_meaningful_alt_text_are_warned(
+    run_cli, sample_issue, markdown, code
+):
+    append_to_body(sample_issue, markdown + "\n")
+    codes = {f["code"] for f in findings_of(run_cli, sample_issue)}
+    # Markdown gives every image an alt attribute; width is a template's matter.
+    assert codes == {code, "img-no-width"}
+
+
+def test_an_image_marked_decorative_may_have_no_alt_text(run_cli, sample_issue):
+    append_to_body(sample_issue, "![decorative](https://x.example/rule.png)\n")
+    assert {f["code"] for f in findings_of(run_cli, sample_issue)} == {"img-no-width"}
+
+
+def test_a_sponsor_phone_without_country_code_is_warned(run_cli, publication, sample_issue):
+    edit = publication.read_text(encoding="utf-8")
+    publication.write_text(edit.replace('phone_country_code = "1"\n', ""), encoding="utf-8")
+    (finding,) = findings_of(run_cli, sample_issue)
+    assert finding["code"] == "tel-no-country"
+    assert "tel:9498005678" in finding["message"]

@@ -65,6 +65,69 @@ def test_import_writes_the_issue_and_explains_what_it_did(seed, publication):
     assert seed.issue.read_text(encoding="utf-8") == from_repo.read_text(encoding="utf-8")
 
 
+def test_import_lists_each_line_it_made_a_heading(seed):
+    lines = SEED.read_text(encoding="utf-8").split("\n")
+    made = [n for n in seed.imported.stderr.splitlines() if "made a heading" in n]
+    assert len(made) == len(SUBHEADINGS)
+    for note, heading in zip(made, SUBHEADINGS, strict=True):
+        number = lines.index(heading) + 1
+        assert note == f"note: {SEED}:{number}: made a heading: {heading}"
+
+
+def test_import_says_which_lines_of_markup_it_left_out(publication, run_cli, tmp_path):
+    article = tmp_path / "article.txt"
+    article.write_text(
+        "A Title\n\nThe first paragraph, as prose.\n\n<script>\n\nA heading\n", encoding="utf-8"
+    )
+    result = run_cli("import", article, "--date", "2024-05-01")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"note: {article}:7: made a heading: A heading",
+        f"note: {article}:5: left out, only markup: <script>",
+    ]
+    assert "script" not in Path(result.stdout.strip()).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("date", "message"),
+    [
+        ("2026-02-30", "2026-02-30 is not a valid date: February 2026 has 28 days"),
+        ("30.02.2026", "expected YYYY-MM-DD, got '30.02.2026'"),
+    ],
+)
+def test_import_date_says_what_is_wrong_with_it(publication, run_cli, date, message):
+    result = run_cli("import", SEED, "--date", date)
+    assert result.exit_code == 2
+    assert f"Invalid value for '--date': {message}" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_the_preheader_is_padded_so_the_inbox_line_stops_there(seed):
+    (preheader,) = seed.doc.find_class("preheader")
+    meta = seed.issue.read_text(encoding="utf-8").split("\npreheader: ", 1)[1].split("\n")[0]
+    assert preheader.text_content() == meta
+    # Right after it, hidden like it, before any text a client could show next.
+    padding = preheader.getnext()
+    assert padding.get("class") == "preheader-padding"
+    assert padding.get("style") == preheader.get("style")
+    assert "display:none" in padding.get("style")
+    text = padding.text_content()
+    assert text == "\u200c\u00a0" * 90
+    # The padding is for the HTML part's inbox line only: the text part has none of it.
+    assert "\u200c" not in seed.text
+
+
+def test_no_preheader_no_padding(publication, sample_issue, run_cli):
+    lines = sample_issue.read_text(encoding="utf-8").split("\n")
+    sample_issue.write_text(
+        "\n".join(line for line in lines if not line.startswith("preheader: ")), encoding="utf-8"
+    )
+    out = publication.parent / "out"
+    assert run_cli("build", sample_issue, "-o", out, "--force").exit_code == 0
+    html = (out / f"{SLUG}.html").read_text(encoding="utf-8")
+    assert "preheader-padding" not in html and "\u200c" not in html
+
+
 def test_seed_title_comes_from_the_first_line(seed):
     assert SEED.read_text(encoding="utf-8").split("\n", 1)[0] == TITLE
     (h1,) = seed.doc.iter("h1")
@@ -122,7 +185,7 @@ def test_the_sponsor_block_is_labelled_in_both_parts(seed):
 def test_the_phone_is_a_tel_link(seed):
     phones = [a for a in seed.sponsor.iter("a") if a.get("href", "").startswith("tel:")]
     assert [(a.get("href"), a.text_content()) for a in phones] == [
-        ("tel:9498005678", "(949) 800-5678")
+        ("tel:+19498005678", "(949) 800-5678")
     ]
 
 

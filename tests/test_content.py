@@ -104,6 +104,11 @@ def test_not_utf8_names_the_line(tmp_path):
         ("title: a\nsubject: [b\n", 3, "malformed front matter"),
         ("title: a\nsubject: b\nauthor: x: y\n", 4, "mapping values are not allowed"),
         ("title: a\n  subject: b\n", 3, "malformed front matter"),
+        # The scanner notices these on the next line; the line to fix is the one before.
+        ("title: a\nsubject b\ndate: 2024-01-01\n", 3, "could not find expected ':'"),
+        ("title: a\nsubject: b\nauthor\n", 4, "could not find expected ':'"),
+        ("title: 'a\nsubject: b\n", 2, "malformed front matter"),
+        ("title: a\n- b\n", 3, "malformed front matter"),
         ("title: a\nsubject: b\ntitle: !!python/object:os.system x\n", 4, "malformed"),
         ("- title\n- subject\n", 2, "front matter must be 'key: value' lines"),
     ],
@@ -131,6 +136,10 @@ def test_malformed_front_matter_names_the_line(tmp_path, front, line, expected):
         ("---\ntitle: a\nsubject: b\n---\n\n  \n", "the issue has no body"),
         ("---\ntitle: a\nsubject: b\ndate: 2024-13-01\n---\n\nB.\n", "invalid date"),
         ("---\ntitle: a\nsubject: b\ndate: soon\n---\n\nB.\n", "date: expected YYYY-MM-DD"),
+        (
+            "---\ntitle: a\nsubject: b\ndate: '2026-02-30'\n---\n\nB.\n",
+            "front matter date: 2026-02-30 is not a valid date: February 2026 has 28 days",
+        ),
     ],
 )
 def test_bad_issues_are_one_line_errors(tmp_path, text, expected):
@@ -188,6 +197,39 @@ def test_cli_reports_a_control_character_in_the_subject_in_one_line(
 def test_deeply_nested_front_matter_is_a_one_line_error(tmp_path, nested):
     path = write_issue(tmp_path, GOOD.replace("title: Hello", f"title: {nested}"))
     assert read_error(path) == f"{path}: front matter: lists or mappings nested too deeply"
+
+
+def test_a_file_name_with_an_impossible_date(tmp_path):
+    path = write_issue(tmp_path, GOOD, "2026-02-30-hello.md")
+    assert read_error(path) == (
+        f"{path}: file name: 2026-02-30 is not a valid date: February 2026 has 28 days"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("2026-02-30", "2026-02-30 is not a valid date: February 2026 has 28 days"),
+        ("2024-02-30", "2024-02-30 is not a valid date: February 2024 has 29 days"),
+        ("2024-04-31", "2024-04-31 is not a valid date: April 2024 has 30 days"),
+        ("2024-13-01", "2024-13-01 is not a valid date: there is no month 13"),
+        ("2024-01-00", "2024-01-00 is not a valid date: January 2024 has 31 days"),
+        ("0000-01-01", "0000-01-01 is not a valid date: year 0 is out of range"),
+        ("2024-2-3", "expected YYYY-MM-DD, got '2024-2-3'"),
+        ("soon", "expected YYYY-MM-DD, got 'soon'"),
+    ],
+)
+def test_parse_date_tells_a_wrong_format_from_a_wrong_date(text, message):
+    with pytest.raises(ValueError) as info:
+        content.parse_date(text)
+    assert str(info.value) == message
+    assert content.parse_date("2024-02-29") == dt.date(2024, 2, 29)
+
+
+def test_the_body_line_is_the_files_line_of_the_body(tmp_path):
+    issue = content.read_issue(write_issue(tmp_path, GOOD))
+    assert issue.body_line == 5  # the blank line after the closing '---'
+    assert issue.body.split("\n")[1] == GOOD.split("\n")[6 - 1] == "Body text."
 
 
 def test_an_undated_file_needs_a_date(tmp_path):
@@ -302,3 +344,62 @@ def test_import_refuses_an_empty_article(text, expected):
 )
 def test_slugify(title, slug):
     assert content.slugify(title) == slug
+
+
+# --- what import guesses, and what it says about it -------------------------------------
+
+
+def test_import_lists_the_lines_it_made_headings(imported, seed_text):
+    lines = seed_text.split("\n")
+    assert [h.text for h in imported.headings] == SUBHEADINGS
+    for heading in imported.headings:
+        assert lines[heading.number - 1].strip() == heading.text
+    assert imported.skipped == []
+
+
+ARTICLE_WITH_MARKUP = """\
+<html>
+The Title
+<div class="story">
+
+The first paragraph, long enough to read as prose.
+
+<script>
+
+A short line
+
+<b>Bold and short</b>
+
+<script>alert(1)</script>
+
+</div>
+The end.
+"""
+
+
+def test_import_leaves_out_lines_of_markup_and_makes_no_heading_of_them():
+    result = content.import_article(ARTICLE_WITH_MARKUP, dt.date(2024, 1, 1))
+    assert [(line.number, line.text) for line in result.skipped] == [
+        (1, "<html>"),
+        (3, '<div class="story">'),
+        (7, "<script>"),
+        (15, "</div>"),
+    ]
+    assert [(h.number, h.text) for h in result.headings] == [(9, "A short line")]
+    body = result.markdown.split("\n---\n", 1)[1]
+    assert front_matter(result.markdown)["title"] == "The Title"
+    assert body.strip().split("\n\n") == [
+        "The first paragraph, long enough to read as prose.",
+        "## A short line",
+        "\\<b\\>Bold and short\\</b\\>",
+        "\\<script\\>alert(1)\\</script\\>",
+        "The end.",
+    ]
+
+
+def test_import_leaves_urls_as_written_so_they_become_links():
+    text = "Title\n\nSee https://example.com/a_b*c?x=[1] and www.example.org/x_y, *not* <b>.\n"
+    body = content.import_article(text, dt.date(2024, 1, 1)).markdown.split("\n---\n", 1)[1]
+    assert (
+        "See https://example.com/a_b*c?x=[1] and www.example.org/x_y, \\*not\\* \\<b\\>." in body
+    )

@@ -74,3 +74,93 @@ def test_text_wraps_list_items_under_their_marker():
 
 def test_h1_is_underlined_with_equals_signs():
     assert markdown.to_text("# Top\n") == "Top\n===\n"
+
+
+# --- bare URLs -----------------------------------------------------------------------------
+
+
+def test_a_bare_url_becomes_a_link_without_its_closing_punctuation():
+    html = markdown.to_html("Read https://example.com/a_b?x=1&y=2. Then (https://example.org).\n")
+    assert (
+        '<a href="https://example.com/a_b?x=1&amp;y=2">https://example.com/a_b?x=1&amp;y=2</a>.'
+        in html
+    )
+    assert '(<a href="https://example.org">https://example.org</a>).' in html
+
+
+def test_a_www_name_becomes_an_https_link():
+    html = markdown.to_html("Book at www.example.com/rides today.\n")
+    assert '<a href="https://www.example.com/rides">www.example.com/rides</a>' in html
+    # The text part shows the URL once, whole, so a reader can type it and tracking finds it.
+    assert markdown.to_text("Book at www.example.com/rides today.\n") == (
+        "Book at https://www.example.com/rides today.\n"
+    )
+
+
+def test_host_names_in_prose_stay_text():
+    text = "Built with Node.js and setup.py, as CNN.com reported.\n"
+    assert "<a" not in markdown.to_html(text)
+
+
+def test_an_email_address_becomes_a_mailto_link():
+    assert '<a href="mailto:ann@example.com">ann@example.com</a>' in markdown.to_html(
+        "Write to ann@example.com.\n"
+    )
+
+
+def test_urls_in_code_and_in_written_links_are_left_as_they_are():
+    html = markdown.to_html("`https://example.com/code` and [here](https://example.com/x)\n")
+    assert "<code>https://example.com/code</code>" in html
+    assert html.count("<a ") == 1
+
+
+def test_a_bare_url_is_tracked_like_a_written_link():
+    from newsletter.send import tracking
+
+    body = "Bare https://example.com/bare and [written](https://example.com/written).\n"
+    tracked = tracking.rewrite(markdown.to_html(body), markdown.to_text(body), "all")
+    assert [link.url for link in tracked.links] == [
+        "https://example.com/bare",
+        "https://example.com/written",
+    ]
+    assert 'href="https://' not in tracked.html
+    assert tracked.text == "Bare __nlslot_link0__ and written (__nlslot_link1__).\n"
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def test_an_image_marked_decorative_has_empty_alt_text_and_says_so():
+    html = markdown.to_html("![decorative](https://x.example/rule.png)\n")
+    assert '<img src="https://x.example/rule.png" alt="" role="presentation" />' in html
+    assert "decorative" not in markdown.to_text("![Decorative](https://x.example/rule.png)\n")
+
+
+def test_other_images_keep_their_alt_text():
+    html = markdown.to_html("![A map of the route](m.png) ![](n.png)\n")
+    assert '<img src="m.png" alt="A map of the route" />' in html
+    assert '<img src="n.png" alt="" />' in html
+    assert "presentation" not in html
+
+
+def test_raw_html_lines_are_found_by_commonmarks_rules():
+    body = (
+        "Intro <b>bold</b>\n"  # 0
+        "wrapped <i>line</i>\n"  # 1
+        "\n"
+        "<div>\n"  # 3
+        "x\n"
+        "</div>\n"
+        "\n"
+        "`<code>` and <https://example.com> and a < b\n"  # 7
+        "\n"
+        "    <pre>indented code</pre>\n"  # 9
+        "\n"
+        "<!-- a comment -->\n"  # 11
+    )
+    assert markdown.raw_html_lines(body) == [
+        (0, "<b>"),
+        (1, "<i>"),
+        (3, "<div>"),
+        (11, "<!-- a comment -->"),
+    ]

@@ -9,7 +9,7 @@ import lxml.html
 import pytest
 
 from newsletter import config
-from newsletter.errors import ContentError
+from newsletter.errors import ConfigError, ContentError
 from newsletter.issue import publish, sponsor
 from newsletter.issue.content import read_issue
 
@@ -116,7 +116,7 @@ def test_block_tags_the_url_for_the_issue(publication, sample_issue):
         "https://www.helloshuttle.com/?utm_source=hello-shuttle-briefing"
         f"&utm_medium=email&utm_campaign={issue.slug}"
     )
-    assert blk.tel == "tel:9498005678"
+    assert blk.tel == "tel:+19498005678"  # the sample's phone_country_code is "1"
 
 
 def test_utm_can_be_disabled(publication, sample_issue, edit_file):
@@ -148,12 +148,29 @@ def test_tag_utm_keeps_what_the_url_already_has():
 
 
 @pytest.mark.parametrize(
-    ("phone", "uri"),
+    ("phone", "country_code", "uri"),
     [
-        ("(949) 800-5678", "tel:9498005678"),
-        ("+1 (949) 800-5678", "tel:+19498005678"),
-        ("", ""),
+        ("(949) 800-5678", "1", "tel:+19498005678"),
+        ("(949) 800-5678", "+1", "tel:+19498005678"),
+        ("+1 (949) 800-5678", "", "tel:+19498005678"),
+        ("+1 (949) 800-5678", "44", "tel:+19498005678"),  # written with +: as written
+        ("020 7946 0000", "44", "tel:+442079460000"),  # the trunk 0 is for calls at home
+        # No country code known: only the digits, which `check` warns about.
+        ("(949) 800-5678", "", "tel:9498005678"),
+        ("", "1", ""),
     ],
 )
-def test_tel_uri(phone, uri):
-    assert sponsor.tel_uri(phone) == uri
+def test_tel_uri(phone, country_code, uri):
+    assert sponsor.tel_uri(phone, country_code) == uri
+
+
+@pytest.mark.parametrize("code", ["US", "0", "1234", "+", "1-1"])
+def test_a_phone_country_code_that_is_not_one_is_a_config_error(publication, edit_file, code):
+    edit_file(publication, 'phone_country_code = "1"', f"phone_country_code = {code!r}")
+    with pytest.raises(ConfigError) as info:
+        config.load(publication)
+    assert str(info.value) == (
+        f"{publication}: [sponsors.helloshuttle] phone_country_code: expected a calling code"
+        f' such as "1" or "+44", got {code!r}'
+    )
+    assert info.value.exit_code == 2

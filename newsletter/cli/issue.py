@@ -21,10 +21,26 @@ from newsletter.issue.check import has_errors
 from newsletter.send import trial
 
 
+class IssueDate(click.ParamType):
+    """YYYY-MM-DD, telling a wrong format from a date that does not exist (2026-02-30)."""
+
+    name = "date"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dt.date:
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return content.parse_date(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @cli.command("import")
 @click.argument("article", type=click.Path(path_type=Path))
 @click.option(
-    "--date", "date", type=click.DateTime(["%Y-%m-%d"]), help="Issue date (default: today)."
+    "--date", "date", type=IssueDate(), metavar="YYYY-MM-DD", help="Issue date (default: today)."
 )
 @click.option("--slug", help="URL name of the issue (default: made from the title).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the issue.")
@@ -33,14 +49,14 @@ from newsletter.send import trial
 def import_cmd(
     state: State,
     article: Path,
-    date: dt.datetime | None,
+    date: dt.date | None,
     slug: str | None,
     output: Path | None,
     force: bool,
 ) -> None:
     """Turn a plain-text ARTICLE into an issue file (front matter + Markdown)."""
     cfg = state.config
-    day = date.date() if date else dt.date.today()
+    day = date or dt.date.today()
     imported = content.import_article(
         read_text(article), day, [s.name for s in cfg.sponsors.values()], slug=slug
     )
@@ -50,6 +66,11 @@ def import_cmd(
     write_files({target: imported.markdown.encode("utf-8")})
     for note in imported.notes:
         click.echo(f"note: {note}", err=True)
+    # file:line, so that an editor can jump to each guess and undo a wrong one.
+    for line in imported.headings:
+        click.echo(f"note: {article}:{line.number}: made a heading: {line.text}", err=True)
+    for line in imported.skipped:
+        click.echo(f"note: {article}:{line.number}: left out, only markup: {line.text}", err=True)
     click.echo(str(target))
 
 

@@ -146,6 +146,13 @@ def validate(config: Config) -> None:
                 f"{path}: [sponsors.{sponsor.id}] url: expected an http(s) URL,"
                 f" got {sponsor.url!r}"
             )
+        if sponsor.phone_country_code and not re.fullmatch(
+            r"\+?[1-9][0-9]{0,2}", sponsor.phone_country_code
+        ):
+            raise ConfigError(
+                f"{path}: [sponsors.{sponsor.id}] phone_country_code: expected a calling code"
+                f' such as "1" or "+44", got {sponsor.phone_country_code!r}'
+            )
 
 
 def _validate_smtp(path: Path, where: str, smtp: Smtp) -> None:

@@ -243,6 +243,9 @@ class Sponsor:
     places: tuple[str, ...] = ()
     call_to_action: str = "Learn more"
     phone: str = ""
+    # The calling code ("1", "+44") for a phone written as dialled at home, "(949)
+    # 800-5678": a tel: link needs it. A phone written with "+" needs none.
+    phone_country_code: str = ""
     image: str = ""
     image_alt: str = ""
     image_width: int = 0

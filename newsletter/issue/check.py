@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import lxml.html
+
+from newsletter.issue import markdown
+from newsletter.issue.content import Issue
 
 HTML_MAX_BYTES = 102 * 1024  # Gmail clips messages whose HTML is larger
 STYLE_MAX_BYTES = 16 * 1024  # Gmail drops a <style> block over 16 KB
 LINE_MAX = 998  # RFC 5322 2.1.1
 SUBJECT_WARN = 78
+
+# Alt text that names the file or says only "image" tells a reader who cannot see it
+# nothing: screen readers read it out, and clients show it when images are blocked.
+_FILE_NAME = re.compile(
+    r"^\S*\.(?:png|jpe?g|gif|webp|svg|bmp|tiff?|heic|avif|ico)$", re.IGNORECASE
+)
+_PLACEHOLDER_ALT = frozenset(
+    "image img picture pic photo photograph graphic icon screenshot untitled alt".split()
+)
+# How HTML marks an image as decorative (WAI-ARIA): alt="" is meant, not forgotten.
+_DECORATIVE_ROLES = ("presentation", "none")
 
 
 @dataclass(frozen=True)
@@ -107,10 +123,24 @@ def check(s: Subject) -> list[Finding]:
         )
     for img in doc.iter("img"):
         src = img.get("src", "")
-        if img.get("alt") is None:
-            error("img-no-alt", f"image without alt text: {src}", f"html line {img.sourceline}")
+        where = f"html line {img.sourceline}"
+        alt = img.get("alt")
+        if alt is None:
+            error("img-no-alt", f"image without alt text: {src}", where)
+        elif not alt.strip():
+            if not _decorative(img):
+                warn(
+                    "img-alt-empty",
+                    f"image without alt text: {src} (describe it, or mark it decorative:"
+                    f" ![{markdown.DECORATIVE}](...))",
+                    where,
+                )
+        elif _meaningless_alt(alt, src):
+            warn("img-alt-meaningless", f"alt text {alt!r} says nothing: {src}", where)
+        if src.startswith("http://"):
+            warn("img-not-https", f"image is not https: {src}", where)
         if not img.get("width"):
-            warn("img-no-width", f"image without width: {src}", f"html line {img.sourceline}")
+            warn("img-no-width", f"image without width: {src}", where)
     # The limit is on the message as sent. The HTML and text parts are quoted-printable
     # there, so a long paragraph on one source line is fine and must not block a build.
     for n, line in enumerate(s.message.split(b"\r\n"), start=1):
@@ -122,9 +152,49 @@ def check(s: Subject) -> list[Finding]:
         if href.startswith("http://") and href not in seen:
             seen.add(href)
             warn("link-not-https", f"link is not https: {href}", "html")
+        # Without the country code a tel: link dials only from inside the country (RFC
+        # 3966 global numbers start with "+"), and a reader abroad gets a wrong number.
+        if href.startswith("tel:") and not href.startswith("tel:+") and href not in seen:
+            seen.add(href)
+            warn(
+                "tel-no-country",
+                f"phone link without the country code: {href} (write it as +1 ...,"
+                " or set the sponsor's phone_country_code)",
+                "html",
+            )
 
     out.sort(key=lambda f: f.level != "error")
     return out
+
+
+def source_findings(issue: Issue) -> list[Finding]:
+    """What the issue file says that will not show as written, at its line in the file."""
+    return [
+        Finding(
+            "warning",
+            "raw-html",
+            f"raw HTML shows as text, not markup: {tag}",
+            f"{issue.path}:{issue.body_line + n}",
+        )
+        for n, tag in markdown.raw_html_lines(issue.body)
+    ]
+
+
+def _decorative(img: Any) -> bool:
+    return (
+        img.get("role", "").strip().lower() in _DECORATIVE_ROLES
+        or img.get("aria-hidden", "").strip().lower() == "true"
+    )
+
+
+def _meaningless_alt(alt: str, src: str) -> bool:
+    text = alt.strip()
+    name = unquote(urlsplit(src).path.rsplit("/", 1)[-1])
+    return (
+        bool(_FILE_NAME.match(text))
+        or text.lower() in _PLACEHOLDER_ALT
+        or (bool(name) and text in (name, name.rsplit(".", 1)[0]))
+    )
 
 
 def has_errors(findings: list[Finding]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import difflib
 import re
@@ -33,12 +34,13 @@ class Issue:
     sponsor: str | None = None  # None: the configured default; "none": no sponsor block
     author: str = ""
     source: str = ""
+    body_line: int = 1  # the file's line number of the body's first line
 
 
 def read_issue(path: Path) -> Issue:
     """Read an issue file; every problem is reported with the file and, where known, the line."""
     text = read_text(path)
-    meta, body = _split_front_matter(path, text)
+    meta, body, body_line = _split_front_matter(path, text)
     unknown = [k for k in meta if k not in FRONT_MATTER_KEYS]
     if unknown:
         key = unknown[0]
@@ -87,10 +89,11 @@ def read_issue(path: Path) -> Issue:
         sponsor=values.get("sponsor"),
         author=values.get("author", ""),
         source=values.get("source", ""),
+        body_line=body_line,
     )
 
 
-def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
+def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str, int]:
     lines = text.split("\n")
     if not lines or lines[0].strip() != "---":
         raise ContentError(f"{path}:1: expected front matter starting with '---'")
@@ -102,6 +105,11 @@ def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
         meta = yaml.safe_load(block) if block.strip() else {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        # The scanner notices a key without ':' or an unclosed quote only on a later
+        # line; its context mark is where that key or quote starts, the line to fix.
+        # (A parser's context is the whole enclosing mapping: its problem mark is right.)
+        if isinstance(exc, yaml.scanner.ScannerError) and exc.context_mark is not None:
+            mark = exc.context_mark
         line = mark.line + 2 if mark is not None else 1
         problem = getattr(exc, "problem", None) or "malformed YAML"
         raise ContentError(f"{path}:{line}: malformed front matter: {problem}") from None
@@ -111,7 +119,8 @@ def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str]:
         raise ContentError(f"{path}: front matter: lists or mappings nested too deeply") from None
     if not isinstance(meta, dict):
         raise ContentError(f"{path}:2: front matter must be 'key: value' lines")
-    return meta, "\n".join(lines[end + 1 :])
+    # lines[end] is the closing '---', the file's line end + 1.
+    return meta, "\n".join(lines[end + 1 :]), end + 2
 
 
 def _issue_date(path: Path, value: object, from_name: str | None) -> dt.date:
@@ -125,14 +134,43 @@ def _issue_date(path: Path, value: object, from_name: str | None) -> dt.date:
             f"{path}: front matter: missing date (or name the file YYYY-MM-DD-slug.md)"
         )
     try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise ContentError(
-            f"{path}: front matter date: expected YYYY-MM-DD, got {text!r}"
-        ) from None
+        return parse_date(text)
+    except ValueError as exc:
+        where = "front matter date" if value is not None else "file name"
+        raise ContentError(f"{path}: {where}: {exc}") from None
+
+
+_ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+
+
+def parse_date(text: str) -> dt.date:
+    """YYYY-MM-DD; a ValueError says whether the format or the date itself is wrong."""
+    match = _ISO_DATE.match(text.strip())
+    if not match:
+        raise ValueError(f"expected YYYY-MM-DD, got {text!r}")
+    year, month, day = (int(g) for g in match.groups())
+    if not 1 <= month <= 12:
+        raise ValueError(f"{text} is not a valid date: there is no month {month}")
+    days = calendar.monthrange(year, month)[1] if year else 31
+    if not 1 <= day <= days:
+        raise ValueError(
+            f"{text} is not a valid date: {calendar.month_name[month]} {year} has {days} days"
+        )
+    try:
+        return dt.date(year, month, day)
+    except ValueError as exc:  # year 0
+        raise ValueError(f"{text} is not a valid date: {exc}") from None
 
 
 # --- importing a plain-text article -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArticleLine:
+    """A line of the imported article: its number in the file (from 1) and its text."""
+
+    number: int
+    text: str
 
 
 @dataclass
@@ -141,11 +179,16 @@ class ImportedArticle:
     slug: str
     date: dt.date
     notes: list[str] = field(default_factory=list)
+    headings: list[ArticleLine] = field(default_factory=list)  # lines made subheadings
+    skipped: list[ArticleLine] = field(default_factory=list)  # markup-only lines left out
 
 
 _SOURCE_LINE = re.compile(r"^\((?:according to|source:?|sources:?)\s+(.+?)\.?\)$", re.IGNORECASE)
 _END_PUNCTUATION = tuple(".!?:;,\"'”’)…")
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"”’]?\s+(?=[A-Z\"“‘(])")
+# An HTML tag or comment, as pasted from a web page: <script>, </div>, <br/>, <!-- x -->.
+# Not an autolink (<https://...>) or an address (<ann@example.com>).
+_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][\w-]*(?:\s[^<>]*)?/?>")
 PREHEADER_MAX = 140
 SUBHEADING_MAX = 90
 
@@ -156,22 +199,26 @@ def import_article(
     """Turn a plain-text article into an issue (front matter + Markdown).
 
     The first line is the title; short lines without end punctuation become
-    subheadings; a closing "(According to ...)" line becomes the source; a
-    trailing paragraph that advertises a configured sponsor is dropped, because
-    the configured sponsor block is appended to every issue anyway.
+    subheadings (listed in `headings`, with their line numbers); a closing
+    "(According to ...)" line becomes the source; a trailing paragraph that
+    advertises a configured sponsor is dropped, because the configured sponsor block
+    is appended to every issue anyway. A line of nothing but markup (a stray
+    `<script>` or `</div>` pasted along with the text) is left out (`skipped`), and a
+    line with markup in it is never made a heading.
     """
-    blocks = [b.strip() for b in re.split(r"\n\s*\n", text.replace("\r\n", "\n").strip())]
-    blocks = [b for b in blocks if b]
+    skipped: list[ArticleLine] = []
+    blocks = _blocks(text, skipped)
     if not blocks:
         raise ContentError("the article is empty")
-    first, _, rest = blocks[0].partition("\n")
-    title = _one_line(first)
-    blocks = ([rest.strip()] if rest.strip() else []) + blocks[1:]
+    first, *rest = blocks.pop(0)
+    title = _one_line(first.text)
+    if rest:
+        blocks.insert(0, rest)
     notes: list[str] = []
 
     names = [n for n in sponsor_names if n]
-    if blocks and any(n.lower() in blocks[-1].lower() for n in names):
-        named = next(n for n in names if n.lower() in blocks[-1].lower())
+    if blocks and any(n.lower() in _block_text(blocks[-1]).lower() for n in names):
+        named = next(n for n in names if n.lower() in _block_text(blocks[-1]).lower())
         notes.append(
             f"removed the closing advertisement for {named} "
             "(the configured sponsor block is appended to every issue)"
@@ -180,7 +227,7 @@ def import_article(
 
     source = ""
     if blocks:
-        match = _SOURCE_LINE.match(_one_line(blocks[-1]))
+        match = _SOURCE_LINE.match(_one_line(_block_text(blocks[-1])))
         if match:
             source = match.group(1).strip()
             blocks.pop()
@@ -188,13 +235,16 @@ def import_article(
 
     body: list[str] = []
     paragraphs: list[str] = []
+    headings: list[ArticleLine] = []
     for block in blocks:
-        line = _one_line(block)
+        line = _one_line(_block_text(block))
         if (
-            "\n" not in block
+            len(block) == 1
             and len(line) <= SUBHEADING_MAX
             and not line.endswith(_END_PUNCTUATION)
+            and not _TAG.search(line)
         ):
+            headings.append(ArticleLine(block[0].number, line))
             body.append("## " + _escape_markdown(line))
         else:
             paragraphs.append(line)
@@ -213,7 +263,34 @@ def import_article(
         meta["source"] = source
     front = yaml.safe_dump(meta, allow_unicode=True, sort_keys=False, width=10_000)
     markdown = f"---\n{front}---\n\n" + "\n\n".join(body) + "\n"
-    return ImportedArticle(markdown=markdown, slug=slug, date=date, notes=notes)
+    return ImportedArticle(
+        markdown=markdown, slug=slug, date=date, notes=notes, headings=headings, skipped=skipped
+    )
+
+
+def _blocks(text: str, skipped: list[ArticleLine]) -> list[list[ArticleLine]]:
+    """The article's paragraphs (runs of non-blank lines), each line with its number.
+
+    Lines of nothing but markup go to `skipped` instead.
+    """
+    blocks: list[list[ArticleLine]] = []
+    current: list[ArticleLine] = []
+    for number, raw in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        line = raw.strip()
+        if line and not _TAG.sub("", line).strip():
+            skipped.append(ArticleLine(number, line))
+        elif line:
+            current.append(ArticleLine(number, line))
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _block_text(block: list[ArticleLine]) -> str:
+    return "\n".join(line.text for line in block)
 
 
 def preheader_from(paragraph: str, limit: int = PREHEADER_MAX) -> str:
@@ -255,8 +332,19 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+# A URL as written in the article is left unescaped, so that it becomes a link: an
+# escaped "\_" inside it would end the link there.
+_URL = re.compile(r"((?:https?://|www\.)[^\s<>]+)", re.IGNORECASE)
+
+
 def _escape_markdown(text: str) -> str:
-    text = re.sub(r"([\\`*_\[\]<>])", r"\\\1", text)
+    # split() with a group alternates prose and URLs: odd indexes are URLs.
+    parts = _URL.split(text)
+    text = "".join(part if n % 2 else _escape_prose(part) for n, part in enumerate(parts))
     # A line that would start a heading, list or block quote.
     text = re.sub(r"^([#>+-])(?=\s)", r"\\\1", text)
     return re.sub(r"^(\d+)([.)])(?=\s)", r"\1\\\2", text)
+
+
+def _escape_prose(text: str) -> str:
+    return re.sub(r"([\\`*_\[\]<>])", r"\\\1", text)

@@ -204,6 +204,7 @@ def check_built(config: Config, built: BuiltIssue, filled: Sample) -> list[check
     problem = sponsor.booking_problem(config, built.issue)
     if problem:
         findings.insert(0, check.Finding("error", "sponsor-not-booked", problem, "front matter"))
+    findings += check.source_findings(built.issue)
     return findings
 
 

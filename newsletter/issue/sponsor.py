@@ -112,7 +112,9 @@ def block(config: Config, issue: Issue, sponsor: Sponsor) -> SponsorBlock:
             medium=config.utm.medium,
             campaign=issue.slug,
         )
-    return SponsorBlock(sponsor=sponsor, url=url, tel=tel_uri(sponsor.phone))
+    return SponsorBlock(
+        sponsor=sponsor, url=url, tel=tel_uri(sponsor.phone, sponsor.phone_country_code)
+    )
 
 
 def tag_utm(url: str, *, source: str, medium: str, campaign: str) -> str:
@@ -131,7 +133,22 @@ def tag_utm(url: str, *, source: str, medium: str, campaign: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), parts.fragment))
 
 
-def tel_uri(phone: str) -> str:
-    """A tel: URI (RFC 3966) for a phone number as people write it: "(949) 800-5678"."""
-    digits = "".join(c for c in phone if c.isdigit() or c == "+")
-    return f"tel:{digits}" if digits else ""
+def tel_uri(phone: str, country_code: str = "") -> str:
+    """A tel: URI (RFC 3966) for a phone number as people write it, in E.164 form.
+
+    "+1 (949) 800-5678", or "(949) 800-5678" with the country code "1", give
+    tel:+19498005678. Without a country code the link has only the digits, which dial
+    only from inside the country: `check` warns about such a link.
+    """
+    digits = "".join(c for c in phone if c.isdigit())
+    if not digits:
+        return ""
+    if phone.strip().startswith("+"):
+        return f"tel:+{digits}"
+    code = country_code.strip().removeprefix("+")
+    if code:
+        # A national number's leading 0 is the trunk prefix, dialled only at home:
+        # 020 7946 0000 in the UK is +44 20 7946 0000. (Italy keeps its 0: write
+        # those numbers with "+39".)
+        return f"tel:+{code}{digits.removeprefix('0')}"
+    return f"tel:{digits}"
