@@ -24,7 +24,6 @@ byte for byte what `newsletter archive export` writes. No page sets a cookie.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import signal
 import threading
