@@ -11,6 +11,7 @@ import click
 from newsletter import tokens
 from newsletter.audience import subscribers as subscriber_ops
 from newsletter.cli.root import (
+    InputFile,
     State,
     cli,
     open_store,
@@ -30,7 +31,7 @@ def subscribers() -> None:
 
 
 @subscribers.command("import")
-@click.argument("csv_file", type=click.Path(path_type=Path))
+@click.argument("csv_file", type=InputFile())
 @pass_state
 def subscribers_import(state: State, csv_file: Path) -> None:
     """Import CSV_FILE (columns email, name, and extra columns kept as attributes).

@@ -10,6 +10,7 @@ import click
 
 from newsletter import config as config_mod
 from newsletter.cli.root import (
+    InputFile,
     State,
     cli,
     format_finding,
@@ -38,7 +39,7 @@ class IssueDate(click.ParamType):
 
 
 @cli.command("import")
-@click.argument("article", type=click.Path(path_type=Path))
+@click.argument("article", type=InputFile())
 @click.option(
     "--date", "date", type=IssueDate(), metavar="YYYY-MM-DD", help="Issue date (default: today)."
 )
@@ -75,7 +76,7 @@ def import_cmd(
 
 
 @cli.command()
-@click.argument("issue", type=click.Path(path_type=Path))
+@click.argument("issue", type=InputFile())
 @click.option(
     "-o",
     "--output",
@@ -95,7 +96,7 @@ def build(state: State, issue: Path, out_dir: Path | None, force: bool) -> None:
 
 
 @cli.command()
-@click.argument("issue", type=click.Path(path_type=Path))
+@click.argument("issue", type=InputFile())
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.option(
     "--spam",
@@ -129,9 +130,7 @@ def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
 
 
 @cli.command()
-@click.argument(
-    "issue", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("issue", required=False, type=InputFile())
 @click.option(
     "--outbox",
     type=click.Path(exists=True, file_okay=False, path_type=Path),

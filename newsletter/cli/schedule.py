@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from newsletter.cli.root import (
+    InputFile,
     State,
     cli,
     log_to_stderr,
@@ -55,7 +56,7 @@ def schedule() -> None:
 
 
 @schedule.command("create")
-@click.argument("issue", type=click.Path(path_type=Path), required=False)
+@click.argument("issue", type=InputFile(), required=False)
 @click.option("--at", "at", help='Local time: "2026-12-01 09:00" or "2026-12-01T09:00:30".')
 @click.option("--every", help='A cron expression for a recurring send: "0 9 * * TUE".')
 @click.option("--tz", "tz", help="Time zone (default: [publication] timezone).")
