@@ -91,9 +91,7 @@ def test_bad_cron_expression_exits_2_in_our_words(
 @pytest.mark.parametrize(
     "expression", ["0 9 * * 7", "0 9 * * fri-sun", "*/15 9-17 * * MON-FRI", "0 9 1,15 JAN,jul *"]
 )
-def test_good_cron_expressions_still_pass(
-    run_cli: Callable[..., Result], expression: str
-) -> None:
+def test_good_cron_expressions_still_pass(run_cli: Callable[..., Result], expression: str) -> None:
     result = run_cli("schedule", "--every", expression)
     assert result.exit_code == 0, result.output
 
@@ -132,3 +130,103 @@ def test_a_bad_recurring_reference_exits_2(
     result = run_cli("schedule", "cancel", "soon")
     assert result.exit_code == 2
     assert_user_error(result, "'soon': expected a campaign id")
+
+
+# --- NEWSLETTER_* variables (item 8) -------------------------------------------------------
+
+
+def test_a_typo_in_an_override_variable_is_refused_with_a_suggestion(
+    run_cli: Callable[..., Result],
+    monkeypatch: pytest.MonkeyPatch,
+    assert_user_error: Callable[..., str],
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SMTP_PROT", "1")
+    result = run_cli("schedule", "list")
+    assert result.exit_code == 2
+    assert_user_error(
+        result,
+        "NEWSLETTER_SMTP_PROT is set but overrides no key",
+        "did you mean NEWSLETTER_SMTP_PORT?",
+    )
+
+
+def test_an_unknown_variable_far_from_any_key_is_refused_without_a_guess(
+    run_cli: Callable[..., Result],
+    monkeypatch: pytest.MonkeyPatch,
+    assert_user_error: Callable[..., str],
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_ZZZ", "1")
+    result = run_cli("subscribers", "count")
+    assert result.exit_code == 2
+    assert "did you mean" not in assert_user_error(result, "NEWSLETTER_ZZZ")
+
+
+def test_an_override_of_a_table_the_file_lacks_is_refused(
+    run_cli: Callable[..., Result],
+    monkeypatch: pytest.MonkeyPatch,
+    assert_user_error: Callable[..., str],
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SMTP_BACKUP_PORT", "587")  # no [smtp.backup]
+    result = run_cli("subscribers", "count")
+    assert result.exit_code == 2
+    assert_user_error(result, "NEWSLETTER_SMTP_BACKUP_PORT")
+
+
+def test_the_tools_own_variables_and_those_the_config_names_stay_allowed(
+    run_cli: Callable[..., Result],
+    publication: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    edit_file: Callable[[Path, str, str], None],
+) -> None:
+    edit_file(publication, 'secret_env = "NEWSLETTER_SECRET"', 'secret_env = "NEWSLETTER_KEY"')
+    text = publication.read_text(encoding="utf-8")
+    publication.write_text(text + '\n[smtp.backup]\nhost = "backup.example"\n', encoding="utf-8")
+    allowed = {
+        "NEWSLETTER_CONFIG": str(publication),
+        "NEWSLETTER_SECRET": "s",
+        "NEWSLETTER_KEY": "a secret of at least some length",  # [publication] secret_env
+        "NEWSLETTER_TEST_POSTGRES_URL": "postgresql+psycopg://x@127.0.0.1/none",
+        "NEWSLETTER_CHROMIUM": "/usr/bin/chromium",
+        "NEWSLETTER_DOVECOT": "/usr/sbin/dovecot",
+        "NEWSLETTER_SMTP_PASSWORD_ENV": "NEWSLETTER_RELAY_PASSWORD",  # an override naming
+        "NEWSLETTER_RELAY_PASSWORD": "hunter2",  # a variable: allowed as well
+        "NEWSLETTER_SMTP_BACKUP_PORT": "2525",  # [smtp.backup] is in the file
+        "NEWSLETTER_SPONSORS_HELLOSHUTTLE_PHONE": "+1 949 800 5678",
+        "NEWSLETTER_SPONSORS_DEFAULT": "helloshuttle",
+    }
+    for name, value in allowed.items():
+        monkeypatch.setenv(name, value)
+    result = run_cli("subscribers", "count")
+    assert result.exit_code == 0, result.output
+
+
+def test_every_variable_the_repository_mentions_is_allowed() -> None:
+    """The names in the README, Makefile, CI script, code and tests (grep), against the
+    sample publication: each is an override of it or a variable of the tool's own."""
+    import re
+
+    from newsletter.config import load
+    from newsletter.config.reading import OWN_VARIABLES, named_variables, override_names
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", root / "Makefile", root / ".ci" / "run"]
+    files += [*(root / "newsletter").rglob("*.py"), *(root / "tests").glob("*.py")]
+    mentioned: set[str] = set()
+    for path in files:
+        # A name that ends in "_" is a prefix in a sentence or an f-string, not a variable.
+        mentioned |= set(
+            re.findall(r"(?<![A-Z_])NEWSLETTER_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+        )
+    config = load(root / "newsletter.toml", {})
+    known = override_names(config) | OWN_VARIABLES | named_variables(config)
+    # Typos on purpose (this file, the README's example) and [smtp.backup], which the
+    # tests that use it add to their copy of the file.
+    meant = {
+        "NEWSLETTER_SMTP_PROT",
+        "NEWSLETTER_ZZZ",
+        "NEWSLETTER_KEY",
+        "NEWSLETTER_RELAY_PASSWORD",
+    }
+    meant |= {n for n in mentioned if n.startswith("NEWSLETTER_SMTP_BACKUP_")}
+    assert len(mentioned) > 30
+    assert sorted(mentioned - known - meant) == []
