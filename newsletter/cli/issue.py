@@ -160,12 +160,22 @@ def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
 def preview(
     state: State, issue: Path | None, outbox: Path | None, port: int, host: str, open_browser: bool
 ) -> None:
-    """Serve a live preview of ISSUE: desktop and phone, plain text, headers and checks."""
+    """Serve a live preview of ISSUE: desktop and phone, plain text, headers and checks.
+
+    Without ISSUE, the newest issue in [paths] issues (by the date in its file name,
+    else in its front matter).
+    """
     # Imported here so that the web stack loads only for this command.
     from newsletter.web import preview as previews
 
-    if (issue is None) == (outbox is None):
-        raise click.UsageError("give an ISSUE or --outbox DIR")
+    if issue is not None and outbox is not None:
+        raise click.UsageError("give an ISSUE or --outbox DIR, not both")
+    if issue is None and outbox is None:
+        issues_dir = state.config.issues_dir
+        issue = content.newest_issue(issues_dir)
+        if issue is None:
+            raise click.UsageError(f"no issue in {issues_dir}: give an ISSUE or --outbox DIR")
+        click.echo(f"no ISSUE given: previewing the newest, {issue}", err=True)
 
     def log(message: str) -> None:
         click.echo(message, err=True)
