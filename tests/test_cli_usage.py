@@ -89,7 +89,15 @@ def test_bad_cron_expression_exits_2_in_our_words(
 
 
 @pytest.mark.parametrize(
-    "expression", ["0 9 * * 7", "0 9 * * fri-sun", "*/15 9-17 * * MON-FRI", "0 9 1,15 JAN,jul *"]
+    "expression",
+    [
+        "0 9 * * 7",
+        "0 9 * * fri-sun",
+        "*/15 9-17 * * MON-FRI",
+        "0 9 1,15 JAN,jul *",
+        "0 9 1 1-mar *",
+        "0 9 1 JAN/2 *",
+    ],
 )
 def test_good_cron_expressions_still_pass(run_cli: Callable[..., Result], expression: str) -> None:
     result = run_cli("schedule", "--every", expression)
@@ -230,3 +238,26 @@ def test_every_variable_the_repository_mentions_is_allowed() -> None:
     meant |= {n for n in mentioned if n.startswith("NEWSLETTER_SMTP_BACKUP_")}
     assert len(mentioned) > 30
     assert sorted(mentioned - known - meant) == []
+
+
+@pytest.mark.parametrize(
+    ("expression", "months"),
+    [
+        ("0 9 1 feb-apr *", [2, 3, 4, 2]),
+        ("0 9 1 JAN/5 *", [1, 6, 11, 1]),
+        ("0 9 1 2-apr *", [2, 3, 4, 2]),
+    ],
+)
+def test_month_names_in_ranges_and_steps_fire_as_cron_reads_them(
+    expression: str, months: list[int]
+) -> None:
+    import datetime as dt
+
+    from newsletter.schedule import cron
+
+    at = dt.datetime(2026, 12, 15, tzinfo=dt.UTC)
+    fired = []
+    for _ in months:
+        at = cron.next_tick(expression, "UTC", at)
+        fired.append(at.month)
+    assert fired == months

@@ -10,6 +10,7 @@ apart and the earlier tick wins.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 from apscheduler.triggers.base import BaseTrigger
@@ -117,6 +118,12 @@ def _cron_dow(field_text: str) -> str:
     return ",".join(_DOW_NAMES[d] for d in order if d in days)
 
 
+def _cron_month(field_text: str) -> str:
+    """Month names as numbers: APScheduler takes a name alone, not in a range with a
+    number (1-mar) or with a step (jan/2), which cron takes."""
+    return re.sub(r"[a-z]+", lambda m: str(_MONTH_NAMES.index(m.group()) + 1), field_text.lower())
+
+
 # The shorthands of cron(8), as the five fields they stand for.
 SHORTHANDS = {
     "@yearly": "0 0 1 1 *",
@@ -144,7 +151,12 @@ def cron_trigger(expression: str, tz_name: str) -> BaseTrigger:
 
     def trigger(day: str, dow: str) -> CronTrigger:
         return CronTrigger(
-            minute=minute, hour=hour, day=day, month=month, day_of_week=_cron_dow(dow), timezone=tz
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=_cron_month(month),
+            day_of_week=_cron_dow(dow),
+            timezone=tz,
         )
 
     try:
