@@ -16,6 +16,13 @@ class ConfigError(NewsletterError):
     exit_code = 2
 
 
+class UsageError(NewsletterError):
+    """A command was given a value it cannot use: a time, a zone, a cron expression,
+    a file that is not there. Exit 2, like click's own usage errors."""
+
+    exit_code = 2
+
+
 class ContentError(NewsletterError):
     """An issue or article file cannot be read or is malformed."""
 

@@ -465,7 +465,7 @@ def test_a_user_error_from_the_real_command_has_no_traceback(publication, tmp_pa
         timeout=60,
         cwd=tmp_path,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a missing issue file is a usage error
     assert proc.stdout == ""
     assert proc.stderr == f"Error: {missing}: no such file\n"
 

@@ -272,6 +272,7 @@ def test_outside_a_publication_a_command_says_so_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assert_user_error: Callable[..., str]
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "issue.md").write_text("an issue, but no publication", encoding="utf-8")
     result = invoke("build", "issue.md")
     assert_user_error(result, f"no newsletter.toml here or above {tmp_path}")
     assert result.exit_code == 2
@@ -281,6 +282,7 @@ def test_outside_a_publication_the_error_points_at_init(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "issue.md").write_text("an issue, but no publication", encoding="utf-8")
     assert "run `newsletter init`" in invoke("build", "issue.md").stderr
 
 

@@ -603,10 +603,18 @@ def test_command_prints_its_url_serves_and_exits_0_on_ctrl_c(site: Site) -> None
 
 
 def test_command_needs_an_issue_or_an_outbox(site: Site) -> None:
+    # Without ISSUE the newest in issues/ is previewed (tests/test_preview_newest.py);
+    # with none there, the command says what to give.
+    for issue in (site.root / "issues").glob("*.md"):
+        issue.unlink()
     runner = CliRunner()
     result = runner.invoke(cli, ["--config", str(site.config), "preview", "--no-open"])
     assert result.exit_code == 2
     assert "give an ISSUE or --outbox DIR" in result.output
+    both = runner.invoke(
+        cli, ["--config", str(site.config), "preview", str(site.root), "--outbox", str(site.root)]
+    )
+    assert both.exit_code == 2
 
 
 def test_command_reports_a_port_in_use_in_one_line(site: Site) -> None:

@@ -18,7 +18,7 @@ from newsletter import addresses
 from newsletter.errors import ContentError, NewsletterError
 from newsletter.fileio import read_text
 from newsletter.ledger.store import Store, SubscriberRow
-from newsletter.ledger.tables import UNSUBSCRIBED
+from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED
 from newsletter.mail.message import clean_display_name
 
 
@@ -28,15 +28,28 @@ class ImportReport:
     updated: int = 0
     kept_suppressed: int = 0  # known addresses left bounced or complained
     rejected: list[str] = field(default_factory=list)  # "FILE:LINE: reason"
+    duplicates: list[str] = field(default_factory=list)  # "FILE:LINE: ... of line N"
+
+    @property
+    def imported(self) -> int:
+        """Rows that reached the list (added, updated, or known and kept suppressed)."""
+        return self.added + self.updated + self.kept_suppressed
+
+    @property
+    def partial(self) -> bool:
+        """Some rows were not imported as written (rejected, or a duplicate skipped)."""
+        return bool(self.rejected or self.duplicates)
 
 
 @dataclass
 class SubscriberList:
-    """A subscriber CSV as read: the good rows, the line of each, one message per bad row."""
+    """A subscriber CSV as read: the good rows, the line of each, one message per bad row,
+    and one per row that repeats an earlier row's address (in any case)."""
 
     rows: list[SubscriberRow]
     lines: dict[str, int]  # {email as stored: its line in the file}
     problems: list[str]
+    duplicates: list[str] = field(default_factory=list)
 
 
 def erased_reason(email: str, erased_at: dt.datetime) -> str:
@@ -74,6 +87,7 @@ def _read_rows(path: Path, reader: csv.DictReader[str]) -> SubscriberList:
     rows: dict[str, SubscriberRow] = {}
     lines: dict[str, int] = {}
     problems: list[str] = []
+    duplicates: list[str] = []
     line = 1
     for record in reader:
         line = reader.line_num
@@ -90,9 +104,20 @@ def _read_rows(path: Path, reader: csv.DictReader[str]) -> SubscriberList:
             problems.append(f"{path}:{line}: {raw!r}: {exc}")
             continue
         name = clean_display_name(values.pop("name", ""))
-        rows[addresses.key(email)] = SubscriberRow(email=email, name=name, attributes=values)
+        key = addresses.key(email)
+        if key in rows:
+            # Two spellings of one subscriber (RFC 5321 leaves the local part's case to
+            # the receiver, and the list treats them as one): the first row stands, the
+            # later one is counted and named, never merged into it unseen.
+            first = rows[key].email
+            same = "the same address" if email == first else f"{first} in another case"
+            duplicates.append(
+                f"{path}:{line}: {email}: {same} as line {lines[first]}; line {lines[first]} kept"
+            )
+            continue
+        rows[key] = SubscriberRow(email=email, name=name, attributes=values)
         lines[email] = line
-    return SubscriberList(list(rows.values()), lines, problems)
+    return SubscriberList(list(rows.values()), lines, problems, duplicates)
 
 
 def import_csv(store: Store, path: Path) -> ImportReport:
@@ -103,7 +128,7 @@ def import_csv(store: Store, path: Path) -> ImportReport:
         for email, when in done.erased.items()
     )
     problems = read.problems + [message for _, message in refused]
-    return ImportReport(done.added, done.updated, len(done.suppressed), problems)
+    return ImportReport(done.added, done.updated, len(done.suppressed), problems, read.duplicates)
 
 
 # The address as stored: domain in ASCII, local part as given (ValueError if invalid).
@@ -112,36 +137,57 @@ normalize_email = addresses.normalize
 
 @dataclass(frozen=True)
 class Added:
-    """What `add` did: one of added, updated, or kept suppressed (bounced, complained)."""
+    """What `add` did, and the status the address has now."""
 
     email: str  # as stored when added, else as given
-    outcome: str  # ADDED, UPDATED or KEPT_SUPPRESSED
-    suppressed: str = ""  # kept suppressed: bounced or complained
+    outcome: str  # ADDED, UPDATED, UNCHANGED, RESUBSCRIBED or KEPT
+    status: str = ACTIVE  # KEPT: unsubscribed, pending, bounced or complained
+    renamed: bool = False  # a known address's name was changed
 
 
 ADDED = "added"
-UPDATED = "updated"
-KEPT_SUPPRESSED = "kept suppressed"
+UPDATED = "updated"  # known and active; its name changed
+UNCHANGED = "unchanged"  # known and active; no name given, or the same
+RESUBSCRIBED = "resubscribed"  # unsubscribed (or pending) and made active: --resubscribe
+KEPT = "kept"  # known and not active, left so
 
 
-def add(store: Store, address: str, name: str = "", again_after_erasure: bool = False) -> Added:
-    """Add or update one subscriber. An address erased at the person's request is
-    refused (one NewsletterError that says when) unless `again_after_erasure`."""
+def add(
+    store: Store,
+    address: str,
+    name: str = "",
+    again_after_erasure: bool = False,
+    resubscribe: bool = False,
+) -> Added:
+    """Add a subscriber, or update a known one's name (an empty `name` keeps it).
+
+    A known address keeps its status: an unsubscribed or pending one becomes active
+    only with `resubscribe` (the person asked to come back); a bounced or complained
+    one stays suppressed whatever is said. An address erased at the person's request
+    is refused (one NewsletterError that says when) unless `again_after_erasure`.
+    """
     try:
         email = normalize_email(address)
     except ValueError as exc:
         raise NewsletterError(f"{address!r}: {exc}") from None
+    name = clean_display_name(name)
+    before = store.subscriber(email)
     done = store.upsert_subscribers(
-        [SubscriberRow(email, clean_display_name(name))], again_after_erasure=again_after_erasure
+        [SubscriberRow(email, name)], again_after_erasure=again_after_erasure
     )
     if done.erased:
         raise NewsletterError(erased_reason(email, done.erased[email]))
-    if done.added:
+    if done.added or before is None:
         return Added(email, ADDED)
     given = address.strip()
-    if done.suppressed:
-        return Added(given, KEPT_SUPPRESSED, done.suppressed[email])
-    return Added(given, UPDATED)
+    renamed = bool(name) and name != before["name"]
+    status = before["status"]
+    if status == ACTIVE:
+        return Added(given, UPDATED if renamed else UNCHANGED, renamed=renamed)
+    if resubscribe and status in (UNSUBSCRIBED, PENDING_CONFIRMATION):
+        store.set_subscriber_status(email, ACTIVE)
+        return Added(given, RESUBSCRIBED, status, renamed)
+    return Added(given, KEPT, status, renamed)
 
 
 def remove(store: Store, address: str) -> None:

@@ -11,13 +11,14 @@ import click
 from newsletter import tokens
 from newsletter.audience import subscribers as subscriber_ops
 from newsletter.cli.root import (
+    InputFile,
     State,
     cli,
     open_store,
     pass_state,
 )
 from newsletter.ledger import privacy
-from newsletter.ledger.tables import SUBSCRIBER_STATUSES
+from newsletter.ledger.tables import SUBSCRIBER_STATUSES, SUPPRESSED
 
 
 def _stdin_is_terminal() -> bool:
@@ -30,51 +31,95 @@ def subscribers() -> None:
 
 
 @subscribers.command("import")
-@click.argument("csv_file", type=click.Path(path_type=Path))
+@click.argument("csv_file", type=InputFile())
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 when any row is not imported as written (rejected, or a duplicate).",
+)
 @pass_state
-def subscribers_import(state: State, csv_file: Path) -> None:
+def subscribers_import(state: State, csv_file: Path, strict: bool) -> None:
     """Import CSV_FILE (columns email, name, and extra columns kept as attributes).
 
     Bad rows are reported with their line number and skipped; the good rows are
-    imported. Re-importing is safe: an unsubscribed address stays unsubscribed, a
-    bounced or complained one stays suppressed ("kept suppressed"), and an address
-    erased at the person's request is refused (its row is reported, exit 1).
+    imported. A row whose address an earlier row has (in any case) is a duplicate:
+    the first row stands, the later is reported and counted. Re-importing is safe: an
+    unsubscribed address stays unsubscribed, a bounced or complained one stays
+    suppressed ("kept suppressed"), and an address erased at the person's request is
+    refused (reported with its row). Exit 0 when rows were imported, even if others
+    were not (1 with --strict); 1 when none could be.
     """
     report = subscriber_ops.import_csv(open_store(state), csv_file)
     for problem in report.rejected:
         click.echo(f"skipped: {problem}", err=True)
-    # "kept suppressed" only when there are some: the line scripts read stays as it was.
+    for duplicate in report.duplicates:
+        click.echo(f"duplicate: {duplicate}", err=True)
+    # "kept suppressed" and "duplicate(s)" only when there are some: the line scripts
+    # read stays as it was.
     kept = f", {report.kept_suppressed} kept suppressed" if report.kept_suppressed else ""
+    twice = f", {len(report.duplicates)} duplicate(s)" if report.duplicates else ""
     click.echo(
-        f"{report.added} added, {report.updated} updated{kept}, {len(report.rejected)} rejected"
+        f"{report.added} added, {report.updated} updated{kept}{twice},"
+        f" {len(report.rejected)} rejected"
     )
-    if report.rejected:
+    if report.rejected and not report.imported:
+        raise SystemExit(1)  # nothing could be imported: a failed import
+    if strict and report.partial:
         raise SystemExit(1)
 
 
 @subscribers.command("add")
 @click.argument("email")
-@click.option("--name", default="", help="The subscriber's name, used in the greeting.")
+@click.option(
+    "--name", default="", help="The subscriber's name, used in the greeting (default: kept)."
+)
+@click.option(
+    "--resubscribe",
+    is_flag=True,
+    help="Make an unsubscribed (or unconfirmed) address active again: the person asked to.",
+)
 @click.option(
     "--again-after-erasure",
     is_flag=True,
     help="Add an address erased at the person's request (they asked to be added again).",
 )
 @pass_state
-def subscribers_add(state: State, email: str, name: str, again_after_erasure: bool) -> None:
-    """Add EMAIL to the list (or update its name).
+def subscribers_add(
+    state: State, email: str, name: str, resubscribe: bool, again_after_erasure: bool
+) -> None:
+    """Add EMAIL to the list, or change a known subscriber's --name.
 
-    A bounced or complained address stays suppressed: only a confirmed signup brings
-    it back. An erased address is refused unless --again-after-erasure.
+    Says what it did. A known address keeps its status: an unsubscribed one stays
+    unsubscribed unless --resubscribe; a bounced or complained one stays suppressed
+    (only a confirmed signup brings it back). Without --name, a stored name is kept.
+    An erased address is refused unless --again-after-erasure.
     """
-    done = subscriber_ops.add(open_store(state), email, name, again_after_erasure)
-    if done.outcome == subscriber_ops.KEPT_SUPPRESSED:
-        click.echo(
-            f"kept {done.email} suppressed ({done.suppressed}):"
+    done = subscriber_ops.add(
+        open_store(state), email, name, again_after_erasure, resubscribe=resubscribe
+    )
+    click.echo(_added_message(done))
+
+
+def _added_message(done: subscriber_ops.Added) -> str:
+    who = done.email
+    renamed = "; name updated" if done.renamed else ""
+    if done.outcome == subscriber_ops.ADDED:
+        return f"added {who}"
+    if done.outcome == subscriber_ops.UPDATED:
+        return f"updated {who}: name changed (still active)"
+    if done.outcome == subscriber_ops.UNCHANGED:
+        return f"{who} is already subscribed (active); nothing changed"
+    if done.outcome == subscriber_ops.RESUBSCRIBED:
+        return f"resubscribed {who}: {done.status} before, active now{renamed}"
+    if done.status in SUPPRESSED:
+        return (
+            f"kept {who} suppressed ({done.status}){renamed}:"
             " only a confirmed signup brings it back"
         )
-    else:
-        click.echo(f"{done.outcome} {done.email}")
+    return (
+        f"{who} is {done.status}; left {done.status}{renamed}"
+        f" (`newsletter subscribers add --resubscribe {who}` if they asked to come back)"
+    )
 
 
 @subscribers.command("remove")

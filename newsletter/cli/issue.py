@@ -10,6 +10,7 @@ import click
 
 from newsletter import config as config_mod
 from newsletter.cli.root import (
+    InputFile,
     State,
     cli,
     format_finding,
@@ -38,7 +39,7 @@ class IssueDate(click.ParamType):
 
 
 @cli.command("import")
-@click.argument("article", type=click.Path(path_type=Path))
+@click.argument("article", type=InputFile())
 @click.option(
     "--date", "date", type=IssueDate(), metavar="YYYY-MM-DD", help="Issue date (default: today)."
 )
@@ -75,7 +76,7 @@ def import_cmd(
 
 
 @cli.command()
-@click.argument("issue", type=click.Path(path_type=Path))
+@click.argument("issue", type=InputFile())
 @click.option(
     "-o",
     "--output",
@@ -95,7 +96,7 @@ def build(state: State, issue: Path, out_dir: Path | None, force: bool) -> None:
 
 
 @cli.command()
-@click.argument("issue", type=click.Path(path_type=Path))
+@click.argument("issue", type=InputFile())
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 @click.option(
     "--spam",
@@ -129,9 +130,7 @@ def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
 
 
 @cli.command()
-@click.argument(
-    "issue", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("issue", required=False, type=InputFile())
 @click.option(
     "--outbox",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -161,12 +160,22 @@ def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
 def preview(
     state: State, issue: Path | None, outbox: Path | None, port: int, host: str, open_browser: bool
 ) -> None:
-    """Serve a live preview of ISSUE: desktop and phone, plain text, headers and checks."""
+    """Serve a live preview of ISSUE: desktop and phone, plain text, headers and checks.
+
+    Without ISSUE, the newest issue in [paths] issues (by the date in its file name,
+    else in its front matter).
+    """
     # Imported here so that the web stack loads only for this command.
     from newsletter.web import preview as previews
 
-    if (issue is None) == (outbox is None):
-        raise click.UsageError("give an ISSUE or --outbox DIR")
+    if issue is not None and outbox is not None:
+        raise click.UsageError("give an ISSUE or --outbox DIR, not both")
+    if issue is None and outbox is None:
+        issues_dir = state.config.issues_dir
+        issue = content.newest_issue(issues_dir)
+        if issue is None:
+            raise click.UsageError(f"no issue in {issues_dir}: give an ISSUE or --outbox DIR")
+        click.echo(f"no ISSUE given: previewing the newest, {issue}", err=True)
 
     def log(message: str) -> None:
         click.echo(message, err=True)

@@ -13,7 +13,7 @@ import click
 
 from newsletter import __version__
 from newsletter import config as config_mod
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, UsageError
 from newsletter.issue.check import Finding
 from newsletter.ledger import once
 from newsletter.ledger.store import Store
@@ -149,6 +149,29 @@ def format_finding(finding: Finding) -> str:
 
 
 # --- options more than one command takes ----------------------------------------------
+
+
+class InputFile(click.ParamType):
+    """A file the command reads (an issue, an article, a list): one that is not there
+    is a usage error, exit 2, in one line naming it (click.Path's own wording comes
+    with the usage text and 'Invalid value for ...')."""
+
+    name = "file"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Path:
+        path = value if isinstance(value, Path) else Path(str(value))
+        if path.is_dir():
+            raise UsageError(f"{path}: is a folder, not a file")
+        if not path.exists():
+            raise UsageError(f"{path}: no such file")
+        return path
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[click.shell_completion.CompletionItem]:
+        return [click.shell_completion.CompletionItem(incomplete, type="file")]
 
 
 def repeat_options(f: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from newsletter.cli.root import (
+    InputFile,
     State,
     cli,
     log_to_stderr,
@@ -55,7 +56,7 @@ def schedule() -> None:
 
 
 @schedule.command("create")
-@click.argument("issue", type=click.Path(path_type=Path), required=False)
+@click.argument("issue", type=InputFile(), required=False)
 @click.option("--at", "at", help='Local time: "2026-12-01 09:00" or "2026-12-01T09:00:30".')
 @click.option("--every", help='A cron expression for a recurring send: "0 9 * * TUE".')
 @click.option("--tz", "tz", help="Time zone (default: [publication] timezone).")
@@ -145,39 +146,47 @@ def schedule_move(
     click.echo(f"campaign {campaign_id} moved to {schedule_timing.describe(when, tz_name)}")
 
 
+def _quiet_option(f: Any) -> Any:
+    return click.option(
+        "-q", "--quiet", is_flag=True, help="Log only errors (missed, failed, given up)."
+    )(f)
+
+
 @cli.command("run-due")
 @click.option("--json", "as_json", is_flag=True, help="Print what happened as JSON.")
+@_quiet_option
 @pass_state
-def run_due(state: State, as_json: bool) -> None:
+def run_due(state: State, as_json: bool, quiet: bool) -> None:
     """For cron, every minute: send what is due, resume what was interrupted.
+
+    One time-stamped line per event on stderr (a campaign sent, late, missed, an
+    error), nothing when nothing happened; -q logs only errors. With --json the
+    report goes to stdout and stderr has only errors.
 
     Exit 0 when everything went out, 1 when anything failed or was missed,
     2 on usage or configuration errors. Quick when nothing is due.
     """
+    if quiet or as_json:
+        state.verbosity = -1
     log_to_stderr(state)
     report = schedule_due.run_due(open_store(state), state.config)
     if as_json:
         click.echo(json.dumps(report.as_dict()))
-    else:
-        for summary in report.sent:
-            click.echo(
-                f"campaign {summary['campaign_id']}: {summary['sent']} sent,"
-                f" {summary['deferred']} deferred, {summary['failed']} failed,"
-                f" {summary['pending']} pending [{summary['status']}]"
-                + (f", {summary['queued']} queued for the workers" if summary["queued"] else "")
-            )
     if not report.ok:
         raise SystemExit(1)
 
 
 @cli.command()
+@_quiet_option
 @pass_state
-def worker(state: State) -> None:
+def worker(state: State, quiet: bool) -> None:
     """Run scheduled campaigns as a long-lived process (APScheduler); Ctrl-C/SIGTERM stop it.
 
     On a stop signal the messages in flight are finished and recorded; the next
-    start resumes the rest.
+    start resumes the rest. One time-stamped line per event on stderr; -q: errors only.
     """
+    if quiet:
+        state.verbosity = -1
     log_to_stderr(state)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -14,6 +14,7 @@ import click
 from newsletter import config as config_mod
 from newsletter.audience import subscribers as subscriber_ops
 from newsletter.cli.root import (
+    InputFile,
     State,
     cli,
     open_store,
@@ -30,7 +31,7 @@ from newsletter.send import campaign, runner, trial
 
 
 @cli.command()
-@click.argument("issue", type=click.Path(path_type=Path))
+@click.argument("issue", type=InputFile())
 @click.option("--to", "to", multiple=True, help="Send a [TEST] copy to this address (repeatable).")
 @click.option("--all", "to_all", is_flag=True, help="Send a campaign to every active subscriber.")
 @repeat_options

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import math
 import os
 import re
@@ -123,7 +124,65 @@ def _build(path: Path, data: dict[str, Any], environ: Mapping[str, str]) -> Conf
         path=path, sponsors=sponsors, default_sponsor=default, smtp_servers=servers, **sections
     )
     validate(config)
+    _refuse_unknown_variables(path, config, environ)
     return config
+
+
+# NEWSLETTER_* variables that are not overrides and are always allowed: the config's
+# path, the default secret, and the test harness's services (tests/services.py).
+OWN_VARIABLES = frozenset(
+    {
+        ENV_CONFIG,
+        "NEWSLETTER_SECRET",
+        "NEWSLETTER_TEST_POSTGRES_URL",
+        "NEWSLETTER_CHROMIUM",
+        "NEWSLETTER_DOVECOT",
+    }
+)
+
+
+def override_names(config: Config) -> set[str]:
+    """Every NEWSLETTER_<SECTION>_<KEY> that overrides a key of this config."""
+    tables: list[tuple[str, type]] = [*SECTIONS.items()]
+    tables += [(f"smtp.{name}", Smtp) for name in config.smtp_servers]
+    tables += [(f"sponsors.{sid}", Sponsor) for sid in config.sponsors]
+    names = {f"{ENV_PREFIX}SPONSORS_DEFAULT"}
+    for where, cls in tables:
+        env_section = where.replace(".", "_").upper()
+        names.update(
+            f"{ENV_PREFIX}{env_section}_{key.upper()}"
+            for key in _fields(cls)
+            if not (cls is Sponsor and key == "id")
+        )
+    return names
+
+
+def named_variables(config: Config) -> set[str]:
+    """The variables the config's `*_env` keys name (secret_env, password_env, ...)."""
+    tables = [getattr(config, name) for name in SECTIONS]
+    tables += [*config.smtp_servers.values(), *config.sponsors.values()]
+    names: set[str] = set()
+    for table in tables:
+        for key, f in _fields(type(table)).items():
+            value = getattr(table, f.name)
+            if key.endswith(("_env", "_envs")) and value:
+                names.update([value] if isinstance(value, str) else value)
+    return names
+
+
+def _refuse_unknown_variables(path: Path, config: Config, environ: Mapping[str, str]) -> None:
+    """A NEWSLETTER_* variable that overrides no key is a typo (NEWSLETTER_SMTP_PROT),
+    refused like an unknown key in the file rather than silently ignored."""
+    overrides = override_names(config)
+    allowed = overrides | OWN_VARIABLES | named_variables(config)
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in allowed:
+            continue
+        # Compare without the common prefix, which would make every name look close.
+        short = {o.removeprefix(ENV_PREFIX): o for o in overrides}
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), short, n=1)
+        hint = f" (did you mean {short[close[0]]}?)" if close else ""
+        raise ConfigError(f"{path}: {name} is set but overrides no key{hint}")
 
 
 def _smtp_servers(

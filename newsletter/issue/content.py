@@ -93,6 +93,21 @@ def read_issue(path: Path) -> Issue:
     )
 
 
+def newest_issue(folder: Path) -> Path | None:
+    """The issue in `folder` with the latest date: the one in its name
+    (YYYY-MM-DD-slug.md), else its front matter's; on a tie, the last name. A file
+    whose date cannot be read is passed over (`check` names its problem)."""
+    dated: list[tuple[dt.date, str, Path]] = []
+    for path in folder.glob("*.md") if folder.is_dir() else ():
+        match = _DATED_NAME.match(path.stem)
+        try:
+            day = parse_date(match.group(1)) if match else read_issue(path).date
+        except (ValueError, ContentError):
+            continue
+        dated.append((day, path.name, path))
+    return max(dated)[2] if dated else None
+
+
 def _split_front_matter(path: Path, text: str) -> tuple[dict[str, object], str, int]:
     lines = text.split("\n")
     if not lines or lines[0].strip() != "---":

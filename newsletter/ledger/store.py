@@ -297,10 +297,11 @@ class Store:
     ) -> Upserted:
         """Insert new addresses, update names/attributes of known ones; keeps statuses.
 
-        An unsubscribed address stays unsubscribed, a suppressed one (bounced,
-        complained) stays suppressed. A new address whose data was erased at the
-        person's request is refused unless `again_after_erasure`: a list import made
-        before the erasure must not bring the person back unnoticed.
+        An empty name or no attributes leaves the stored ones as they are (`add` without
+        --name never wipes a name). An unsubscribed address stays unsubscribed, a
+        suppressed one (bounced, complained) stays suppressed. A new address whose data
+        was erased at the person's request is refused unless `again_after_erasure`: a
+        list import made before the erasure must not bring the person back unnoticed.
         """
         if not rows:
             return Upserted(0, 0, {}, {})
@@ -341,7 +342,19 @@ class Store:
                 conn.execute(
                     subscribers.update()
                     .where(subscribers.c.id == sa.bindparam("sid"))
-                    .values(name=sa.bindparam("new_name"), attributes=sa.bindparam("attrs")),
+                    .values(
+                        name=sa.case(
+                            (sa.bindparam("new_name", type_=sa.Text) == "", subscribers.c.name),
+                            else_=sa.bindparam("new_name", type_=sa.Text),
+                        ),
+                        attributes=sa.case(
+                            (
+                                sa.bindparam("attrs", type_=sa.Text) == "{}",
+                                subscribers.c.attributes,
+                            ),
+                            else_=sa.bindparam("attrs", type_=sa.Text),
+                        ),
+                    ),
                     [
                         {
                             "sid": existing[k][0],

@@ -1,5 +1,9 @@
 """Running what is due: `run_due` is cron's entry point and the worker's job.
 
+Each event (a campaign sent, late, missed, given up; an error) is one log line, and
+the log is the only place it is told: the CLI prints nothing more, so a cron line
+`>> run-due.log 2>&1` has each once. A run where nothing happens logs nothing.
+
 What is due is claimed atomically in the database, so any number of runners never
 send it twice; what is found later than `[schedule] max_late` is marked missed,
 never sent; an interrupted or incomplete campaign is resumed.
@@ -124,8 +128,7 @@ def _send(
     summary = {**result.as_dict(), "ok": result.ok}
     report.sent.append(summary)
     if result.queued:
-        log.info("campaign %s: %s message(s) queued for the workers", campaign_id, result.queued)
-        return
+        return  # campaign.run logged the batches it queued: one line for the event
     level = logging.INFO if result.ok else logging.ERROR
     log.log(
         level,
@@ -164,12 +167,15 @@ def _tick_recurring(
             issue_path = oldest_unsent_issue(store, config, today)
         except NewsletterError as exc:
             report.errors.append(f"recurring r{rule.id}: {exc}")
+            log.error("recurring r%s: %s", rule.id, exc)
             continue
         if issue_path is None:
             note = (
                 f"recurring r{rule.id}: no unsent issue dated on or before {today}; nothing sent"
             )
-            log.info(note)
+            # Nothing happened: no line at each tick (cron would log one every week or
+            # every minute); `schedule list` shows the note.
+            log.debug(note)
             report.notes.append(note)
             schedules.note_rule(store, rule.id, note)
             continue

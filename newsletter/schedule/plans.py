@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from newsletter.config import Config
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, UsageError
 from newsletter.issue import publish
 from newsletter.issue.content import read_issue
 from newsletter.ledger import lifecycle, once, schedules
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import SCHEDULED, utcnow
 from newsletter.schedule.cron import next_tick
-from newsletter.schedule.timing import describe, parse_local, resolve_local, zone
+from newsletter.schedule.timing import parse_local, refuse_past, resolve_local, zone
 
 
 def schedule_issue(
@@ -37,9 +37,7 @@ def schedule_issue(
     """
     tz_name = tz_name or config.publication.timezone
     when = resolve_local(parse_local(at), zone(tz_name), fold)
-    now = now or utcnow()
-    if when <= now:
-        raise NewsletterError(f"{describe(when, tz_name)} is in the past (now: {now:%H:%M} UTC)")
+    refuse_past(when, tz_name, now or utcnow())
     built = publish.build_issue(config, read_issue(issue_path))
     publish.refuse_on_check_errors(config, built, "scheduling")
     cid = lifecycle.create(
@@ -65,8 +63,7 @@ def move(
     row = schedules.scheduled(store, campaign_id)
     tz_name = tz_name or row.timezone or "UTC"
     when = resolve_local(parse_local(at), zone(tz_name), fold)
-    if when <= (now or utcnow()):
-        raise NewsletterError(f"{describe(when, tz_name)} is in the past")
+    refuse_past(when, tz_name, now or utcnow())
     schedules.reschedule(store, campaign_id, when, tz_name)
     return when, tz_name
 
@@ -78,7 +75,7 @@ def cancel(store: Store, ref: str) -> str:
             raise NewsletterError(f"recurring schedule {ref}: no such active schedule")
         return f"recurring schedule {ref} cancelled"
     if not ref.isdigit():
-        raise NewsletterError(f"{ref!r}: expected a campaign id (12) or a recurring id (r3)")
+        raise UsageError(f"{ref!r}: expected a campaign id (12) or a recurring id (r3)")
     schedules.cancel_campaign(store, int(ref))
     return f"campaign {ref} cancelled"
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
-from newsletter.errors import NewsletterError
+from newsletter.errors import UsageError
+
+# Every refusal here is about a value the user typed (--at, --tz, --fold): a usage
+# error, exit 2. [publication] timezone is checked when the config is read.
 
 
 def zone(name: str) -> zoneinfo.ZoneInfo:
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise NewsletterError(
-            f"unknown time zone {name!r} (use a name like America/Los_Angeles)"
+        raise UsageError(
+            f"--tz {name!r}: unknown time zone (use an IANA name like America/Los_Angeles)"
         ) from None
 
 
@@ -27,11 +30,9 @@ def parse_local(text: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise NewsletterError(
-            f"--at {text!r}: expected a local time like '2026-12-01 09:00'"
-        ) from None
+        raise UsageError(f"--at {text!r}: expected a local time like '2026-12-01 09:00'") from None
     if value.tzinfo is not None:
-        raise NewsletterError(f"--at {text!r}: give the local time without an offset; use --tz")
+        raise UsageError(f"--at {text!r}: give the local time without an offset; use --tz")
     return value
 
 
@@ -59,7 +60,7 @@ def resolve_local(local: dt.datetime, tz: zoneinfo.ZoneInfo, fold: int | None) -
             after += dt.timedelta(minutes=1)
             if _exists(after, tz):
                 break
-        raise NewsletterError(
+        raise UsageError(
             f"{local:%Y-%m-%d %H:%M} does not exist in {tz.key} (the clocks skip it);"
             f" the nearest valid times are {before:%H:%M} and {after:%H:%M}"
         )
@@ -67,13 +68,28 @@ def resolve_local(local: dt.datetime, tz: zoneinfo.ZoneInfo, fold: int | None) -
         if fold is None:
             first = local.replace(tzinfo=tz, fold=0)
             second = local.replace(tzinfo=tz, fold=1)
-            raise NewsletterError(
+            raise UsageError(
                 f"{local:%Y-%m-%d %H:%M} happens twice in {tz.key} (the clocks go back):"
                 f" --fold 0 for the first ({first:%Z}, UTC{first:%z}),"
                 f" --fold 1 for the second ({second:%Z}, UTC{second:%z})"
             )
         local = local.replace(fold=fold)
     return local.replace(tzinfo=tz).astimezone(dt.UTC)
+
+
+def describe_local(when_utc: dt.datetime, tz_name: str) -> str:
+    """The date, time and zone of an instant as its zone's clocks show it."""
+    local = when_utc.astimezone(zone(tz_name))
+    return f"{local:%Y-%m-%d %H:%M:%S %Z} ({tz_name})"
+
+
+def refuse_past(when_utc: dt.datetime, tz_name: str, now: dt.datetime) -> None:
+    """A scheduled time must be ahead: both the time and now shown with their dates."""
+    if when_utc <= now:
+        raise UsageError(
+            f"--at: {describe(when_utc, tz_name)} is in the past"
+            f" (now: {describe_local(now, tz_name)})"
+        )
 
 
 def describe(when_utc: dt.datetime, tz_name: str) -> str:

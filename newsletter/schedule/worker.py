@@ -26,12 +26,16 @@ class Worker:
         self.store = store
         self.config = config
         self.stop = threading.Event()
+        self._polling = threading.Lock()
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
         self.scheduler.add_job(
             self._poll,
             IntervalTrigger(seconds=poll_seconds),
             id="run-due",
-            max_instances=1,
+            # A poll that comes while the last one still sends returns at once (the
+            # lock); with max_instances=1 APScheduler would instead log a warning each
+            # second of a long campaign.
+            max_instances=2,
             coalesce=True,
             # The database is the schedule: a late poll is still a poll, never dropped.
             misfire_grace_time=None,
@@ -39,7 +43,7 @@ class Worker:
         )
 
     def _poll(self) -> None:
-        if self.stop.is_set():
+        if self.stop.is_set() or not self._polling.acquire(blocking=False):
             return
         try:
             run_due(self.store, self.config, stop=self.stop)
@@ -47,6 +51,8 @@ class Worker:
             log.error("%s", exc)
         except Exception:  # keep the worker alive; the next poll tries again
             log.exception("run-due failed")
+        finally:
+            self._polling.release()
 
     def run(self, until: threading.Event) -> None:
         """Block until `until` is set (SIGTERM/SIGINT); finish in-flight messages, then return."""
