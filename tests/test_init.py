@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import re
 import tomllib
 from collections.abc import Callable
@@ -315,7 +317,7 @@ def test_init_rejects_a_bad_sender(tmp_path: Path, sender: str, reason: str) -> 
     ("option", "value", "reason"),
     [
         ("--base-url", "news.example.org", "not a web address: 'news.example.org'"),
-        ("--base-url", "https://news.example.org/?a=1", "a web address without ? or #"),
+        ("--base-url", "https://news.example.org/?a=1", "may not have a query or a fragment"),
         ("--reply-to", "two@example.org, three@example.org", "not one email address"),
     ],
 )
@@ -327,6 +329,17 @@ def test_init_rejects_a_bad_base_url_or_reply_to(
     error = result.stderr.splitlines()[-1]
     assert error.startswith(f"Error: Invalid value for '{option}': ") and reason in error
     assert not tmp_path.joinpath("newsletter.toml").exists()
+
+
+@pytest.mark.parametrize("name", ["Ann, Bob & Co.", 'The "Best" Letter', "Back\\slash: news"])
+def test_a_name_with_specials_makes_a_valid_default_sender(tmp_path: Path, name: str) -> None:
+    result = invoke("init", tmp_path, "--name", name, "--defaults")
+    assert result.exit_code == 0, result.output
+    pub = publication_of(tmp_path)
+    assert pub.name == name
+    message = email.message_from_string(f"From: {pub.from_addr}\n\n", policy=email.policy.default)
+    (address,) = message["From"].addresses
+    assert (address.display_name, address.addr_spec) == (name, "news@example.com")
 
 
 def test_values_are_escaped_for_toml(tmp_path: Path) -> None:

@@ -102,7 +102,14 @@ def slug(name: str) -> str:
     return label or "newsletter"
 
 
+# RFC 5322 section 3.2.3: a display name with any of these must be a quoted string.
+_SPECIALS = set('()<>[]:;@\\,."')
+
+
 def default_sender(name: str) -> str:
+    """ "<name> <news@example.com>", the name quoted when it holds specials (a comma)."""
+    if any(c in _SPECIALS for c in name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <news@{DEFAULT_DOMAIN}>"
 
 
@@ -131,7 +138,7 @@ def parse_base_url(text: str) -> str:
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"not a web address: {value!r} (use: https://news.example.org)")
     if parts.query or parts.fragment:
-        raise ValueError(f"a web address without ? or #: {value!r}")
+        raise ValueError(f"the web address may not have a query or a fragment: {value!r}")
     return value
 
 
