@@ -102,6 +102,15 @@ def view_online_url(config: Config, slug: str) -> str:
     return f"{config.publication.base_url.rstrip('/')}/issues/{slug}"
 
 
+HEALTH_PATH = "/healthz"
+# What `serve` answers at HEALTH_PATH, so `doctor` tells it from another server's 200.
+HEALTH_ANSWER = "newsletter serve: ok"
+
+
+def health_url(config: Config) -> str:
+    return f"{config.publication.base_url.rstrip('/')}{HEALTH_PATH}"
+
+
 def confirm_url(config: Config, token: str) -> str:
     return f"{config.publication.base_url.rstrip('/')}/confirm/{token}"
 

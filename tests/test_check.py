@@ -19,19 +19,7 @@ def clean(publication, sample_issue) -> check.Subject:
     cfg = config.load(publication)
     built = publish.build_issue(cfg, publish.load_issue(sample_issue))
     filled = publish.sample(cfg, built)
-    subject = check.Subject(
-        subject=built.issue.subject,
-        preheader=built.issue.preheader,
-        html=filled.html,
-        text=filled.text,
-        unsubscribe_url=filled.unsubscribe_url,
-        postal_address=cfg.publication.postal_address,
-        sponsor_name=built.sponsor.name,
-        sponsor_label=built.sponsor.label,
-        sponsor_html=built.sponsor_html,
-        sponsor_text=built.sponsor_text,
-        message=filled.message,
-    )
+    subject = publish.check_subject(cfg, built, filled)
     assert check.check(subject) == []
     return subject
 

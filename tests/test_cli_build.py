@@ -189,7 +189,27 @@ def test_the_phone_is_a_tel_link(seed):
     ]
 
 
-def test_sponsor_links_carry_utm_parameters(seed):
+def tracking_off(publication: Path) -> None:
+    """Build the direct links (the default build shows the tracked ones readers get)."""
+    with publication.open("a", encoding="utf-8") as fh:
+        fh.write('\n[tracking]\nclicks = "off"\n')
+
+
+@pytest.fixture
+def untracked_seed(publication, run_cli) -> Seed:
+    tracking_off(publication)
+    return Seed(publication, run_cli)
+
+
+def test_build_shows_the_tracked_sponsor_links_readers_get(seed):
+    web = [a.get("href") for a in seed.sponsor.iter("a") if a.get("href").startswith("http")]
+    assert web and all(h.startswith("https://news.helloshuttle.com/c/") for h in web)
+    assert "www.helloshuttle.com" not in seed.html and "www.helloshuttle.com" not in seed.text
+    assert f"Book a ride: {web[0]}" in seed.text
+
+
+def test_sponsor_links_carry_utm_parameters(untracked_seed):
+    seed = untracked_seed
     web = [a.get("href") for a in seed.sponsor.iter("a") if a.get("href").startswith("http")]
     text_links = [
         w
@@ -210,6 +230,7 @@ def test_sponsor_links_carry_utm_parameters(seed):
 
 def test_utm_tagging_can_be_disabled(publication, sample_issue, run_cli, edit_file):
     edit_file(publication, "enabled = true", "enabled = false")
+    tracking_off(publication)
     out = publication.parent / "out"
     assert run_cli("build", sample_issue, "-o", out).exit_code == 0
     html = (out / f"{SLUG}.html").read_text(encoding="utf-8")

@@ -61,6 +61,27 @@ def empty_dns(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     return publish_dns(monkeypatch, {})
 
 
+@pytest.fixture(autouse=True)
+def no_web(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Nothing answers at base_url (no request leaves the machine); returns what was asked.
+    The tests of the clicks check serve a real site instead."""
+    asked: list[str] = []
+
+    def refuse(url: str, timeout: float) -> str:
+        asked.append(url)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(doctor, "get_health", refuse)
+    return asked
+
+
+NO_SERVE = (
+    'warn  [tracking] clicks = "sponsor", and at https://news.helloshuttle.com/healthz nothing'
+    " answers ([Errno 111] Connection refused): run `newsletter serve` at base_url, or the"
+    ' tracked links in every message lead nowhere (clicks = "off" sends direct links)'
+)
+
+
 # What doctor says of the sample publication (news@helloshuttle.com through 127.0.0.1)
 # on a DNS without records.
 NO_SPF = (
@@ -102,6 +123,8 @@ def test_passes_against_a_plain_server_and_sends_nothing(
         "database",
         "smtp",
         "base_url",
+        "domains",
+        "clicks",
         "spf",
         "dmarc",
     ]
@@ -112,9 +135,11 @@ def test_passes_against_a_plain_server_and_sends_nothing(
         == f"ok  127.0.0.1:{smtp_server.port}: connected, EHLO accepted; nothing sent"
     )
     assert checks["base_url"] == "ok  https://news.helloshuttle.com is https"
+    assert checks["domains"] == "ok  the sender, base_url and List-Id are all in helloshuttle.com"
+    assert checks["clicks"] == NO_SERVE
     assert checks["spf"] == NO_SPF
     assert checks["dmarc"] == NO_DMARC
-    assert result.stdout.splitlines()[-1] == "doctor: 4 ok, 3 warning(s), 0 failure(s)"
+    assert result.stdout.splitlines()[-1] == "doctor: 5 ok, 4 warning(s), 0 failure(s)"
     assert smtp_server.handler.ehlos == 1
     assert smtp_server.handler.data_commands == 0 and not smtp_server.received
 
@@ -387,6 +412,8 @@ def test_json(
         ("database", "warn"),
         ("smtp", "ok"),
         ("base_url", "warn"),
+        ("domains", "warn"),
+        ("clicks", "warn"),
         ("spf", "warn"),
         ("dmarc", "warn"),
     ]
@@ -494,6 +521,8 @@ def test_a_dns_that_does_not_answer_is_a_warning_per_dns_check_and_asked_once(
             "database",
             "smtp",
             "base_url",
+            "domains",
+            "clicks",
             "dkim",
             "spf",
             "dmarc",
@@ -857,7 +886,15 @@ def test_a_domain_reserved_for_examples_has_no_dns_checks(
     monkeypatch.setenv("NEWSLETTER_PUBLICATION_FROM", "My Letter <me@example.org>")
     result = run_cli("doctor")
     assert result.exit_code == 0, result.output
-    assert list(lines_of(result)) == ["config", "templates", "database", "smtp", "base_url"]
+    assert list(lines_of(result)) == [
+        "config",
+        "templates",
+        "database",
+        "smtp",
+        "base_url",
+        "domains",
+        "clicks",
+    ]
     assert empty_dns == []  # nothing was asked
 
 
@@ -870,3 +907,109 @@ def test_names_as_rfc_7489_sees_them() -> None:
     assert not dns_checks.aligned("helloshuttle.co.uk", "other.co.uk", strict=False)
     assert dns_checks.is_reserved("news.example.com") and dns_checks.is_reserved("x.test")
     assert not dns_checks.is_reserved("example.co.uk")
+
+
+# --- one domain; serve at base_url when clicks are tracked ------------------------------
+
+REAL_GET_HEALTH = doctor.get_health  # before the autouse fixture replaces it
+
+
+def test_warns_when_sender_base_url_and_list_id_are_different_domains(
+    run_cli: Callable[..., Result],
+    smtp_server: SmtpServer,
+    smtp_env: Callable[[int], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    smtp_env(smtp_server.port)
+    monkeypatch.setenv("NEWSLETTER_PUBLICATION_FROM", "The Weekly <news@weekly.example.org>")
+    monkeypatch.setenv("NEWSLETTER_PUBLICATION_LIST_ID", "weekly.lists.example.co.uk")
+    result = run_cli("doctor")
+    assert result.exit_code == 0, result.output
+    assert lines_of(result)["domains"] == (
+        "warn  the sender weekly.example.org (example.org), base_url news.helloshuttle.com"
+        " (helloshuttle.com), List-Id weekly.lists.example.co.uk (example.co.uk): not one"
+        " domain; replies, unsubscribe and click links would go to a domain other than the"
+        " sender's (set [publication] from, base_url and list_id in the domain you send from)"
+    )
+    # Subdomains of one registrable domain are one domain.
+    monkeypatch.setenv("NEWSLETTER_PUBLICATION_BASE_URL", "https://news.weekly.example.org")
+    monkeypatch.setenv("NEWSLETTER_PUBLICATION_LIST_ID", "weekly.lists.example.org")
+    assert lines_of(run_cli("doctor"))["domains"] == (
+        "ok  the sender, base_url and List-Id are all in example.org"
+    )
+
+
+def test_clicks_ok_when_serve_answers_at_base_url(
+    publication: Path,
+    run_cli: Callable[..., Result],
+    smtp_server: SmtpServer,
+    smtp_env: Callable[[int], None],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from newsletter.web import site as site_mod
+
+    smtp_env(smtp_server.port)
+    monkeypatch.setattr(doctor, "get_health", REAL_GET_HEALTH)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("NEWSLETTER_PUBLICATION_BASE_URL", base_url)
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'site.db'}")
+    monkeypatch.setenv("NEWSLETTER_SECRET", "doctor-test-secret")
+    site = site_mod.Site(config_mod.load(publication))
+    server = site_mod.server(site, "127.0.0.1", port)  # the real uvicorn of `serve`
+    server.start()
+    try:
+        result = run_cli("doctor")
+    finally:
+        server.stop()
+        site.close()
+    assert result.exit_code == 0, result.output
+    assert lines_of(result)["clicks"] == (
+        f'ok  [tracking] clicks = "sponsor": newsletter serve answers at {base_url}/healthz'
+    )
+    # Stopped, the same address answers nothing: the warning.
+    warned = lines_of(run_cli("doctor"))["clicks"]
+    assert warned.startswith(f'warn  [tracking] clicks = "sponsor", and at {base_url}/healthz')
+    assert "nothing answers" in warned and "run `newsletter serve` at base_url" in warned
+
+
+def test_clicks_warn_when_another_server_answers_at_base_url(
+    run_cli: Callable[..., Result],
+    smtp_server: SmtpServer,
+    smtp_env: Callable[[int], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import http.server
+    import threading
+
+    smtp_env(smtp_server.port)
+    monkeypatch.setattr(doctor, "get_health", REAL_GET_HEALTH)
+    # A plain web server: /healthz is 404, / is a directory listing (200, not serve).
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{other.server_address[1]}"
+    monkeypatch.setenv("NEWSLETTER_PUBLICATION_BASE_URL", base_url)
+    try:
+        result = run_cli("doctor")
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert lines_of(result)["clicks"].startswith(
+        f'warn  [tracking] clicks = "sponsor", and at {base_url}/healthz it answers 404,'
+        " not `newsletter serve`"
+    )
+
+
+def test_no_clicks_check_without_tracking(
+    run_cli: Callable[..., Result],
+    smtp_server: SmtpServer,
+    smtp_env: Callable[[int], None],
+    monkeypatch: pytest.MonkeyPatch,
+    no_web: list[str],
+) -> None:
+    smtp_env(smtp_server.port)
+    monkeypatch.setenv("NEWSLETTER_TRACKING_CLICKS", "off")
+    assert "clicks" not in lines_of(run_cli("doctor"))
+    assert no_web == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import email
+import email.policy
 import re
 import tomllib
 from collections.abc import Callable
@@ -23,6 +26,10 @@ FLAGS = [
     "The Weekly Test <news@weekly.example.org>",
     "--postal-address",
     "1 Test Street, Testville",
+    "--base-url",
+    "https://news.weekly.example.org",
+    "--reply-to",
+    "Editor <editor@weekly.example.org>",
 ]
 
 
@@ -99,50 +106,80 @@ def _uncommented_keys(text: str) -> list[str]:
     return missing
 
 
-def test_every_key_of_the_starter_config_has_a_comment() -> None:
+def test_every_key_of_the_starter_config_has_a_comment(tmp_path: Path) -> None:
     text = starter.starter_files()["newsletter.toml"].decode("utf-8")
     assert _uncommented_keys(text) == []
+    assert invoke("init", tmp_path, *FLAGS).exit_code == 0
+    assert _uncommented_keys((tmp_path / "newsletter.toml").read_text(encoding="utf-8")) == []
 
 
 # --- init -----------------------------------------------------------------------------
 
 
-def test_init_with_flags_writes_the_starter(tmp_path: Path) -> None:
-    result = invoke("init", tmp_path / "weekly", *FLAGS)
-    assert result.exit_code == 0, result.output
-    folder = tmp_path / "weekly"
-    written = {
+def written_files(folder: Path) -> dict[str, bytes]:
+    return {
         p.relative_to(folder).as_posix(): p.read_bytes()
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def welcome(folder: Path) -> str:
+    (issue,) = sorted((folder / "issues").glob("*.md"))
+    return issue.relative_to(folder).as_posix()
+
+
+def test_init_with_flags_writes_a_publication_of_its_own(tmp_path: Path) -> None:
+    result = invoke("init", tmp_path / "weekly", *FLAGS)
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "weekly"
+    written = written_files(folder)
+    issue = f"issues/{dt.date.today().isoformat()}-welcome.md"
     expected = repo_starter_files()
-    assert sorted(written) == sorted(expected)
-    assert {k: v for k, v in written.items() if k != "newsletter.toml"} == {
-        k: v for k, v in expected.items() if k != "newsletter.toml"
-    }
+    templates = {k: v for k, v in expected.items() if k.startswith("templates/")}
+    assert sorted(written) == sorted([*templates, "newsletter.toml", issue, "subscribers.csv"])
+    assert {k: written[k] for k in templates} == templates  # the templates as they are
+    assert written["subscribers.csv"] == expected["subscribers.csv"]
     pub = publication_of(folder)
     assert pub.name == "The Weekly Test"
     assert pub.from_addr == "The Weekly Test <news@weekly.example.org>"
     assert pub.postal_address == "1 Test Street, Testville"
-    # Only the three values changed: every comment and every other line is kept.
-    old = expected["newsletter.toml"].decode().splitlines()
-    new = written["newsletter.toml"].decode().splitlines()
-    assert len(old) == len(new)
-    changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
-    assert [b for _, b in changed] == [
-        'name = "The Weekly Test"',
-        'from = "The Weekly Test <news@weekly.example.org>"',
-        'postal_address = "1 Test Street, Testville"',
-    ]
+    assert pub.base_url == "https://news.weekly.example.org"
+    assert pub.reply_to == "Editor <editor@weekly.example.org>"
+    # Derived: the List-Id under base_url's host (RFC 2919), utm_source the name's slug.
+    assert pub.list_id == "the-weekly-test.news.weekly.example.org"
+    config = config_mod.load(folder / "newsletter.toml", environ={})
+    assert config.utm.source == "the-weekly-test"
+    # An example sponsor, marked as one, on example.com, with an international phone.
+    assert list(config.sponsors) == ["example"] and config.default_sponsor == "example"
+    sponsor = config.sponsors["example"]
+    assert sponsor.url == "https://www.example.com" and sponsor.phone.startswith("+")
+    text = written["newsletter.toml"].decode()
+    assert "# An example: replace or delete" in text
+    # Every comment of the sample's config is kept, apart from its header and sponsor.
+    sample = expected["newsletter.toml"].decode()
+    kept = sample[sample.index("[publication]") : sample.index("[sponsors]")]
+    assert {line for line in kept.splitlines() if line.startswith("#")} <= set(text.splitlines())
     assert result.stderr == ""
     assert result.stdout.splitlines()[-5:] == [
         "Next:",
         f"  cd {folder}",
         "  newsletter doctor",
-        f"  newsletter build {ISSUE}",
-        f"  newsletter send {ISSUE} --to news@weekly.example.org",
+        f"  newsletter build {issue}",
+        f"  newsletter send {issue} --to news@weekly.example.org",
     ]
+
+
+def test_nothing_init_writes_is_the_sample_publications(tmp_path: Path) -> None:
+    for folder, args in ((tmp_path / "flags", FLAGS), (tmp_path / "defaults", ["--defaults"])):
+        assert invoke("init", folder, *args).exit_code == 0
+        for name, data in written_files(folder).items():
+            text = data.decode("utf-8").lower()
+            for sample in ("hello shuttle", "helloshuttle", "shuttle", "atacms", "biden"):
+                assert sample not in text, (folder.name, name, sample)
+    # The repository's own demo stays the demo.
+    assert "helloshuttle" in (REPO_ROOT / "newsletter.toml").read_text(encoding="utf-8")
+    assert (REPO_ROOT / ISSUE).is_file()
 
 
 def test_init_defaults_to_the_current_folder_and_says_where_to_cd_otherwise(
@@ -178,11 +215,12 @@ def test_init_refuses_before_asking_anything(
 
 def test_init_force_overwrites(tmp_path: Path) -> None:
     assert invoke("init", tmp_path, *FLAGS).exit_code == 0
+    count = len(written_files(tmp_path))
     (tmp_path / "templates" / "email.html").write_text("mine")
     (tmp_path / "templates" / "extra.html").write_text("kept")
     result = invoke("init", tmp_path, "--force", "--name", "Renamed")
     assert result.exit_code == 0, result.output
-    assert f"overwrote {len(starter.starter_files())} existing file(s)" in result.stderr
+    assert f"overwrote {count} existing file(s)" in result.stderr
     email_html = (REPO_ROOT / "templates" / "email.html").read_bytes()
     assert (tmp_path / "templates" / "email.html").read_bytes() == email_html
     assert (tmp_path / "templates" / "extra.html").read_text() == "kept"
@@ -190,44 +228,71 @@ def test_init_force_overwrites(tmp_path: Path) -> None:
 
 
 def test_init_asks_on_a_terminal(tmp_path: Path, terminal: None) -> None:
-    answers = "Letters from Nowhere\nnot an address\nAnn <ann@nowhere.example>\n2 Main St\n"
+    answers = (
+        "Letters from Nowhere\nnot an address\nAnn <ann@nowhere.example>\n2 Main St\n"
+        "ftp://nowhere.example\n\nnobody\nEd <ed@nowhere.example>\n"
+    )
     result = invoke("init", tmp_path, input=answers)
     assert result.exit_code == 0, result.output
-    assert "Publication name [Hello Shuttle News Briefing]: " in result.stdout
+    assert "Publication name [My Newsletter]: " in result.stdout
+    assert "Sender (Name <address>) [Letters from Nowhere <news@example.com>]: " in result.stdout
     assert "Error: not one email address: 'not an address'" in result.output  # asked again
+    assert "[https://news.nowhere.example]: " in result.stdout  # from the sender's domain
+    assert "Error: not a web address: 'ftp://nowhere.example'" in result.output
+    assert "Error: not one email address: 'nobody'" in result.output
     pub = publication_of(tmp_path)
-    assert (pub.name, pub.from_addr, pub.postal_address) == (
+    assert (pub.name, pub.from_addr, pub.postal_address, pub.base_url, pub.reply_to) == (
         "Letters from Nowhere",
         "Ann <ann@nowhere.example>",
         "2 Main St",
+        "https://news.nowhere.example",
+        "Ed <ed@nowhere.example>",
     )
+    assert pub.list_id == "letters-from-nowhere.news.nowhere.example"
     assert result.stderr == ""
 
 
 def test_init_on_a_terminal_asks_only_what_the_flags_leave_open(
     tmp_path: Path, terminal: None
 ) -> None:
-    result = invoke("init", tmp_path, "--name", "Flagged", input="\n\n")
+    result = invoke("init", tmp_path, "--name", "Flagged", input="\n\n\n\n")
     assert result.exit_code == 0, result.output
     assert "Publication name" not in result.stdout
     pub = publication_of(tmp_path)
-    sample = starter.sample_publication()
-    assert (pub.name, pub.from_addr, pub.postal_address) == (
+    assert (pub.name, pub.from_addr, pub.postal_address, pub.base_url, pub.reply_to) == (
         "Flagged",
-        sample.from_addr,
-        sample.postal_address,
+        "Flagged <news@example.com>",
+        starter.DEFAULT_POSTAL_ADDRESS,
+        "https://news.example.com",
+        "",
     )
 
 
-def test_init_without_a_terminal_or_flags_keeps_the_sample_and_says_so(tmp_path: Path) -> None:
+def test_init_with_every_flag_or_defaults_asks_nothing(tmp_path: Path, terminal: None) -> None:
+    result = invoke("init", tmp_path / "a", *FLAGS, input="")
+    assert result.exit_code == 0, result.output
+    assert "[" not in result.stdout.splitlines()[0]  # no prompt
+    result = invoke("init", tmp_path / "b", "--name", "Quick", "--defaults", input="")
+    assert result.exit_code == 0, result.output
+    assert publication_of(tmp_path / "b").from_addr == "Quick <news@example.com>"
+
+
+def test_init_without_a_terminal_or_flags_takes_the_defaults_and_says_so(tmp_path: Path) -> None:
     result = invoke("init", tmp_path)
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
-        "note: kept the sample's [publication] name, from, postal_address; change them in"
-        " newsletter.toml (or pass --name, --from, --postal-address)"
+        "note: took init's defaults for [publication] name, from, postal_address, base_url,"
+        " reply_to; change them in newsletter.toml (or pass --name, --from, --postal-address,"
+        " --base-url, --reply-to)"
     ]
-    assert publication_of(tmp_path) == starter.sample_publication()
-    assert f"  newsletter send {ISSUE} --to you@example.com" in result.stdout
+    pub = publication_of(tmp_path)
+    assert (pub.name, pub.from_addr, pub.base_url, pub.list_id) == (
+        "My Newsletter",
+        "My Newsletter <news@example.com>",
+        "https://news.example.com",
+        "my-newsletter.news.example.com",
+    )
+    assert f"  newsletter send {welcome(tmp_path)} --to you@example.com" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -248,6 +313,35 @@ def test_init_rejects_a_bad_sender(tmp_path: Path, sender: str, reason: str) -> 
     assert not tmp_path.joinpath("newsletter.toml").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "reason"),
+    [
+        ("--base-url", "news.example.org", "not a web address: 'news.example.org'"),
+        ("--base-url", "https://news.example.org/?a=1", "may not have a query or a fragment"),
+        ("--reply-to", "two@example.org, three@example.org", "not one email address"),
+    ],
+)
+def test_init_rejects_a_bad_base_url_or_reply_to(
+    tmp_path: Path, option: str, value: str, reason: str
+) -> None:
+    result = invoke("init", tmp_path, option, value)
+    assert result.exit_code == 2
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"Error: Invalid value for '{option}': ") and reason in error
+    assert not tmp_path.joinpath("newsletter.toml").exists()
+
+
+@pytest.mark.parametrize("name", ["Ann, Bob & Co.", 'The "Best" Letter', "Back\\slash: news"])
+def test_a_name_with_specials_makes_a_valid_default_sender(tmp_path: Path, name: str) -> None:
+    result = invoke("init", tmp_path, "--name", name, "--defaults")
+    assert result.exit_code == 0, result.output
+    pub = publication_of(tmp_path)
+    assert pub.name == name
+    message = email.message_from_string(f"From: {pub.from_addr}\n\n", policy=email.policy.default)
+    (address,) = message["From"].addresses
+    assert (address.display_name, address.addr_spec) == (name, "news@example.com")
+
+
 def test_values_are_escaped_for_toml(tmp_path: Path) -> None:
     name = 'The "Quoted" \\ Letter — Zürich # not a comment'
     result = invoke("init", tmp_path, "--name", name, "--from", '"Ann, Editor" <ann@example.org>')
@@ -255,17 +349,42 @@ def test_values_are_escaped_for_toml(tmp_path: Path) -> None:
     pub = publication_of(tmp_path)
     assert pub.name == name
     assert pub.from_addr == '"Ann, Editor" <ann@example.org>'
+    assert pub.list_id == "the-quoted-letter-zurich-not-a-comment.news.example.org"
+    # The welcome issue carries the name as one YAML value.
+    config = tmp_path / "newsletter.toml"
+    result = invoke("--config", config, "check", tmp_path / welcome(tmp_path))
+    assert result.exit_code == 0, result.output
 
 
-def test_a_new_publication_builds_and_checks(tmp_path: Path) -> None:
+def test_a_new_publication_checks_and_builds_without_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "init-test-secret")
     assert invoke("init", tmp_path, *FLAGS).exit_code == 0
     config = tmp_path / "newsletter.toml"
-    result = invoke("--config", config, "check", tmp_path / ISSUE)
+    issue = tmp_path / welcome(tmp_path)
+    result = invoke("--config", config, "check", issue)
     assert result.exit_code == 0, result.output
-    result = invoke("--config", config, "build", tmp_path / ISSUE)
+    assert result.stdout.splitlines()[-1].endswith(": 0 error(s), 0 warning(s)")
+    result = invoke("--config", config, "build", issue)
     assert result.exit_code == 0, result.output
-    html = (tmp_path / "build" / f"{SAMPLE_ISSUE_NAME[11:-3]}.html").read_text(encoding="utf-8")
-    assert "1 Test Street, Testville" in html
+    assert "warning" not in result.output
+    html = (tmp_path / "build" / "welcome.html").read_text(encoding="utf-8")
+    assert "1 Test Street, Testville" in html and "Example Sponsor" in html
+    # The sponsor's link is tracked, through the new publication's own base_url.
+    assert 'href="https://news.weekly.example.org/c/' in html
+
+
+def test_doctor_finds_one_domain_in_a_new_publication(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from newsletter.setup import doctor
+
+    assert invoke("init", tmp_path, *FLAGS).exit_code == 0
+    config = config_mod.load(tmp_path / "newsletter.toml", environ={})
+    assert doctor.check_domains(config) == doctor.Check(
+        doctor.OK, "domains", "the sender, base_url and List-Id are all in example.org"
+    )
 
 
 def test_outside_a_publication_a_command_says_so_in_one_line(

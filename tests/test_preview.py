@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from html import escape as escape_html
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -36,7 +37,7 @@ from smtp_fixtures import SmtpServer
 from newsletter import config
 from newsletter.cli import cli
 from newsletter.errors import NewsletterError
-from newsletter.issue import publish
+from newsletter.issue import publish, tracked_links
 from newsletter.mail import capture
 from newsletter.send import trial
 from newsletter.web import preview
@@ -235,7 +236,14 @@ def test_frames_are_the_bytes_build_writes(site: Site, start: Start, tmp_path: P
     frame = get(url, "/frame/issue")
     assert frame.status_code == 200
     assert frame.headers["content-type"] == "text/html; charset=utf-8"
-    assert frame.content == outputs.html.read_bytes()
+    # build's bytes, with each tracked link's destination as its title (shown on hover).
+    cfg = config.load(site.config)
+    filled = publish.sample(cfg, publish.build_issue(cfg, publish.load_issue(site.issue)))
+    assert filled.destinations
+    built_html = outputs.html.read_text(encoding="utf-8")
+    assert frame.text == tracked_links.with_titles(built_html, filled.destinations)
+    for tracked, destination in filled.destinations.items():
+        assert f'href="{tracked}" title="{escape_html(destination)}"' in frame.text
     assert "script-src" not in frame.headers["content-security-policy"]  # default-src 'none'
     text = get(url, "/text/issue")
     assert text.headers["content-type"] == "text/plain; charset=utf-8"
@@ -243,7 +251,7 @@ def test_frames_are_the_bytes_build_writes(site: Site, start: Start, tmp_path: P
 
     # Images blocked: the same bytes, under a policy that keeps images from loading.
     blocked = get(url, "/frame/issue?images=off")
-    assert blocked.content == outputs.html.read_bytes()
+    assert blocked.content == frame.content
     assert "img-src 'none'" in blocked.headers["content-security-policy"]
     assert "img-src 'none'" not in frame.headers["content-security-policy"]
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +16,7 @@ from campaign_support import Publication, add_subscribers, make_publication
 from click.testing import CliRunner
 from smtp_fixtures import SmtpServer
 
+from newsletter import config as config_mod
 from newsletter.cli import cli
 from newsletter.issue import publish, sponsor
 from newsletter.issue.content import read_issue
@@ -169,3 +174,39 @@ def test_preview_shows_the_same_sponsor_as_build_and_send(pub: Publication) -> N
     rendering = source.snapshot(preview_sources.ISSUE_KEY).rendering
     assert rendering is not None
     assert "Bolt Bikes" in rendering.html and "Acme Rockets" not in rendering.html
+
+
+# --- the README's worked example ------------------------------------------------------
+
+
+def readme_worked_example() -> tuple[list[str], list[str]]:
+    """The shell blocks and the output blocks of the README's sponsors example, in order."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("### A worked example: two sponsors over a quarter")
+    section = readme[start : readme.index("\n## ", start)]
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", section, re.S | re.M)
+    return [b for kind, b in blocks if kind == "sh"], [b for kind, b in blocks if not kind]
+
+
+def test_the_readmes_sponsor_bookings_load_and_rotate_as_it_shows(tmp_path: Path) -> None:
+    """The README's first two blocks, run as written: the config loader takes its
+    [sponsors] tables, and `sponsors list` prints what the README shows."""
+    shell, outputs = readme_worked_example()
+    assert "cat >> newsletter.toml <<'EOF'" in shell[0]
+    bin_dir = Path(sys.executable).parent  # where this environment's `newsletter` is
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    run = subprocess.run(
+        ["bash", "-e", "-c", shell[0] + shell[1]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    config = config_mod.load(tmp_path / "sponsors-demo" / "newsletter.toml", environ={})
+    acme, globex = config.sponsors["acme"], config.sponsors["globex"]
+    assert (acme.start, acme.end, acme.weight) == (dt.date(2027, 1, 1), dt.date(2027, 3, 31), 2)
+    assert (globex.start, globex.end, globex.weight) == (acme.start, acme.end, 1)
+    assert run.stdout.endswith(outputs[0])

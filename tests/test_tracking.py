@@ -24,7 +24,7 @@ from smtp_fixtures import SmtpServer
 
 from newsletter.cli import cli
 from newsletter.config import Tracking
-from newsletter.issue import publish
+from newsletter.issue import publish, tracked_links
 from newsletter.issue.render import html_slots, text_slots
 from newsletter.ledger import lifecycle, sponsorship
 from newsletter.ledger.tables import clicks as click_rows
@@ -193,6 +193,66 @@ def test_report_formats(pub: Publication, tmp_path: Path) -> None:
     assert unknown.exit_code == 2 and "unknown sponsor 'nobody'" in unknown.stderr
 
 
+# --- what build shows is what readers get -------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sponsor", "all"])
+def test_a_sent_message_is_the_build_byte_for_byte_but_its_personal_slots(
+    pub: Publication, smtp_server: SmtpServer, tmp_path: Path, mode: str
+) -> None:
+    """Sent through a real SMTP server and compared with the files `build` writes: the same
+    bytes once the recipient's name, address, unsubscribe token and click tokens are put
+    back to the sample subscriber's (build's placeholder campaign and subscriber 0)."""
+    config = pub.config(NEWSLETTER_TRACKING_CLICKS=mode)
+    store = pub.store()
+    (email,) = add_subscribers(store, 1)
+    outputs, _ = publish.write_build(config, pub.issue, tmp_path / "build")
+    b = built(pub)
+    cid = campaign.run(store, config, lifecycle.create(store, b)).campaign_id
+    (received,) = [r.parse() for r in smtp_server.received]
+    with store.begin() as conn:
+        (sid,) = conn.execute(sa.select(deliveries.c.subscriber_id)).scalars()
+
+    sample = publish.sample(config, b)
+    personalizer = publish.Personalizer(config, b.issue.slug)
+    reader, _ = personalizer.values(email, "Reader 0")
+    placeholder, _ = personalizer.values(config.sample.email, config.sample.name)
+    signer = tracking.ClickSigner(SECRET.encode())
+    count = len(sample.destinations)
+    assert count >= (2 if mode == "all" else 1)
+    reader_links = tracking.LinkSlots(config, signer, cid, count).values(sid)
+    for part, built_file in (("html", outputs.html), ("plain", outputs.text)):
+        sent = received.get_body((part,)).get_content()
+        for slot, value in reader_links.items():
+            # Each tracked link is the reader's own (the text part shows only some).
+            assert part == "plain" or value in sent, slot
+            sent = sent.replace(value, sample_link(sample, slot, count))
+        for slot in ("unsubscribe_url", "email", "name"):
+            sent = sent.replace(reader[slot], placeholder[slot])
+        # The received part's lines end in CRLF (RFC 5322 section 2.3); the files in LF.
+        assert sent.replace("\r\n", "\n").encode() == built_file.read_bytes(), part
+
+
+def sample_link(sample: publish.Sample, slot: str, count: int) -> str:
+    """The tracked link `build` shows for link slot `slot`: signed for the placeholder
+    campaign and subscriber, found among the sample's own links."""
+    signer = tracking.ClickSigner(SECRET.encode())
+    idx = int(slot.removeprefix("link"))
+    assert 0 <= idx < count
+    token = signer.sign(
+        tracked_links.PLACEHOLDER_CAMPAIGN, tracked_links.PLACEHOLDER_SUBSCRIBER, idx
+    )
+    (link,) = [url for url in sample.destinations if url.endswith("/c/" + token)]
+    return link
+
+
+def test_build_and_sending_without_tracking_show_the_direct_links(pub: Publication) -> None:
+    config = pub.config(NEWSLETTER_TRACKING_CLICKS="off")
+    sample = publish.sample(config, built(pub))
+    assert sample.destinations == {}
+    assert "/c/" not in sample.html and "https://www.helloshuttle.com/?utm_source=" in sample.html
+
+
 # --- end to end: a received message, the served redirect, the report ----------------------
 
 
@@ -215,8 +275,9 @@ def test_received_tracked_link_redirects_with_utm_and_counts(
     assert all(links) and links[0] != links[1]  # per-recipient tokens
     assert links[0][0].split("/c/")[1] in texts[0]  # the text part is tracked too
     assert "utm_source" not in htmls[0].split('data-block="sponsor"')[1].split("</table>")[0]
-    # The web version and the sample build carry the original links.
-    assert "/c/" not in publish.sample(config, b).html
+    # The sample build carries tracked links too, made for a placeholder subscriber.
+    sample_links = tracked_links_in(publish.sample(config, b).html)
+    assert len(sample_links) == len(links[0]) and not set(sample_links) & set(links[0])
 
     with site_support.running(config) as site:
         head = httpx.head(site.local(links[0][0]), timeout=10, follow_redirects=False)

@@ -7,6 +7,7 @@ Slow (it installs the dependencies, from pip's cache when it can): deselect with
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, SAMPLE_ISSUE_NAME
+from conftest import REPO_ROOT
 from smtp_fixtures import SmtpServer
 
 from newsletter import __version__
@@ -23,7 +24,6 @@ from newsletter.setup import starter
 
 pytestmark = pytest.mark.slow
 
-ISSUE = f"issues/{SAMPLE_ISSUE_NAME}"
 BUILD_TIMEOUT = 300  # seconds: pip fetches hatchling into an isolated build environment
 INSTALL_TIMEOUT = 600  # seconds: the dependencies, on a machine with an empty pip cache
 RUN_TIMEOUT = 60
@@ -133,25 +133,28 @@ def test_the_installed_tool_starts_a_publication_and_sends_a_test(
         "--postal-address",
         "1 Test Street, Testville",
     )
+    welcome = f"issues/{dt.date.today().isoformat()}-welcome.md"
     assert init.stdout.splitlines()[-3:] == [
         "  newsletter doctor",
-        f"  newsletter build {ISSUE}",
-        f"  newsletter send {ISSUE} --to me@example.org",
+        f"  newsletter build {welcome}",
+        f"  newsletter send {welcome} --to me@example.org",
     ]
 
     doctor = tool("doctor")
-    assert doctor.stdout.splitlines()[-1] == "doctor: 4 ok, 1 warning(s), 0 failure(s)"
+    # The warnings: no database yet, and no `serve` at base_url for the tracked links.
+    assert doctor.stdout.splitlines()[-1] == "doctor: 5 ok, 2 warning(s), 0 failure(s)"
+    assert "warn  clicks: " in doctor.stdout
     assert f"ok    smtp: 127.0.0.1:{smtp_server.port}: connected" in doctor.stdout
 
     # The migrations run from the installed package.
     assert tool("db", "upgrade").stdout.strip() == f"created the tables at {HEAD} (the newest)"
     assert tool("db", "current").stdout.strip() == f"{HEAD} (the newest)"
 
-    built = tool("build", ISSUE)
+    built = tool("build", welcome)
     html = Path(built.stdout.splitlines()[0])
     assert (folder / html).read_text(encoding="utf-8").count("1 Test Street, Testville") >= 1
 
-    send = tool("send", ISSUE, "--to", "someone@example.com")
+    send = tool("send", welcome, "--to", "someone@example.com")
     assert send.stdout.strip() == "someone@example.com: sent"
     (received,) = smtp_server.received
     assert received.rcpt_tos == ["someone@example.com"]

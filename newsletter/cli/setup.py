@@ -34,20 +34,60 @@ def _sender_option(ctx: click.Context, param: click.Parameter, value: str | None
     return None if value is None else _sender(value)
 
 
+def _base_url(value: str) -> str:
+    from newsletter.setup import starter
+
+    try:
+        return starter.parse_base_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _base_url_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else _base_url(value)
+
+
+def _reply_to(value: str) -> str:
+    return _sender(value) if value.strip() else ""
+
+
+def _reply_to_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else _reply_to(value)
+
+
 @cli.command()
 @click.argument(
     "directory", required=False, default=".", type=click.Path(file_okay=False, path_type=Path)
 )
-@click.option("--name", help="The publication's name (default: asked, or the sample's).")
+@click.option("--name", help="The publication's name (default: asked, or 'My Newsletter').")
 @click.option(
     "--from",
     "from_addr",
     callback=_sender_option,
-    help='The sender, "Name <address>" (default: asked, or the sample\'s).',
+    help='The sender, "Name <address>" (default: asked, or news@example.com).',
 )
 @click.option(
     "--postal-address",
-    help="The postal address every issue shows (default: asked, or the sample's).",
+    help="The postal address every issue shows (default: asked, or a placeholder).",
+)
+@click.option(
+    "--base-url",
+    callback=_base_url_option,
+    help="The web address `serve` answers at: unsubscribe, archive and click links"
+    " (default: asked, or https://news.<the sender's domain>).",
+)
+@click.option(
+    "--reply-to",
+    callback=_reply_to_option,
+    help='Where replies go, "Name <address>" (default: asked, or none: to the sender).',
+)
+@click.option(
+    "--defaults",
+    "--yes",
+    "-y",
+    "defaults",
+    is_flag=True,
+    help="Ask nothing: take the defaults for what the flags leave open.",
 )
 @click.option("--force", is_flag=True, help="Overwrite starter files that are already there.")
 def init(
@@ -55,38 +95,59 @@ def init(
     name: str | None,
     from_addr: str | None,
     postal_address: str | None,
+    base_url: str | None,
+    reply_to: str | None,
+    defaults: bool,
     force: bool,
 ) -> None:
     """Create a publication in DIRECTORY (default: here): config, templates, a first issue.
 
-    On a terminal it asks for the publication's name, sender and postal address;
-    scripts pass --name, --from and --postal-address. Existing files are kept
-    unless --force.
+    On a terminal it asks for the publication's name, sender, postal address, web
+    address and reply address; scripts pass --name, --from, --postal-address,
+    --base-url and --reply-to (or --defaults). The List-Id and utm_source are made
+    from the name and the web address. Existing files are kept unless --force.
     """
     from newsletter.setup import starter
 
     starter.check_target(directory, force)  # before asking anything
-    if _stdin_is_terminal():
-        sample = starter.sample_publication()
-        name = name or click.prompt("Publication name", default=sample.name)
+    given = (name, from_addr, postal_address, base_url, reply_to)
+    if _stdin_is_terminal() and not defaults and None in given:
+        name = name or click.prompt("Publication name", default=starter.DEFAULT_NAME)
         from_addr = from_addr or click.prompt(
-            "Sender (Name <address>)", default=sample.from_addr, value_proc=_sender
+            "Sender (Name <address>)", default=starter.default_sender(name), value_proc=_sender
         )
         postal_address = postal_address or click.prompt(
-            "Postal address (every issue shows it)", default=sample.postal_address
+            "Postal address (every issue shows it)", default=starter.DEFAULT_POSTAL_ADDRESS
         )
-    identity = starter.Identity(name, from_addr, postal_address)
+        domain = starter.address_domain(from_addr)
+        base_url = base_url or click.prompt(
+            "Web address, where `newsletter serve` answers (unsubscribe and click links)",
+            default=starter.default_base_url(domain),
+            value_proc=_base_url,
+        )
+        if reply_to is None:
+            reply_to = click.prompt(
+                "Reply address (Enter: replies go to the sender)",
+                default="",
+                show_default=False,
+                value_proc=_reply_to,
+            )
+    identity = starter.Identity(name, from_addr, postal_address, base_url, reply_to)
     created = starter.create(directory, identity, force)
     if identity.kept():
         click.echo(
-            f"note: kept the sample's [publication] {', '.join(identity.kept())};"
-            " change them in newsletter.toml (or pass --name, --from, --postal-address)",
+            f"note: took init's defaults for [publication] {', '.join(identity.kept())};"
+            " change them in newsletter.toml (or pass --name, --from, --postal-address,"
+            " --base-url, --reply-to)",
             err=True,
         )
     if created.overwritten:
         click.echo(f"overwrote {len(created.overwritten)} existing file(s) (--force)", err=True)
-    click.echo(f"Created {created.publication.name!r} in {created.folder.resolve()}:")
+    pub = created.publication
+    click.echo(f"Created {pub.name!r} in {created.folder.resolve()}:")
     click.echo(f"  {created.summary()}")
+    click.echo(f"  List-Id {pub.list_id}, utm_source {created.utm_source}")
+    click.echo("  an example sponsor ([sponsors.example]): replace or delete it")
     click.echo("Next:")
     for command in starter.next_commands(created, Path.cwd()):
         click.echo(f"  {command}")

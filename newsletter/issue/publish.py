@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from newsletter import tokens
 from newsletter.config import Config, Sponsor
 from newsletter.errors import CheckFailed, NewsletterError
 from newsletter.fileio import write_files
-from newsletter.issue import check, inline, markdown, render, spam, sponsor
+from newsletter.issue import check, inline, markdown, render, spam, sponsor, tracked_links
 from newsletter.issue.content import Issue, read_issue
 from newsletter.mail.dkim import DkimSigner
 from newsletter.mail.message import Envelope, MessageTemplate
@@ -160,13 +162,31 @@ class Sample:
     text: str
     message: bytes
     unsubscribe_url: str
+    # Each tracked link in it -> where it leads (the preview shows it on hover).
+    destinations: Mapping[str, str] = field(default_factory=dict)
 
 
 def sample(config: Config, built: BuiltIssue, when: dt.datetime | None = None) -> Sample:
+    """The message for the sample subscriber, with the links readers get: where sending
+    tracks clicks, the tracked links of send/campaign's code path (tracked_links.rewrite),
+    their tokens made for a placeholder campaign and subscriber (there is none yet)."""
     values, token = Personalizer(config, built.issue.slug).values(
         config.sample.email, config.sample.name
     )
-    template = message_template(config, built)
+    html, text = built.html, built.text
+    destinations: dict[str, str] = {}
+    if tracked_links.tracking_on(config):
+        tracked = tracked_links.rewrite(html.source, text.source, config.tracking.clicks)
+        if tracked.links:
+            html, text = render.html_slots(tracked.html), render.text_slots(tracked.text)
+            signer = tracked_links.ClickSigner(tokens.load_secret(config))
+            slots = tracked_links.LinkSlots(
+                config, signer, tracked_links.PLACEHOLDER_CAMPAIGN, len(tracked.links)
+            )
+            link_values = slots.values(tracked_links.PLACEHOLDER_SUBSCRIBER)
+            values.update(link_values)
+            destinations = {link_values[f"link{link.idx}"]: link.url for link in tracked.links}
+    template = envelope_template(config, built.issue.subject, html, text)
     date = None
     if when is not None:
         date = format_datetime(when)
@@ -178,34 +198,51 @@ def sample(config: Config, built: BuiltIssue, when: dt.datetime | None = None) -
         date=date,
     )
     return Sample(
-        html=built.html.fill(values),
-        text=built.text.fill(values),
+        html=html.fill(values),
+        text=text.fill(values),
         message=message,
         unsubscribe_url=values["unsubscribe_url"],
+        destinations=destinations,
+    )
+
+
+def check_subject(config: Config, built: BuiltIssue, filled: Sample) -> check.Subject:
+    """What `check` looks at: the issue as the sample subscriber gets it."""
+    return check.Subject(
+        subject=built.issue.subject,
+        preheader=built.issue.preheader,
+        html=filled.html,
+        text=filled.text,
+        unsubscribe_url=filled.unsubscribe_url,
+        postal_address=config.publication.postal_address,
+        sponsor_name=built.sponsor.name if built.sponsor else None,
+        sponsor_label=built.sponsor.label if built.sponsor else "",
+        sponsor_html=built.sponsor_html,
+        # The block as the text part shows it: with the tracked links readers get.
+        sponsor_text=_with_tracked_links(built.sponsor_text, filled.destinations),
+        message=filled.message,
     )
 
 
 def check_built(config: Config, built: BuiltIssue, filled: Sample) -> list[check.Finding]:
-    findings = check.check(
-        check.Subject(
-            subject=built.issue.subject,
-            preheader=built.issue.preheader,
-            html=filled.html,
-            text=filled.text,
-            unsubscribe_url=filled.unsubscribe_url,
-            postal_address=config.publication.postal_address,
-            sponsor_name=built.sponsor.name if built.sponsor else None,
-            sponsor_label=built.sponsor.label if built.sponsor else "",
-            sponsor_html=built.sponsor_html,
-            sponsor_text=built.sponsor_text,
-            message=filled.message,
-        )
-    )
+    findings = check.check(check_subject(config, built, filled))
     problem = sponsor.booking_problem(config, built.issue)
     if problem:
         findings.insert(0, check.Finding("error", "sponsor-not-booked", problem, "front matter"))
     findings += check.source_findings(built.issue)
     return findings
+
+
+def _with_tracked_links(text: str, destinations: Mapping[str, str]) -> str:
+    """The text with its links replaced by the tracked ones, as rewrite replaces them in
+    the text part: longest first, so a URL that begins another is not cut, and in one
+    pass, so a tracked link (which begins with base_url) is not replaced again."""
+    if not destinations:
+        return text
+    tracked_for = {url: tracked for tracked, url in destinations.items()}
+    urls = sorted(tracked_for, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, urls)))
+    return pattern.sub(lambda match: tracked_for[match.group(0)], text)
 
 
 def refuse_on_check_errors(config: Config, built: BuiltIssue, doing: str) -> None:

@@ -78,7 +78,7 @@ def campaign_template(
     per-recipient slots (`[tracking] clicks`; the links are saved for the redirects)."""
     html, text = row.html_template, row.text_template
     links = None
-    if config.tracking.clicks != "off" and config.publication.base_url:
+    if tracking.tracking_on(config):
         tracked = tracking.rewrite(html, text, config.tracking.clicks)
         if tracked.links:
             tracking.save_links(store, row.id, tracked.links)

@@ -6,130 +6,42 @@ reader's, once per window (ledger/clicks.record). Crawlers and mail scanners are
 by their user agent (`known_bot`): crawlerdetect's maintained list, and the few mail
 scanners it misses.
 
-The token carries only numbers (campaign, subscriber, link) and an HMAC; the URL
-it leads to comes from the campaign's own link table. So a forged or altered
-token, or one with a URL smuggled into it, leads nowhere: never an open redirect.
+The rewriting of links and the tokens live in issue/tracked_links, shared with `build`
+and the preview; this module adds what needs the ledger: saving a campaign's links and
+recording a click.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import functools
-import hashlib
-import hmac
-import html
-import re
-import struct
-from collections.abc import Mapping
-from dataclasses import dataclass
 
-import lxml.html
 from crawlerdetect import CrawlerDetect
 
-from newsletter.config import Config, Tracking
-from newsletter.issue.render import has_slots, marker
+from newsletter.config import Tracking
+from newsletter.issue.tracked_links import (
+    ClickSigner,
+    Link,
+    LinkSlots,
+    Tracked,
+    rewrite,
+    tracking_on,
+)
 from newsletter.ledger import clicks
 from newsletter.ledger.store import Store
 
-_HREF = re.compile(r'href="([^"]*)"')
-_SIG_BYTES = 12
-
-
-@dataclass(frozen=True)
-class Link:
-    idx: int
-    url: str
-    in_sponsor_block: bool
-
-
-@dataclass(frozen=True)
-class Tracked:
-    html: str  # the HTML snapshot with tracked hrefs replaced by link slots
-    text: str
-    links: tuple[Link, ...]
-
-
-def rewrite(html_source: str, text_source: str, mode: str) -> Tracked:
-    """Replace the tracked links of an issue's snapshot with per-recipient link slots."""
-    if mode == "off":
-        return Tracked(html_source, text_source, ())
-    doc = lxml.html.document_fromstring(html_source)
-    in_block = {
-        a.get("href", "")
-        for block in doc.xpath('//*[@data-block="sponsor"]')
-        for a in block.iter("a")
-    }
-    ordered: list[str] = []
-    for a in doc.iter("a"):
-        url = a.get("href", "")
-        if url in ordered or not url.startswith(("https://", "http://")) or has_slots(url):
-            continue
-        if mode == "all" or url in in_block:
-            ordered.append(url)
-    links = tuple(Link(n, url, url in in_block) for n, url in enumerate(ordered))
-    slot_for = {link.url: marker(f"link{link.idx}") for link in links}
-
-    def replace(match: re.Match[str]) -> str:
-        slot = slot_for.get(html.unescape(match.group(1)))
-        return f'href="{slot}"' if slot else match.group(0)
-
-    new_html = _HREF.sub(replace, html_source)
-    new_text = text_source
-    for url in sorted(slot_for, key=len, reverse=True):
-        new_text = new_text.replace(url, slot_for[url])
-    return Tracked(new_html, new_text, links)
-
-
-class ClickSigner:
-    def __init__(self, secret: bytes) -> None:
-        self._mac = hmac.new(secret, b"click:", hashlib.sha256)
-
-    def sign(self, campaign_id: int, subscriber_id: int, idx: int) -> str:
-        data = struct.pack(">III", campaign_id, subscriber_id, idx)
-        mac = self._mac.copy()
-        mac.update(data)
-        return _b64(data) + "." + _b64(mac.digest()[:_SIG_BYTES])
-
-    def verify(self, token: str) -> tuple[int, int, int] | None:
-        head, _, sig = token.partition(".")
-        try:
-            data, given = _unb64(head), _unb64(sig)
-        except (binascii.Error, ValueError):
-            return None
-        if len(data) != 12:
-            return None
-        mac = self._mac.copy()
-        mac.update(data)
-        if not hmac.compare_digest(mac.digest()[:_SIG_BYTES], given):
-            return None
-        return struct.unpack(">III", data)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
-        raise ValueError(text)
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class LinkSlots:
-    """Per-recipient values of the link slots of one campaign."""
-
-    def __init__(self, config: Config, signer: ClickSigner, campaign_id: int, count: int) -> None:
-        self.base = f"{config.publication.base_url.rstrip('/')}/c/"
-        self.signer = signer
-        self.campaign_id = campaign_id
-        self.count = count
-
-    def values(self, subscriber_id: int) -> Mapping[str, str]:
-        sign = self.signer.sign
-        cid = self.campaign_id
-        return {f"link{n}": self.base + sign(cid, subscriber_id, n) for n in range(self.count)}
+__all__ = [
+    "ClickSigner",
+    "Link",
+    "LinkSlots",
+    "MAIL_SCANNERS",
+    "Tracked",
+    "known_bot",
+    "record_click",
+    "rewrite",
+    "save_links",
+    "tracking_on",
+]
 
 
 def save_links(store: Store, campaign_id: int, links: tuple[Link, ...]) -> None:

@@ -13,17 +13,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from newsletter import addresses
+from newsletter import addresses, tokens
 from newsletter import config as config_mod
 from newsletter.errors import NewsletterError
 from newsletter.hosts import is_loopback
 from newsletter.issue import publish
 from newsletter.issue.content import Issue
+from newsletter.issue.tracked_links import tracking_on
 from newsletter.ledger import store
 from newsletter.mail import dkim, transport
 from newsletter.setup import dns_checks
@@ -72,6 +76,9 @@ def run(
         yield password_check
     yield check_smtp(config, have_password=password_check is None or password_check.level == OK)
     yield check_base_url(config)
+    yield check_domains(config)
+    if tracking_on(config):
+        yield check_click_server(config)
     dns = Dns(lookup or dns_checks.lookup_dns)
     if config.dkim.domain:
         yield check_dkim(config, dns)
@@ -269,6 +276,72 @@ def check_base_url(config: config_mod.Config) -> Check:
             f"{url}: not https; unsubscribe and view-online links travel unencrypted",
         )
     return Check(OK, "base_url", f"{url} is https")
+
+
+# --- one domain, and serve at base_url ------------------------------------------------
+
+
+def check_domains(config: config_mod.Config) -> Check:
+    """The sender, base_url and the List-Id in one registrable domain (RFC 7489 section
+    3.2's organisational domain): else replies, unsubscribe and click links, or the
+    list's identity, belong to another domain than the one that sends."""
+    pub = config.publication
+    named = {"the sender": from_domain(config)}
+    host = (urlsplit(pub.base_url).hostname or "") if pub.base_url else ""
+    if host:
+        named["base_url"] = host
+    if pub.list_id:
+        named["List-Id"] = pub.list_id.strip("<> ").lower()
+    organisations = {what: dns_checks.organisational_domain(d) for what, d in named.items()}
+    if len(set(organisations.values())) == 1:
+        (domain,) = set(organisations.values())
+        names = list(named)
+        listed = " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+        return Check(OK, "domains", f"{listed} are all in {domain}")
+    shown = ", ".join(f"{what} {named[what]} ({org})" for what, org in organisations.items())
+    return Check(
+        WARN,
+        "domains",
+        f"{shown}: not one domain; replies, unsubscribe and click links would go to a"
+        " domain other than the sender's (set [publication] from, base_url and list_id"
+        " in the domain you send from)",
+    )
+
+
+HEALTH_TIMEOUT = 3.0  # seconds: serve answers at once; a dead address should not hold doctor
+
+
+def get_health(url: str, timeout: float) -> str:
+    """What `url` answers to a GET (the first 200 bytes). Raises OSError when nothing
+    answers, or with an HTTP error (urllib.error.HTTPError is one). Goes direct, not
+    through a proxy from the environment: the question is whether serve answers there."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as response:
+        return bytes(response.read(200)).decode("utf-8", "replace")
+
+
+def check_click_server(config: config_mod.Config) -> Check:
+    """With click tracking on, every tracked link leads through <base_url>/c/: `serve`
+    must answer there, or the links readers click (the sponsor's) lead nowhere."""
+    url = tokens.health_url(config)
+    clicks = f'[tracking] clicks = "{config.tracking.clicks}"'
+    try:
+        answer = get_health(url, HEALTH_TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        problem = f"it answers {exc.code}, not `newsletter serve`"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        problem = f"nothing answers ({reason})"
+    else:
+        if answer.strip() == tokens.HEALTH_ANSWER:
+            return Check(OK, "clicks", f"{clicks}: newsletter serve answers at {url}")
+        problem = "something answers that is not `newsletter serve`"
+    return Check(
+        WARN,
+        "clicks",
+        f"{clicks}, and at {url} {problem}: run `newsletter serve` at base_url, or the"
+        ' tracked links in every message lead nowhere (clicks = "off" sends direct links)',
+    )
 
 
 # --- DKIM -----------------------------------------------------------------------------

@@ -1,20 +1,27 @@
 """The starter publication that `newsletter init` writes into a new folder.
 
-The starter is the repository's sample publication: its newsletter.toml, the
-templates, the sample issue and the sample subscriber list. The repository stays
-the one source: the wheel carries copies made at build time (pyproject's
-force-include puts them in ``newsletter/starter_files/``), and an editable
-install, which has no such copies, reads them from the source tree.
+The starter is made from the repository's sample publication: its newsletter.toml
+(every key and comment), the templates and the sample subscriber list. The wheel
+carries copies made at build time (pyproject's force-include puts them in
+``newsletter/starter_files/``), and an editable install, which has no such copies,
+reads them from the source tree.
+
+What init writes is the new publication's own, nothing of the sample's ("Hello
+Shuttle" is the repository's demo): [publication] from the answers, the List-Id and
+utm_source derived from them, an example sponsor on example.com marked as one, and a
+short welcome issue instead of the sample's article.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
 import shlex
 import tempfile
 import tomllib
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from email.headerregistry import AddressHeader, HeaderRegistry
@@ -22,6 +29,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from newsletter import config as config_mod
 from newsletter.audience.subscribers import normalize_email
@@ -30,32 +38,113 @@ from newsletter.fileio import write_files
 
 PACKAGED_DIR = "starter_files"
 SAMPLE_ISSUE = "issues/2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
-# What the starter is made of, as paths relative to the repository root and to the
-# new publication alike. pyproject.toml force-includes exactly these (a test checks).
+# What the starter is made of, as paths relative to the repository root. pyproject.toml
+# force-includes exactly these (a test checks). init writes all but the sample issue,
+# and the config made the publication's own.
 STARTER_PATHS = (config_mod.CONFIG_NAME, "templates", SAMPLE_ISSUE, "subscribers.csv")
 EXAMPLE_RECIPIENT = "you@example.com"
+WELCOME_SLUG = "welcome"
 
 _IGNORED = ("__pycache__", ".DS_Store")
+
+# What init offers when nothing is given: neutral, on the example domain (RFC 2606).
+DEFAULT_NAME = "My Newsletter"
+DEFAULT_DOMAIN = "example.com"
+DEFAULT_POSTAL_ADDRESS = "1 Example Street, Example City, Country"
 
 
 @dataclass(frozen=True)
 class Identity:
-    """The [publication] values `init` asks for; None keeps the starter's sample value."""
+    """The [publication] values `init` asks for; None takes the default (`resolved`)."""
 
     name: str | None = None
     from_addr: str | None = None
     postal_address: str | None = None
-
-    def values(self) -> dict[str, str]:
-        """TOML key -> value, for the values that were given."""
-        return {key: value for key, value in self._keys().items() if value is not None}
+    base_url: str | None = None
+    reply_to: str | None = None
 
     def kept(self) -> list[str]:
-        """The [publication] keys that keep the sample's value."""
+        """The [publication] keys not given, which take init's default."""
         return [key for key, value in self._keys().items() if value is None]
 
     def _keys(self) -> dict[str, str | None]:
-        return {"name": self.name, "from": self.from_addr, "postal_address": self.postal_address}
+        return {
+            "name": self.name,
+            "from": self.from_addr,
+            "postal_address": self.postal_address,
+            "base_url": self.base_url,
+            "reply_to": self.reply_to,
+        }
+
+    def resolved(self) -> Identity:
+        """Every value set: the given ones checked, the others init's defaults, each
+        derived from what was given (the web address from the sender's domain)."""
+        try:
+            name = _one_line(self.name, "the publication name") if self.name else DEFAULT_NAME
+            from_addr = parse_sender(self.from_addr) if self.from_addr else default_sender(name)
+            postal = self.postal_address
+            postal = _one_line(postal, "the address") if postal else DEFAULT_POSTAL_ADDRESS
+            base_url = (
+                parse_base_url(self.base_url)
+                if self.base_url
+                else default_base_url(address_domain(from_addr))
+            )
+            reply_to = parse_reply_to(self.reply_to) if self.reply_to else ""
+        except ValueError as exc:
+            raise NewsletterError(f"init: {exc}") from None
+        return Identity(name, from_addr, postal, base_url, reply_to)
+
+
+def slug(name: str) -> str:
+    """The publication's name as a DNS label and utm_source: "The Weekly" -> "the-weekly"."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    label = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:40].strip("-")
+    return label or "newsletter"
+
+
+# RFC 5322 section 3.2.3: a display name with any of these must be a quoted string.
+_SPECIALS = set('()<>[]:;@\\,."')
+
+
+def default_sender(name: str) -> str:
+    """ "<name> <news@example.com>", the name quoted when it holds specials (a comma)."""
+    if any(c in _SPECIALS for c in name):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <news@{DEFAULT_DOMAIN}>"
+
+
+def default_base_url(domain: str) -> str:
+    return f"https://news.{domain}"
+
+
+def address_domain(sender: str) -> str:
+    return _from_header(sender).addresses[0].domain.lower()
+
+
+def base_url_domain(base_url: str) -> str:
+    return (urlsplit(base_url).hostname or "").lower()
+
+
+def list_id(name: str, base_url: str) -> str:
+    """RFC 2919 section 3: a List-Id is a dot-atom under a domain the publisher holds;
+    here the name's slug under base_url's host (news.example.org -> weekly.news.example.org)."""
+    return f"{slug(name)}.{base_url_domain(base_url)}"
+
+
+def parse_base_url(text: str) -> str:
+    """A web address for the links: http(s), a host name, no query. Raises ValueError."""
+    value = _one_line(text, "the web address").rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"not a web address: {value!r} (use: https://news.example.org)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"the web address may not have a query or a fragment: {value!r}")
+    return value
+
+
+def parse_reply_to(text: str) -> str:
+    """One address for Reply-To, "Name <address>" or bare. Raises ValueError."""
+    return parse_sender(text)
 
 
 @dataclass(frozen=True)
@@ -66,6 +155,7 @@ class Created:
     publication: config_mod.Publication  # as written
     overwritten: tuple[Path, ...]  # relative to folder
     test_recipient: str  # who the suggested test send goes to: the sender, if one was given
+    utm_source: str = ""  # as written: the name's slug
 
     def summary(self) -> str:
         """ "newsletter.toml, templates/ (5 files), issues/....md, subscribers.csv"."""
@@ -117,7 +207,7 @@ def _walk(node: Traversable, relative: str) -> Iterator[tuple[str, Traversable]]
 
 
 def sample_publication() -> config_mod.Publication:
-    """The [publication] of the starter config as shipped (the defaults `init` offers)."""
+    """The [publication] of the repository's sample config (the demo init does not copy)."""
     text = starter_files()[config_mod.CONFIG_NAME].decode("utf-8")
     return _validated(text).publication
 
@@ -152,14 +242,16 @@ def _one_line(text: str, what: str) -> str:
     return value
 
 
-def check_target(folder: Path, force: bool = False) -> list[Path]:
-    """The starter files already in `folder` (relative paths).
-
-    Refuses, naming the first of them, unless `force`.
+def check_target(
+    folder: Path, force: bool = False, files: Mapping[str, bytes] | None = None
+) -> list[Path]:
+    """The files init would write (`files`; by default the starter's) already in `folder`
+    (relative paths). Refuses, naming the first of them, unless `force`.
     """
     if folder.exists() and not folder.is_dir():
         raise NewsletterError(f"{folder}: exists and is not a folder")
-    existing = [Path(rel) for rel in starter_files() if (folder / rel).exists()]
+    names = files if files is not None else _files_to_write(Identity().resolved(), dt.date.today())
+    existing = [Path(rel) for rel in names if (folder / rel).exists()]
     if existing and not force:
         more = f" (and {len(existing) - 1} more starter file(s))" if len(existing) > 1 else ""
         raise NewsletterError(
@@ -168,30 +260,143 @@ def check_target(folder: Path, force: bool = False) -> list[Path]:
     return existing
 
 
-def create(folder: Path, identity: Identity | None = None, force: bool = False) -> Created:
-    """Write the starter publication into `folder`, with `identity` in its config.
+def create(
+    folder: Path,
+    identity: Identity | None = None,
+    force: bool = False,
+    today: dt.date | None = None,
+) -> Created:
+    """Write a new publication into `folder`: `identity` (defaults for what it leaves
+    open), the templates, the sample list and a welcome issue dated `today`.
 
     Refuses to overwrite a file unless `force`; writes every file or none.
     """
-    identity = identity or Identity()
-    values = _checked_values(identity)
-    existing = check_target(folder, force)
-    files = starter_files()
-    config_text = set_publication_values(files[config_mod.CONFIG_NAME].decode("utf-8"), values)
-    publication = _validated(config_text).publication
-    files[config_mod.CONFIG_NAME] = config_text.encode("utf-8")
+    given = identity or Identity()
+    chosen = given.resolved()
+    assert chosen.name and chosen.from_addr and chosen.base_url  # resolved() sets them
+    files = _files_to_write(chosen, today or dt.date.today())
+    existing = check_target(folder, force, files)
+    written = _validated(files[config_mod.CONFIG_NAME].decode("utf-8"))
     write_files({folder / rel: data for rel, data in files.items()})
     recipient = EXAMPLE_RECIPIENT
-    if "from" in values:
-        recipient = _from_header(values["from"]).addresses[0].addr_spec
+    if given.from_addr is not None:
+        recipient = _from_header(chosen.from_addr).addresses[0].addr_spec
+    issue = next(rel for rel in files if rel.startswith("issues/"))
     return Created(
         folder=folder,
         files=tuple(Path(rel) for rel in files),
-        sample_issue=Path(SAMPLE_ISSUE),
-        publication=publication,
+        sample_issue=Path(issue),
+        publication=written.publication,
         overwritten=tuple(existing),
         test_recipient=recipient,
+        utm_source=written.utm.source,
     )
+
+
+def _files_to_write(identity: Identity, today: dt.date) -> dict[str, bytes]:
+    """Relative path -> content: what init writes for this (resolved) identity."""
+    assert identity.name and identity.from_addr and identity.base_url
+    packaged = starter_files()
+    files = {
+        rel: data
+        for rel, data in packaged.items()
+        if rel.startswith("templates/") or rel == "subscribers.csv"
+    }
+    files[config_mod.CONFIG_NAME] = starter_config(
+        packaged[config_mod.CONFIG_NAME].decode("utf-8"), identity
+    ).encode("utf-8")
+    files[f"issues/{today.isoformat()}-{WELCOME_SLUG}.md"] = welcome_issue(
+        identity.name, today
+    ).encode("utf-8")
+    return dict(sorted(files.items()))
+
+
+def starter_config(sample_text: str, identity: Identity) -> str:
+    """The sample config made the publication's: [publication] and [utm] from `identity`,
+    and the sample's sponsor replaced by an example one."""
+    assert identity.name and identity.from_addr and identity.base_url
+    publication = {
+        "name": identity.name,
+        "from": identity.from_addr,
+        "reply_to": identity.reply_to or "",
+        "postal_address": identity.postal_address or DEFAULT_POSTAL_ADDRESS,
+        "base_url": identity.base_url,
+        "list_id": list_id(identity.name, identity.base_url),
+    }
+    text = set_values(sample_text, "publication", publication)
+    text = set_values(text, "utm", {"source": slug(identity.name)})
+    head, sep, _ = text.partition("\n[sponsors]\n")
+    if not sep:
+        raise NewsletterError(f"the starter {config_mod.CONFIG_NAME} has no [sponsors] section")
+    _, _, body = head.partition("\n[publication]\n")
+    return _CONFIG_HEAD + "\n[publication]\n" + body + "\n" + EXAMPLE_SPONSORS
+
+
+_CONFIG_HEAD = """\
+# This publication's configuration, made by `newsletter init`.
+# Every key can be overridden by an environment variable NEWSLETTER_<SECTION>_<KEY>,
+# for example NEWSLETTER_SMTP_PORT=2525 or NEWSLETTER_SPONSORS_EXAMPLE_PHONE.
+# Relative paths are relative to this file.
+"""
+
+EXAMPLE_SPONSORS = """\
+[sponsors]
+# The sponsor of an issue whose front matter names none ("none": no sponsor block).
+default = "example"
+
+# An example: replace or delete (then set default above to your sponsor's id, or "none").
+[sponsors.example]
+# The sponsor's name, as the block shows it.
+name = "Example Sponsor"
+# The label over the block: sponsored content must say so.
+label = "Sponsored"
+# What the block says.
+message = "An example sponsor: put your sponsor's message here, or delete this sponsor."
+# The text of the block's button.
+call_to_action = "Visit the sponsor"
+# Where the button links (tagged with the UTM parameters set above).
+url = "https://www.example.com"
+# Shown in the block with a tel: link (optional); with + and the country code.
+phone = "+1 555 555 0100"
+# Bookings: with start and end (dates), the sponsor of the issues dated between them,
+# shared by weight with other sponsors booked then (see the README's "Sponsors").
+# start = 2027-01-01
+# end = 2027-03-31
+# weight = 1
+"""
+
+
+def welcome_issue(name: str, day: dt.date) -> str:
+    """A short, neutral first issue: what a reader of a new publication may get first."""
+    subject = f"Welcome to {name}"
+    if len(subject) > 78:  # check warns over 78 characters (they are cut in inboxes)
+        subject = "Welcome"
+    preheader = "What to expect from this newsletter, and how to reach us."
+    # A JSON string is a YAML flow scalar: any name stays one value.
+    lines = [
+        "---",
+        f"title: {json.dumps(subject, ensure_ascii=False)}",
+        f"subject: {json.dumps(subject, ensure_ascii=False)}",
+        f"preheader: {json.dumps(preheader)}",
+        f"date: {day.isoformat()}",
+        "---",
+        "",
+        _WELCOME_BODY.format(name=name),
+    ]
+    return "\n".join(lines)
+
+
+_WELCOME_BODY = """\
+Thank you for subscribing to {name}.
+
+Each issue brings you a short read, and now and then a word from a sponsor, marked as
+such. Reply to this message to tell us what you would like to read about.
+
+## What comes next
+
+The next issue is on its way. If this is not for you, the unsubscribe link below
+takes you off the list at once.
+"""
 
 
 def next_commands(created: Created, cwd: Path) -> list[str]:
@@ -210,19 +415,6 @@ def next_commands(created: Created, cwd: Path) -> list[str]:
     return commands
 
 
-def _checked_values(identity: Identity) -> dict[str, str]:
-    values = identity.values()
-    try:
-        if "from" in values:
-            values["from"] = parse_sender(values["from"])
-        for key, what in (("name", "the publication name"), ("postal_address", "the address")):
-            if key in values:
-                values[key] = _one_line(values[key], what)
-    except ValueError as exc:
-        raise NewsletterError(f"init: {exc}") from None
-    return values
-
-
 _SECTION = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
 # key = "basic string" or 'literal string', then whatever follows (spaces, a comment).
 _STRING_KEY = re.compile(
@@ -231,21 +423,21 @@ _STRING_KEY = re.compile(
 )
 
 
-def set_publication_values(text: str, values: Mapping[str, str]) -> str:
-    """The config text with these [publication] string values replaced.
+def set_values(text: str, section: str, values: Mapping[str, str]) -> str:
+    """The config text with these string values of [section] replaced.
 
     Only the value on each key's line changes: comments, order and layout stay.
     """
     lines = text.split("\n")
-    section = ""
+    current = ""
     done: set[str] = set()
     for i, line in enumerate(lines):
         header = _SECTION.match(line)
         if header:
-            section = header.group(1)
+            current = header.group(1)
             continue
         match = _STRING_KEY.match(line)
-        if section == "publication" and match and match["key"] in values:
+        if current == section and match and match["key"] in values:
             key = match["key"]
             # A JSON string is a valid TOML basic string (same escapes), kept readable.
             lines[i] = f"{match['lead']}{json.dumps(values[key], ensure_ascii=False)}"
@@ -255,13 +447,13 @@ def set_publication_values(text: str, values: Mapping[str, str]) -> str:
     if missing:
         raise NewsletterError(
             f"the starter {config_mod.CONFIG_NAME} has no string key {missing[0]!r}"
-            " in [publication] to set"
+            f" in [{section}] to set"
         )
     new_text = "\n".join(lines)
-    parsed = tomllib.loads(new_text)["publication"]
+    parsed = tomllib.loads(new_text)[section]
     for key, value in values.items():
         if parsed.get(key) != value:  # the edit must say exactly what was asked
-            raise NewsletterError(f"init: could not set [publication] {key} to {value!r}")
+            raise NewsletterError(f"init: could not set [{section}] {key} to {value!r}")
     return new_text
 
 

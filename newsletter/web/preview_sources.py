@@ -22,7 +22,7 @@ import watchfiles
 
 from newsletter import config as config_mod
 from newsletter.errors import NewsletterError
-from newsletter.issue import publish
+from newsletter.issue import publish, tracked_links
 from newsletter.mail.eml import Rendering, read_message, short_date
 
 ISSUE_KEY = "issue"
@@ -111,7 +111,12 @@ class IssueSource:
             filled = publish.sample(cfg, built)
             findings = publish.check_built(cfg, built, filled)
             rendering = dataclasses.replace(
-                read_message(filled.message, html=filled.html, text=filled.text),
+                read_message(
+                    filled.message,
+                    # Tracked links show where they lead on hover.
+                    html=tracked_links.with_titles(filled.html, filled.destinations),
+                    text=filled.text,
+                ),
                 findings=tuple(findings),
             )
         except NewsletterError as exc:

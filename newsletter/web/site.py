@@ -117,6 +117,7 @@ class Site:
             Route("/unsubscribe/{token}", self.unsubscribe, methods=["GET", "POST"]),
             Route("/c/{token}", self.click, methods=["GET", "HEAD"]),
             Route("/webhooks/{provider}", self.webhook, methods=["POST"]),
+            Route(tokens.HEALTH_PATH, self.health, methods=["GET", "HEAD"]),
         ]
         if self.outbox is not None:
             routes += [
@@ -171,6 +172,14 @@ class Site:
             "There is no such page here.",
             status=404,
             action=("Past issues", f"{self.pages.root}/"),
+        )
+
+    def health(self, request: Request) -> Response:
+        """That `serve` answers at base_url (`doctor` asks when clicks are tracked)."""
+        return Response(
+            tokens.HEALTH_ANSWER + "\n",
+            media_type="text/plain; charset=utf-8",
+            headers={"cache-control": "no-store"},
         )
 
     # -- the archive
