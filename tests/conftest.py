@@ -40,6 +40,18 @@ def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dns_checks, "lookup_dns", unreachable)
 
 
+@pytest.fixture(autouse=True)
+def no_web(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doctor's GET of <base_url>/healthz is refused at once (base_url is a public name);
+    tests/test_doctor.py has its own, and serves a real site where it needs one."""
+    from newsletter.setup import doctor
+
+    def refuse(url: str, timeout: float) -> str:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(doctor, "get_health", refuse)
+
+
 @pytest.fixture
 def publication(tmp_path: Path) -> Path:
     """A copy of the sample publication (config, templates, issues); its newsletter.toml."""

@@ -5,7 +5,7 @@ reader types it, with the installed `newsletter` on PATH. Only three things diff
 a reader's terminal, and all keep the traffic on 127.0.0.1: the servers get free ports
 (the capture server the port newsletter.toml's SMTP host is pointed at through
 NEWSLETTER_SMTP_PORT), doctor's DNS lookups and web checks answer "unreachable" (a
-sitecustomize in tests/readme_site), and `send --all` is answered "y".
+sitecustomize in tests/offline_site), and `send --all` is answered "y".
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from smtp_fixtures import free_port
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 VENV_BIN = Path(sys.executable).parent  # not resolved: the venv's bin, with `newsletter`
-SITE_DIR = Path(__file__).resolve().parent / "readme_site"
+SITE_DIR = Path(__file__).resolve().parent / "offline_site"
 # What the tour needs of the repository: the sample publication, its list and article.
 COPIED = ["newsletter.toml", "templates", "issues", "examples", "subscribers.csv", "Makefile"]
 COPIED_FOR_MAKE = ["pyproject.toml", "README.md"]
@@ -247,6 +247,33 @@ def test_the_tour_runs_as_written(terminal: Terminal) -> None:
     assert (work / "dkim-s1.pem").is_file()
     assert len(terminal.urls) == 2  # preview and serve
     assert terminal.jobs == []  # `kill` stopped them all
+
+
+def test_the_init_walkthrough_runs_as_written(tmp_path: Path, terminal: Terminal) -> None:
+    lines = shell_lines(section("## Start a publication: `newsletter init`"))
+    assert lines[:2] == ["mkdir my-letter && cd my-letter", "newsletter init"], lines
+    terminal.cwd = tmp_path / "readers-folder"
+    terminal.cwd.mkdir()
+    for line in lines:
+        terminal.run(line)
+    # `newsletter init` without a terminal took the defaults; the flags made The Weekly,
+    # which then built and sent its welcome issue through the capture server.
+    mine = (tmp_path / "readers-folder" / "my-letter" / "newsletter.toml").read_text()
+    assert 'name = "My Newsletter"' in mine
+    weekly = terminal.cwd
+    assert weekly.name == "the-weekly"
+    config = (weekly / "newsletter.toml").read_text()
+    assert 'name = "The Weekly"' in config
+    assert 'base_url = "https://news.weekly.example.org"' in config
+    assert {p.name for p in (weekly / "build").iterdir()} == {
+        "welcome.html",
+        "welcome.txt",
+        "welcome.eml",
+    }
+    sent = list((weekly / "outbox").glob("*.eml"))
+    assert len(sent) == 1
+    assert b"[TEST]" in sent[0].read_bytes()
+    assert terminal.jobs == []
 
 
 def test_the_tour_line_reader_joins_and_strips() -> None:
