@@ -94,9 +94,10 @@ class Site:
             self.pages = archive.Pages(config)
             self.archive = archive.Archive(self.store, config, self.pages)
             secret = tokens.load_secret(config)
-            self._unsubscribe = tokens.Signer(secret, tokens.UNSUBSCRIBE)
-            self._confirm = tokens.Signer(secret, tokens.CONFIRM)
-            self._clicks = tracking.ClickSigner(secret)
+            previous = tokens.previous_secrets(config)
+            self._unsubscribe = tokens.Signer(secret, tokens.UNSUBSCRIBE, previous)
+            self._confirm = tokens.Signer(secret, tokens.CONFIRM, previous)
+            self._clicks = tracking.ClickSigner(secret, previous)
             self.signups = (
                 signup.Desk(self.store, config, self._confirm, log, clock)
                 if config.signup.enabled
