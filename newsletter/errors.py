@@ -16,6 +16,12 @@ class ConfigError(NewsletterError):
     exit_code = 2
 
 
+class UsageError(NewsletterError):
+    """A command's options do not fit together (the CLI's usage errors, from a library)."""
+
+    exit_code = 2
+
+
 class ContentError(NewsletterError):
     """An issue or article file cannot be read or is malformed."""
 
