@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from campaign_support import Publication, add_subscribers, make_publication
 from click.testing import Result
-from site_support import BASE_URL, Running, running
+from site_support import BASE_URL, Running, confirm_link, running
 from smtp_fixtures import SmtpServer
 
 from newsletter import config as config_mod
@@ -89,6 +89,21 @@ def test_a_confirmation_link_shows_no_address_and_still_confirms() -> None:
     assert "reader00000" not in token
     assert ADDRESS.encode() not in tokens.b64decode(token)
     assert signup.read_token(signer, token) == signup.Link(ADDRESS, made, "Ann Example")
+
+
+def test_the_mailed_confirmation_link_shows_no_address_and_confirms(
+    site: Running, store: Store, smtp_server: SmtpServer
+) -> None:
+    email = "new.reader@example.com"
+    assert site.post("/subscribe", data={"email": email, "name": "Nell"}).status_code == 200
+    site.wait_for_mail()
+    [received] = smtp_server.received
+    link = confirm_link(received.parse().get_body(("plain",)).get_content())
+    token = link.rpartition("/")[2]
+    assert "new.reader" not in link and email.encode() not in tokens.b64decode(token)
+    assert site.post(link).status_code == 200
+    row = store.subscriber(email)
+    assert row is not None and row["status"] == ACTIVE and row["name"] == "Nell"
 
 
 def test_a_sealed_unsubscribe_token_unsubscribes(site: Running, store: Store) -> None:
