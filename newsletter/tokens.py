@@ -198,7 +198,7 @@ def _siv_key(secret: bytes, purpose: str) -> bytes:
     return hmac.new(secret, f"siv:{purpose}".encode(), hashlib.sha512).digest()
 
 
-def signer(config: Config, purpose: str = UNSUBSCRIBE) -> Signer:
+def publication_signer(config: Config, purpose: str = UNSUBSCRIBE) -> Signer:
     """The publication's Signer for `purpose`: its secret, and its previous ones."""
     return Signer(load_secret(config), purpose, previous_secrets(config))
 

@@ -203,7 +203,7 @@ def test_a_secret_never_configured_verifies_nothing(rotated: Running, store: Sto
 def test_older_secrets_never_sign(pub: Publication, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OLD_SECRETS", OLD.decode())
     config = pub.config(NEWSLETTER_PUBLICATION_PREVIOUS_SECRETS_ENV="OLD_SECRETS")
-    token = tokens.signer(config).sign(ADDRESS)
+    token = tokens.publication_signer(config).sign(ADDRESS)
     assert tokens.Signer(SECRET).verify(token) == ADDRESS
     assert tokens.Signer(OLD).verify(token) is None
     clicks = tracking.ClickSigner(SECRET, [OLD])
