@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     # A fixed secret: the benchmark must not create .newsletter-secret.
-    os.environ["NEWSLETTER_SECRET"] = "bench-secret"
+    os.environ["NEWSLETTER_SECRET"] = "bench-secret-not-for-production-0123456789"
     config = config_mod.load(ROOT / "newsletter.toml")
     issue = publish.load_issue(SAMPLE)
 
@@ -58,7 +58,9 @@ def main() -> None:
     builds = [timed(lambda: publish.build_issue(config, issue)) for _ in range(args.builds)]
     built = publish.build_issue(config, issue)
 
-    personalizer = publish.Personalizer(config, built.issue.slug, tokens.Signer(b"bench-secret"))
+    personalizer = publish.Personalizer(
+        config, built.issue.slug, tokens.Signer(b"bench-secret-not-for-production-0123456789")
+    )
     template = publish.message_template(config, built)
     recipients = [(f"reader{n}@example.com", f"Reader {n}") for n in range(args.recipients)]
 

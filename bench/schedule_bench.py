@@ -69,7 +69,7 @@ def main() -> None:
             "NEWSLETTER_CONFIG": str(root / "newsletter.toml"),
             "NEWSLETTER_DATABASE_URL": f"sqlite:///{root / 'bench.db'}",
             "NEWSLETTER_SMTP_PORT": str(port),
-            "NEWSLETTER_SECRET": "bench",
+            "NEWSLETTER_SECRET": "bench-secret-not-for-production-0123456789",
         }
         config = config_mod.load(root / "newsletter.toml", env)
         store = Store.open(config.database_url)

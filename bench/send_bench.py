@@ -69,7 +69,7 @@ from newsletter.send import campaign, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "issues" / "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
-SECRET = "bench-secret"
+SECRET = "bench-secret-not-for-production-0123456789"
 MAILMERGE_VENV = ROOT / "bench" / ".venv-mailmerge"
 PAD_TARGET = 27 * 1024  # bytes: the issue's "27 KB messages"
 REPLY_DELAY = 0.020  # seconds: the slow sink's answer time for every command

@@ -55,7 +55,7 @@ from newsletter.send import campaign  # noqa: E402
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PG_BENCH = "postgresql+psycopg://postgres@127.0.0.1:5432/newsletter_bench"
 REDIS = "redis://127.0.0.1:6379/14"
-SECRET = "bench-secret"
+SECRET = "bench-secret-not-for-production-0123456789"
 SLOW_REPLY = 0.020  # seconds the slow relay holds each DATA reply
 
 SLOW_RELAY = """

@@ -17,8 +17,9 @@ class ConfigError(NewsletterError):
 
 
 class UsageError(NewsletterError):
-    """A command was given a value it cannot use: a time, a zone, a cron expression,
-    a file that is not there. Exit 2, like click's own usage errors."""
+    """A command was given a value it cannot use (a time, a zone, a cron expression, a
+    file that is not there) or options that do not fit together. Exit 2, like click's
+    own usage errors."""
 
     exit_code = 2
 

@@ -1,13 +1,28 @@
-"""Signed tokens for the links in messages: HMAC-SHA256 over the address.
+"""Signed tokens for the links in messages, keyed by the publication's secret.
 
-Each token has a purpose (unsubscribe, confirm a signup) that is part of the MAC, so a
+Each token has a purpose (unsubscribe, confirm a signup) that is bound to it, so a
 token made for one purpose is refused for another. Unsubscribe tokens carry only the
 address and never expire: an old issue's link keeps working. A signup confirmation
-token also carries the time it was made; signup.py decides how long it is good for.
+token also carries the time it was made and the name typed into the form; signup.py
+decides how long it is good for.
+
+A token is the address sealed with AES-SIV (RFC 5297): deterministic authenticated
+encryption, so the link of one reader is the same in every issue, nothing in it can be
+read without the secret (logs and proxies see no address), and changing any bit makes
+it fail. Tokens sent before this form were `base64(address).base64(HMAC)`: they still
+verify (they have a '.'), and are never made any more.
+
+A token is read only in its one spelling: base64url (RFC 4648 section 5) with no '='
+padding, whose bytes encode back to exactly the text given. Any other spelling of the
+same bytes (a changed last character whose unused bits differ, '==' appended) is refused
+before any key is tried.
 
 The secret comes from the environment variable named by [publication] secret_env;
 without it, a random secret is created once in `.newsletter-secret` beside
-newsletter.toml (mode 0600), so the demo works and links stay valid across runs.
+newsletter.toml (mode 0600), so the demo works and links stay valid across runs. A
+secret under MIN_SECRET_BYTES is refused. The variable named by [publication]
+previous_secrets_env holds older secrets, which verify tokens and never sign: after a
+rotation, the links in every issue already sent keep working.
 """
 
 from __future__ import annotations
@@ -17,29 +32,50 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import secrets
+from collections.abc import Mapping, Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from newsletter.config import Config
-from newsletter.errors import NewsletterError
+from newsletter.errors import ConfigError, NewsletterError
 
 SECRET_FILE = ".newsletter-secret"
+# 256 bits: as much as HMAC-SHA256 and AES-256-SIV's keys (derived from it) can use.
+MIN_SECRET_BYTES = 32
 _SIG_BYTES = 16
 
 
+def secret_problem(secret: bytes) -> str | None:
+    """Why `secret` cannot sign, or None."""
+    if len(secret) < MIN_SECRET_BYTES:
+        return (
+            f"{len(secret)} bytes, at least {MIN_SECRET_BYTES} are needed (anyone who guesses"
+            " it can forge every link); make one with"
+            " `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    return None
+
+
 def load_secret(config: Config) -> bytes:
-    env_value = os.environ.get(config.publication.secret_env, "")
+    """The secret that signs: from [publication] secret_env, else the secret file (made
+    once). A ConfigError names the variable or the file when it is too short."""
+    name = config.publication.secret_env
+    env_value = os.environ.get(name, "")
     if env_value:
-        return env_value.encode()
+        return _strong(env_value.encode(), name)
     path = config.root / SECRET_FILE
     try:
-        return path.read_bytes().strip()
+        return _strong(path.read_bytes().strip(), str(path))
     except FileNotFoundError:
         pass
     value = secrets.token_urlsafe(32).encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made it first: use theirs
-        return path.read_bytes().strip()
+        return _strong(path.read_bytes().strip(), str(path))
     except OSError as exc:
         raise NewsletterError(
             f"{path}: cannot create the signing secret ({exc.strerror}); "
@@ -50,12 +86,52 @@ def load_secret(config: Config) -> bytes:
     return value
 
 
-def _b64(data: bytes) -> str:
+def previous_secrets(config: Config) -> tuple[bytes, ...]:
+    """The older secrets of [publication] previous_secrets_env: they verify tokens, never
+    sign."""
+    name = config.publication.previous_secrets_env
+    return previous_secrets_in(name, os.environ) if name else ()
+
+
+def previous_secrets_in(name: str, environ: Mapping[str, str]) -> tuple[bytes, ...]:
+    """The secrets in variable `name` of `environ`, comma or whitespace separated; a
+    ConfigError names the variable when one is too short."""
+    found = tuple(s.encode() for s in re.split(r"[\s,]+", environ.get(name, "")) if s)
+    for index, secret in enumerate(found, 1):
+        problem = secret_problem(secret)
+        if problem:
+            raise ConfigError(f"{name}: older secret {index} of {len(found)}: {problem}")
+    return found
+
+
+def _strong(secret: bytes, where: str) -> bytes:
+    problem = secret_problem(secret)
+    if problem:
+        raise ConfigError(f"{where}: the signing secret is too short: {problem}")
+    return secret
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def b64encode(data: bytes) -> str:
+    """base64url without padding: the one spelling of `data` in a token."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def b64decode(text: str) -> bytes:
+    """The bytes of canonical unpadded base64url `text` (RFC 4648 sections 3.5 and 5);
+    ValueError for any other spelling."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical base64url")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except binascii.Error:
+        raise ValueError("not base64url") from None
+    # Unused bits of the last character must be zero (section 3.5): re-encoding says so.
+    if b64encode(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 UNSUBSCRIBE = "unsubscribe"
@@ -63,35 +139,68 @@ CONFIRM = "confirm"
 
 
 class Signer:
-    """Signs and checks tokens for one purpose. One per process; cheap per recipient."""
+    """Makes and reads tokens for one purpose. One per process; cheap per recipient.
 
-    def __init__(self, secret: bytes, purpose: str = UNSUBSCRIBE) -> None:
+    `secret` seals; `previous` (older secrets) only open, so a rotation keeps the links
+    already sent working."""
+
+    def __init__(
+        self, secret: bytes, purpose: str = UNSUBSCRIBE, previous: Sequence[bytes] = ()
+    ) -> None:
         if ":" in purpose:
             raise ValueError(f"a token purpose has no ':' ({purpose!r})")
-        self._mac = hmac.new(secret, f"{purpose}:".encode(), hashlib.sha256)
+        self._purpose = [purpose.encode()]
+        keys = [secret, *previous]
+        self._sivs = [AESSIV(_siv_key(key, purpose)) for key in keys]
+        self._macs = [hmac.new(key, f"{purpose}:".encode(), hashlib.sha256) for key in keys]
 
     def sign(self, email: str) -> str:
         """A token for `email` (lower-cased; any text without a purpose of its own)."""
-        mac = self._mac.copy()
-        data = email.lower().encode()
-        mac.update(data)
-        return f"{_b64(data)}.{_b64(mac.digest()[:_SIG_BYTES])}"
+        return b64encode(self._sivs[0].encrypt(email.lower().encode(), self._purpose))
 
     def verify(self, token: str) -> str | None:
-        """What a token was made for, or None when it is forged, altered or for another
-        purpose."""
-        head, _, sig = token.partition(".")
+        """What a token was made for, or None when it is forged, altered, spelled another
+        way or for another purpose."""
+        head, dot, sig = token.partition(".")
         try:
-            data = _unb64(head)
-            given = _unb64(sig)
-            email = data.decode()
-        except (binascii.Error, ValueError, UnicodeDecodeError):
+            data = b64decode(head)
+            given = b64decode(sig) if dot else b""
+        except ValueError:
             return None
-        mac = self._mac.copy()
-        mac.update(data)
-        if not hmac.compare_digest(mac.digest()[:_SIG_BYTES], given):
+        opened = self._legacy(data, given) if dot else self._open(data)
+        if opened is None:
             return None
-        return email
+        try:
+            return opened.decode()
+        except UnicodeDecodeError:
+            return None
+
+    def _open(self, sealed: bytes) -> bytes | None:
+        for siv in self._sivs:
+            try:
+                return siv.decrypt(sealed, self._purpose)
+            except InvalidTag:
+                continue
+        return None
+
+    def _legacy(self, data: bytes, given: bytes) -> bytes | None:
+        """A token of the old form: the address in clear, an HMAC after the '.'."""
+        for mac in self._macs:
+            mac = mac.copy()
+            mac.update(data)
+            if hmac.compare_digest(mac.digest()[:_SIG_BYTES], given):
+                return data
+        return None
+
+
+def _siv_key(secret: bytes, purpose: str) -> bytes:
+    # 64 bytes: AES-256-SIV's two keys (RFC 5297 section 2.2), one per secret and purpose.
+    return hmac.new(secret, f"siv:{purpose}".encode(), hashlib.sha512).digest()
+
+
+def publication_signer(config: Config, purpose: str = UNSUBSCRIBE) -> Signer:
+    """The publication's Signer for `purpose`: its secret, and its previous ones."""
+    return Signer(load_secret(config), purpose, previous_secrets(config))
 
 
 def unsubscribe_url(config: Config, token: str) -> str:

@@ -19,7 +19,7 @@ from newsletter.ledger.tables import metadata
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = next((REPO / "issues").glob("*.md"))
-SECRET = "test-secret-not-for-production"
+SECRET = "test-secret-not-for-production-0123456789"
 
 
 @pytest.fixture(autouse=True)

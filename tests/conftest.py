@@ -14,7 +14,7 @@ from newsletter.cli import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE_NAME = "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
-TEST_SECRET = "test-secret-not-for-production"
+TEST_SECRET = "test-secret-not-for-production-0123456789"
 
 
 @pytest.fixture(autouse=True)

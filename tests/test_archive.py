@@ -28,7 +28,7 @@ from newsletter.send import campaign
 from newsletter.web import archive
 
 ATOM = "{http://www.w3.org/2005/Atom}"
-SECRET = b"test-secret-not-for-production"
+SECRET = b"test-secret-not-for-production-0123456789"
 READERS = [
     SubscriberRow("zoe.personal@example.com", "Zoe"),
     SubscriberRow("max@example.org", "Max"),

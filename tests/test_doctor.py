@@ -122,6 +122,7 @@ def test_passes_against_a_plain_server_and_sends_nothing(
         "templates",
         "database",
         "smtp",
+        "secret",
         "base_url",
         "domains",
         "clicks",
@@ -139,7 +140,7 @@ def test_passes_against_a_plain_server_and_sends_nothing(
     assert checks["clicks"] == NO_SERVE
     assert checks["spf"] == NO_SPF
     assert checks["dmarc"] == NO_DMARC
-    assert result.stdout.splitlines()[-1] == "doctor: 5 ok, 4 warning(s), 0 failure(s)"
+    assert result.stdout.splitlines()[-1] == "doctor: 6 ok, 4 warning(s), 0 failure(s)"
     assert smtp_server.handler.ehlos == 1
     assert smtp_server.handler.data_commands == 0 and not smtp_server.received
 
@@ -411,6 +412,7 @@ def test_json(
         ("templates", "ok"),
         ("database", "warn"),
         ("smtp", "ok"),
+        ("secret", "ok"),
         ("base_url", "warn"),
         ("domains", "warn"),
         ("clicks", "warn"),
@@ -520,6 +522,7 @@ def test_a_dns_that_does_not_answer_is_a_warning_per_dns_check_and_asked_once(
             "templates",
             "database",
             "smtp",
+            "secret",
             "base_url",
             "domains",
             "clicks",
@@ -563,13 +566,14 @@ def test_a_dns_error_for_one_name_does_not_stop_the_other_lookups(
 # --- SPF (RFC 7208): pyspf evaluates the record for the relay's addresses ---------------
 
 RELAY = "smtp.relay.example"
+DOCTOR_SECRET = "doctor-test-secret-0123456789abcdefghij"
 RELAY_DNS: Records = {(RELAY, "A"): ["192.0.2.7"], (RELAY, "AAAA"): ["2001:db8::7"]}
 
 
 def load(publication: Path, **settings: str) -> config_mod.Config:
     """The publication's config with NEWSLETTER_<KEY> settings, e.g. SMTP_HOST="..."."""
     environ = {f"NEWSLETTER_{key}": value for key, value in settings.items()}
-    return config_mod.load(publication, {"NEWSLETTER_SECRET": "s", **environ})
+    return config_mod.load(publication, {"NEWSLETTER_SECRET": DOCTOR_SECRET, **environ})
 
 
 def spf_line(config: config_mod.Config, records: Records) -> doctor.Check:
@@ -654,7 +658,7 @@ def test_an_all_that_excludes_the_relay_warns_with_the_reason_and_doctor_passes(
         publication.read_text(encoding="utf-8") + f'\n[smtp.backup]\nhost = "{RELAY}"\n',
         encoding="utf-8",
     )
-    environ = {"NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SECRET": "s"}
+    environ = {"NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SECRET": DOCTOR_SECRET}
     checks = list(doctor.run(publication, environ, lookup=lambda n, t: records.get((n, t), [])))
     spf = next(c for c in checks if c.name == "spf")
     assert spf.level == doctor.WARN
@@ -891,6 +895,7 @@ def test_a_domain_reserved_for_examples_has_no_dns_checks(
         "templates",
         "database",
         "smtp",
+        "secret",
         "base_url",
         "domains",
         "clicks",
@@ -955,7 +960,7 @@ def test_clicks_ok_when_serve_answers_at_base_url(
     base_url = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("NEWSLETTER_PUBLICATION_BASE_URL", base_url)
     monkeypatch.setenv("NEWSLETTER_DATABASE_URL", f"sqlite:///{tmp_path / 'site.db'}")
-    monkeypatch.setenv("NEWSLETTER_SECRET", "doctor-test-secret")
+    monkeypatch.setenv("NEWSLETTER_SECRET", "doctor-test-secret-of-at-least-32-bytes")
     site = site_mod.Site(config_mod.load(publication))
     server = site_mod.server(site, "127.0.0.1", port)  # the real uvicorn of `serve`
     server.start()

@@ -359,7 +359,7 @@ def test_values_are_escaped_for_toml(tmp_path: Path) -> None:
 def test_a_new_publication_checks_and_builds_without_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("NEWSLETTER_SECRET", "init-test-secret")
+    monkeypatch.setenv("NEWSLETTER_SECRET", "init-test-secret-of-at-least-32-bytes-too")
     assert invoke("init", tmp_path, *FLAGS).exit_code == 0
     config = tmp_path / "newsletter.toml"
     issue = tmp_path / welcome(tmp_path)

@@ -44,7 +44,7 @@ from newsletter.web import preview
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
-SECRET = "preview-test-secret-0123456789"
+SECRET = "preview-test-secret-0123456789abcdefghij"
 WAIT_S = 5.0  # the longest any test waits for the server to notice a save
 
 

@@ -26,7 +26,7 @@ from newsletter.web import preview
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
-SECRET = "preview-browser-test-secret"
+SECRET = "preview-browser-test-secret-0123456789abcdef"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

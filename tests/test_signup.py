@@ -34,7 +34,7 @@ from newsletter.ledger.tables import (
 from newsletter.send import campaign
 from newsletter.web import signup
 
-SECRET = b"test-secret-not-for-production"
+SECRET = b"test-secret-not-for-production-0123456789"
 ANN = "ann@example.com"
 
 

@@ -26,7 +26,7 @@ from newsletter.ledger.store import Store
 from newsletter.ledger.tables import ACTIVE, SKIPPED, UNSUBSCRIBED
 from newsletter.send import campaign, runner
 
-SECRET = b"test-secret-not-for-production"
+SECRET = b"test-secret-not-for-production-0123456789"
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
 
@@ -111,15 +111,19 @@ def test_head_does_not_unsubscribe(site: Running, store: Store) -> None:
 
 def forged_tokens(address: str) -> list[str]:
     good = tokens.Signer(SECRET).sign(address)
-    head, _, sig = good.partition(".")
-    other = tokens.Signer(SECRET).sign("someone-else@example.com").partition(".")[0]
+    other = tokens.Signer(SECRET).sign("someone-else@example.com")
+    legacy = legacy_token(address)
+    head, _, sig = legacy.partition(".")
     return [
         tokens.Signer(b"another secret").sign(address),  # signed with another secret
-        f"{other}.{sig}",  # another address under this address's signature
-        f"{head}.{sig[:-2]}",  # cut short
-        f"{head}.{'A' * len(sig)}",  # altered signature
-        head,  # no signature at all
+        good[:-2],  # cut short
+        good[:-6] + other[-6:],  # another address's end
+        "A" * len(good),  # made up
         tokens.Signer(SECRET, tokens.CONFIRM).sign(address),  # a token for another purpose
+        f"{legacy_token('someone-else@example.com').partition('.')[0]}.{sig}",
+        f"{head}.{sig[:-2]}",  # an old token cut short
+        f"{head}.{'A' * len(sig)}",  # an old token's signature altered
+        head,  # an old token's address without its signature
         "%%%not-base64%%%",
     ]
 
@@ -138,14 +142,24 @@ def test_forged_or_altered_tokens_are_refused_and_change_nothing(
     assert store.count_subscribers() == 2
 
 
-def test_tokens_made_before_purposes_still_work() -> None:
-    """Links already in mailboxes: an unsubscribe token is the HMAC of "unsubscribe:" + address."""
-    address = "ann@example.com"
-    mac = hmac.new(SECRET, b"unsubscribe:" + address.encode(), hashlib.sha256).digest()[:16]
-    old = tokens._b64(address.encode()) + "." + tokens._b64(mac)
+def legacy_token(address: str, secret: bytes = SECRET) -> str:
+    """An unsubscribe token as issues sent before sealed tokens carried it: the address in
+    base64, then the HMAC of "unsubscribe:" + address."""
+    mac = hmac.new(secret, b"unsubscribe:" + address.encode(), hashlib.sha256).digest()[:16]
+    return tokens.b64encode(address.encode()) + "." + tokens.b64encode(mac)
+
+
+def test_tokens_made_before_sealed_tokens_still_work(site: Running, store: Store) -> None:
+    """Links already in mailboxes keep working; new links never take their form."""
+    add_subscribers(store, 2)
+    address = "reader00001@example.com"
+    old = legacy_token(address)
     assert tokens.Signer(SECRET).verify(old) == address
-    assert tokens.Signer(SECRET, tokens.UNSUBSCRIBE).sign(address) == old
     assert tokens.Signer(SECRET, tokens.CONFIRM).verify(old) is None
+    assert tokens.Signer(SECRET).sign(address) != old
+    assert site.post(f"{BASE_URL}/unsubscribe/{old}", data=ONE_CLICK).status_code == 200
+    assert status_of(store, address) == UNSUBSCRIBED
+    assert status_of(store, "reader00000@example.com") == ACTIVE
 
 
 def test_unsubscribe_during_campaign_stops_later_messages(

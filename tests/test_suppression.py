@@ -20,7 +20,7 @@ from newsletter.ledger import bounces
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import ACTIVE, BOUNCED, COMPLAINED
 
-SECRET = b"test-secret-not-for-production"
+SECRET = b"test-secret-not-for-production-0123456789"
 BOUNCES = "bounces@news.example.org"
 
 

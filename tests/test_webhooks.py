@@ -42,7 +42,7 @@ from newsletter.send import campaign
 from newsletter.web import site as site_mod
 from newsletter.web import sns
 
-SECRET = b"test-secret-not-for-production"
+SECRET = b"test-secret-not-for-production-0123456789"
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-bounces"
 CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
 SUBSCRIBE_URL = (

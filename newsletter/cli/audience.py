@@ -232,7 +232,7 @@ def unsubscribe(state: State, token_or_email: str) -> None:
     if "@" in token_or_email:
         email = token_or_email.strip()
     else:
-        email = tokens.Signer(tokens.load_secret(config)).verify(token_or_email) or ""
+        email = tokens.publication_signer(config).verify(token_or_email) or ""
         if not email:
             raise click.ClickException("the token is not valid (forged, altered or cut short)")
     subscriber_ops.remove(open_store(state), email)

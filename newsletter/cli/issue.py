@@ -150,6 +150,14 @@ def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
     help="Address to listen on; other machines can see the page unless it is local.",
 )
 @click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A Host name the preview answers to (repeatable); required with a --host other"
+    " machines reach.",
+)
+@click.option(
     "--open/--no-open",
     "open_browser",
     default=True,
@@ -158,7 +166,13 @@ def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
 )
 @pass_state
 def preview(
-    state: State, issue: Path | None, outbox: Path | None, port: int, host: str, open_browser: bool
+    state: State,
+    issue: Path | None,
+    outbox: Path | None,
+    port: int,
+    host: str,
+    allow_hosts: tuple[str, ...],
+    open_browser: bool,
 ) -> None:
     """Serve a live preview of ISSUE: desktop and phone, plain text, headers and checks.
 
@@ -176,6 +190,7 @@ def preview(
         if issue is None:
             raise click.UsageError(f"no issue in {issues_dir}: give an ISSUE or --outbox DIR")
         click.echo(f"no ISSUE given: previewing the newest, {issue}", err=True)
+    previews.check_allowed_hosts(host, allow_hosts)  # before the issue is rendered
 
     def log(message: str) -> None:
         click.echo(message, err=True)
@@ -187,4 +202,12 @@ def preview(
         config_path = state.config_path or config_mod.find_config()
         sender = trial.test_sender(config_path, issue)
         shown = previews.issue_preview(config_path, issue, send_test=sender, log=log)
-    previews.serve(shown, host, port, open_browser=open_browser, announce=click.echo, log=log)
+    previews.serve(
+        shown,
+        host,
+        port,
+        open_browser=open_browser,
+        announce=click.echo,
+        log=log,
+        allow_hosts=allow_hosts,
+    )

@@ -74,6 +74,9 @@ def _sender_problem(value: str) -> str | None:
     return None
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def validate(config: Config) -> None:
     path = config.path
     pub = config.publication
@@ -103,6 +106,20 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"{path}: [publication] timezone: unknown time zone {pub.timezone!r}"
         ) from None
+    for key, name in (
+        ("secret_env", pub.secret_env),
+        ("previous_secrets_env", pub.previous_secrets_env),
+    ):
+        if name and not _ENV_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{path}: [publication] {key}: expected an environment variable's name,"
+                f" got {name!r}"
+            )
+    if pub.previous_secrets_env and pub.previous_secrets_env == pub.secret_env:
+        raise ConfigError(
+            f"{path}: [publication] previous_secrets_env: names the same variable as"
+            f" secret_env ({pub.secret_env}); older secrets need a variable of their own"
+        )
     _validate_smtp(path, "smtp", config.smtp)
     for name, server in config.smtp_servers.items():
         _validate_smtp(path, f"smtp.{name}", server)

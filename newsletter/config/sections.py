@@ -37,6 +37,9 @@ class Publication:
     language: str = "en"
     list_id: str = ""
     secret_env: str = "NEWSLETTER_SECRET"
+    # A variable with older secrets (comma or whitespace separated): they verify the links
+    # already sent, never sign (tokens.py).
+    previous_secrets_env: str = ""
 
 
 @dataclass(frozen=True)

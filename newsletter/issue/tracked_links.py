@@ -9,18 +9,17 @@ token, or one with a URL smuggled into it, leads nowhere: never an open redirect
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import html
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import lxml.html
 
+from newsletter import tokens
 from newsletter.config import Config
 from newsletter.issue.render import has_slots, marker
 
@@ -85,38 +84,32 @@ def rewrite(html_source: str, text_source: str, mode: str) -> Tracked:
 
 
 class ClickSigner:
-    def __init__(self, secret: bytes) -> None:
-        self._mac = hmac.new(secret, b"click:", hashlib.sha256)
+    """Signs a tracked link's (campaign, subscriber, link); `previous` (older secrets)
+    only verify, so a rotation keeps the links already sent working."""
+
+    def __init__(self, secret: bytes, previous: Sequence[bytes] = ()) -> None:
+        self._macs = [hmac.new(key, b"click:", hashlib.sha256) for key in (secret, *previous)]
 
     def sign(self, campaign_id: int, subscriber_id: int, idx: int) -> str:
         data = struct.pack(">III", campaign_id, subscriber_id, idx)
-        mac = self._mac.copy()
+        mac = self._macs[0].copy()
         mac.update(data)
-        return _b64(data) + "." + _b64(mac.digest()[:_SIG_BYTES])
+        return tokens.b64encode(data) + "." + tokens.b64encode(mac.digest()[:_SIG_BYTES])
 
     def verify(self, token: str) -> tuple[int, int, int] | None:
         head, _, sig = token.partition(".")
         try:
-            data, given = _unb64(head), _unb64(sig)
-        except (binascii.Error, ValueError):
+            data, given = tokens.b64decode(head), tokens.b64decode(sig)
+        except ValueError:
             return None
         if len(data) != 12:
             return None
-        mac = self._mac.copy()
-        mac.update(data)
-        if not hmac.compare_digest(mac.digest()[:_SIG_BYTES], given):
-            return None
-        return struct.unpack(">III", data)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
-        raise ValueError(text)
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        for key in self._macs:
+            mac = key.copy()
+            mac.update(data)
+            if hmac.compare_digest(mac.digest()[:_SIG_BYTES], given):
+                return struct.unpack(">III", data)
+        return None
 
 
 class LinkSlots:

@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -82,6 +83,21 @@ def sqlite_file(url: str) -> Path | None:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         return Path(parsed.database or "")
     return None
+
+
+def _create_private(url: str) -> None:
+    """Make a new SQLite file readable by its owner only (0600) before SQLite creates it
+    with the umask's mode (0644 on most systems: the list readable by every user of the
+    machine). SQLite gives its journal and WAL files the database file's mode. An
+    existing file is left as it is."""
+    file = sqlite_file(url)
+    if file is None or file.exists() or not file.parent.is_dir():
+        return
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:  # made by another process meanwhile, or not ours to make: SQLite says
+        return
+    os.close(fd)
 
 
 def _unsecret(text: str, url: str) -> str:
@@ -157,6 +173,8 @@ class Store:
     @classmethod
     def open(cls, url: str, create: bool = True, **engine_options: Any) -> Store:
         """The store at `url`, its tables created or upgraded to this release's schema."""
+        if create:
+            _create_private(url)
         store = cls(connect(url, **engine_options))
         try:
             with _database_errors(url):
@@ -169,6 +187,7 @@ class Store:
     @classmethod
     def upgrade(cls, url: str) -> migrations.SchemaChange:
         """Bring the database at `url` to this release's schema, as every open does."""
+        _create_private(url)
         store = cls(connect(url))
         try:
             with _database_errors(url):

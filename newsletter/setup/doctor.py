@@ -75,6 +75,7 @@ def run(
     if password_check is not None:
         yield password_check
     yield check_smtp(config, have_password=password_check is None or password_check.level == OK)
+    yield check_secret(config, environ)
     yield check_base_url(config)
     yield check_domains(config)
     if tracking_on(config):
@@ -205,6 +206,39 @@ def check_password(config: config_mod.Config, environ: Mapping[str, str]) -> Che
             FAIL, "password", f"{smtp.password_env} is not set ([smtp] password_env names it)"
         )
     return Check(OK, "password", f"{smtp.password_env} is set")
+
+
+def check_secret(config: config_mod.Config, environ: Mapping[str, str]) -> Check:
+    """The signing secret (and the older ones that still verify) is long enough to guess
+    at no cost; the secret file is read, never created."""
+    pub = config.publication
+    value = environ.get(pub.secret_env, "")
+    where = pub.secret_env
+    if not value:
+        path = config.root / tokens.SECRET_FILE
+        try:
+            value = path.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            return Check(
+                OK,
+                "secret",
+                f"{pub.secret_env} is not set: a random secret will be made in {path} on"
+                " first use (every machine that sends or serves needs the same one)",
+            )
+        except OSError as exc:
+            return Check(FAIL, "secret", f"{path}: cannot read the signing secret: {exc}")
+        where = str(path)
+    problem = tokens.secret_problem(value.encode())
+    if problem:
+        return Check(FAIL, "secret", f"{where}: the signing secret is too short: {problem}")
+    message = f"{where} holds a signing secret of {len(value.encode())} bytes"
+    if pub.previous_secrets_env:
+        try:
+            older = tokens.previous_secrets_in(pub.previous_secrets_env, environ)
+        except NewsletterError as exc:
+            return Check(FAIL, "secret", str(exc))
+        message += f"; {len(older)} older one(s) in {pub.previous_secrets_env} still verify links"
+    return Check(OK, "secret", message)
 
 
 def check_smtp(config: config_mod.Config, have_password: bool = True) -> Check:

@@ -281,5 +281,21 @@ def export(store: Store, config: Config, folder: Path) -> list[Path]:
     if folder.exists() and not folder.is_dir():
         raise NewsletterError(f"{folder}: exists and is not a folder")
     files = {folder / name: data for name, data in Archive(store, config).files().items()}
+    for path in files:
+        _refuse_symlinks(folder, path)
     write_files(files)
     return sorted(files)
+
+
+def _refuse_symlinks(folder: Path, path: Path) -> None:
+    """A symbolic link already in `folder` (the file, or a folder on the way to it) would
+    send the export's bytes elsewhere, or be replaced: refuse to write through it. The
+    folder named on the command line may itself be a link."""
+    current = folder
+    for part in path.relative_to(folder).parts:
+        current = current / part
+        if current.is_symlink():
+            raise NewsletterError(
+                f"{current}: is a symbolic link; archive export writes nothing through one"
+                " (remove it, or export into another folder)"
+            )

@@ -29,7 +29,7 @@ import hmac
 import secrets
 import threading
 import webbrowser
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -42,7 +42,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, UsageError
+from newsletter.hosts import is_loopback
 from newsletter.mail.eml import Rendering
 from newsletter.web import serving
 from newsletter.web.preview_sources import (
@@ -256,9 +257,31 @@ def outbox_preview(folder: Path, log: Log = quiet) -> Preview:
     return Preview(OutboxSource(folder, log), None, log)
 
 
-def server(preview: Preview, host: str = "127.0.0.1", port: int = 0) -> serving.Server:
-    """A server for the preview, bound already: its `url` is known, `run` or `start` it."""
-    return serving.Server(preview, host, port, on_exit=preview.close)
+def server(
+    preview: Preview, host: str = "127.0.0.1", port: int = 0, allow_hosts: Sequence[str] = ()
+) -> serving.Server:
+    """A server for the preview, bound already: its `url` is known, `run` or `start` it.
+
+    On an address other machines reach, `allow_hosts` (the Host names its browsers use)
+    is required, and only those names and the loopback ones are answered: a web page
+    whose DNS name points at the preview (DNS rebinding) must not read the page, whose
+    token presses "Send test". A UsageError otherwise, before anything is bound."""
+    check_allowed_hosts(host, allow_hosts)
+    hosts = list(allow_hosts) if allow_hosts else None
+    return serving.Server(preview, host, port, on_exit=preview.close, hosts=hosts)
+
+
+def check_allowed_hosts(host: str, allow_hosts: Sequence[str]) -> None:
+    """The UsageError of `server` for these arguments, if any."""
+    for name in allow_hosts:
+        if not name or "*" in name or any(c in name for c in "/ @"):
+            raise UsageError(f"--allow-host {name!r}: expected a host name such as preview.lan")
+    if not is_loopback(host) and not allow_hosts:
+        raise UsageError(
+            f"--host {host or '0.0.0.0'}: other machines reach this address; name the host"
+            " names their browsers use with --allow-host NAME (each is the only Host the"
+            " preview answers, besides localhost), or keep the default 127.0.0.1"
+        )
 
 
 def serve(
@@ -268,13 +291,15 @@ def serve(
     open_browser: bool = False,
     announce: Log = print,
     log: Log = quiet,
+    allow_hosts: Sequence[str] = (),
 ) -> None:
     """Serve until Ctrl-C: announce the URL, optionally open it in a browser."""
-    srv = server(preview, host, port)
+    srv = server(preview, host, port, allow_hosts)
     announce(srv.url)
     log(f"previewing {preview.source.label}; Ctrl-C to stop")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log(f"listening on {host}: other machines can see this preview")
+    if not is_loopback(host):
+        names = ", ".join(allow_hosts)
+        log(f"listening on {host}: other machines can see this preview (as {names})")
     if open_browser:
         # Some browsers block until closed; the server must not wait for that.
         threading.Thread(target=webbrowser.open, args=(srv.url,), daemon=True).start()

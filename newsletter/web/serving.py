@@ -7,8 +7,12 @@ What every page served by the newsletter gets from here:
   and tests can run it in a thread and stop it.
 - `Broadcast`: wakes every open server-sent-events stream when something
   changed; `event_stream` is the response that carries it to a browser.
-- `application`: a Starlette app with the security headers every response needs
-  (the server adds the host check that fits the address it listens on).
+- `application`: a Starlette app whose unknown paths get a 404, or a redirect built
+  from the publication's address when only a trailing slash differs.
+- `SecurityHeaders`: the headers every response carries (nosniff, no referrer, no
+  framing by other sites, a Content-Security-Policy), outside everything else: the
+  `Server` puts it around the host check, so a 400 for a bad Host, a 404 and a 500
+  carry them as well as the pages do.
 """
 
 from __future__ import annotations
@@ -20,16 +24,17 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
+from urllib.parse import quote
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import StreamingResponse
-from starlette.routing import BaseRoute
+from starlette.responses import RedirectResponse, StreamingResponse
+from starlette.routing import BaseRoute, Match, Router
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from newsletter.errors import NewsletterError
@@ -40,11 +45,15 @@ GRACEFUL_SHUTDOWN_S = 2
 # An idle event stream sends a comment this often, so proxies and browsers keep it open.
 KEEPALIVE_S = 15.0
 
-DEFAULT_HEADERS = {
+Headers = Mapping[str, str]
+
+# The preview's: only its own page may frame what it serves (the send-test button is not
+# clickjackable). A response that sets one of these itself keeps its own.
+DEFAULT_HEADERS: Headers = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
+    "x-frame-options": "SAMEORIGIN",
     "cache-control": "no-store",
-    # Only our own pages may frame what we serve (the send-test button is not clickjackable).
     "content-security-policy": "default-src 'self'; frame-ancestors 'self'",
 }
 
@@ -129,12 +138,12 @@ def event_stream(
     )
 
 
-class _DefaultHeaders:
-    """Adds DEFAULT_HEADERS to every response that does not set them itself."""
+class SecurityHeaders:
+    """Adds `headers` to every response that does not set them itself."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, headers: Headers = DEFAULT_HEADERS) -> None:
         self.app = app
-        self._defaults = [(k.encode(), v.encode()) for k, v in DEFAULT_HEADERS.items()]
+        self._defaults = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -152,25 +161,70 @@ class _DefaultHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def allowed_hosts(host: str) -> list[str]:
-    """Host header values to accept.
+WILDCARD_BINDS = ("", "0.0.0.0", "::")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def allowed_hosts(host: str, names: Sequence[str] | None = None) -> list[str]:
+    """Host header values to accept from a server bound to `host`.
 
     A loopback server answers only to loopback names, so a web page whose DNS
-    name is pointed at 127.0.0.1 cannot read it (DNS rebinding).
+    name is pointed at 127.0.0.1 cannot read it (DNS rebinding). With `names` (the
+    names its users type), only those, the loopback names and the address it is bound
+    to: never any Host, even on 0.0.0.0. Without, a wildcard bind takes any Host.
     """
-    if host in ("", "0.0.0.0", "::"):
+    literal = [] if host in WILDCARD_BINDS else [f"[{host}]" if ":" in host else host]
+    if names is not None:
+        return [*dict.fromkeys([*names, *literal, *LOOPBACK_NAMES])]
+    if host in WILDCARD_BINDS:
         return ["*"]
-    names = [host, f"[{host}]"] if ":" in host else [host]
     if is_loopback(host):
-        names += ["localhost", "127.0.0.1", "[::1]"]
-    return names
+        literal += LOOPBACK_NAMES
+    return literal
 
 
 def application(
-    routes: Sequence[BaseRoute], lifespan: Lifespan[Starlette] | None = None
+    routes: Sequence[BaseRoute],
+    lifespan: Lifespan[Starlette] | None = None,
+    headers: Headers = DEFAULT_HEADERS,
+    base_url: str = "",
 ) -> Starlette:
-    """A Starlette app with the default headers every page needs."""
-    return Starlette(routes=routes, middleware=[Middleware(_DefaultHeaders)], lifespan=lifespan)
+    """A Starlette app with the security headers every response needs.
+
+    With `base_url`, a path that matches a route but for a trailing slash is redirected
+    to base_url + that route's path: Starlette's own redirect is built from the request's
+    Host, which a client chooses."""
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityHeaders, headers=headers)],
+        lifespan=lifespan,
+    )
+    if base_url:
+        app.router.redirect_slashes = False
+        app.router.default = _SlashRedirect(app.router, base_url.rstrip("/"))
+    return app
+
+
+class _SlashRedirect:
+    """The router's answer for a path no route matches: a redirect to base_url when the
+    path with or without its trailing slash matches one, else the router's 404."""
+
+    def __init__(self, router: Router, base: str) -> None:
+        self._router = router
+        self._fallback = router.default
+        self._base = base
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path not in ("", "/"):
+            other = path[:-1] if path.endswith("/") else f"{path}/"
+            moved = {**scope, "path": other}
+            if any(r.matches(moved)[0] != Match.NONE for r in self._router.routes):
+                query = scope.get("query_string", b"").decode("latin-1")
+                url = self._base + quote(other) + (f"?{query}" if query else "")
+                await RedirectResponse(url)(scope, receive, send)
+                return
+        await self._fallback(scope, receive, send)
 
 
 def url_for(host: str, port: int) -> str:
@@ -217,16 +271,24 @@ class Server:
         port: int = 0,
         on_exit: Callable[[], None] = lambda: None,
         extra_hosts: Sequence[str] = (),
+        headers: Headers = DEFAULT_HEADERS,
+        hosts: Sequence[str] | None = None,
     ) -> None:
         """`extra_hosts`: Host header values to accept besides those `allowed_hosts` gives,
-        e.g. the public name a reverse proxy passes on."""
+        e.g. the public name a reverse proxy passes on; `hosts`: the only names to accept
+        (with the loopback ones), whatever the address (`allowed_hosts`). `headers` go on
+        every response, the host check's 400 included; `app` is the whole stack."""
         self._socket = _bind(host, port)
         self.host = host
         self.port = self._socket.getsockname()[1]
         self.url = url_for(host, self.port)
         self._on_exit = on_exit
+        accepted = [*allowed_hosts(host, hosts), *extra_hosts]
+        self.app: ASGIApp = SecurityHeaders(
+            TrustedHostMiddleware(app, allowed_hosts=accepted), headers
+        )
         config = uvicorn.Config(
-            TrustedHostMiddleware(app, allowed_hosts=[*allowed_hosts(host), *extra_hosts]),
+            self.app,
             log_level="warning",
             access_log=False,
             lifespan="on",

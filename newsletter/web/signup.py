@@ -104,7 +104,7 @@ class Link:
 
 
 def confirm_signer(config: Config) -> tokens.Signer:
-    return tokens.Signer(tokens.load_secret(config), tokens.CONFIRM)
+    return tokens.publication_signer(config, tokens.CONFIRM)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -61,6 +61,18 @@ _ISSUE_CSP = (
     "default-src 'none'; img-src * data:; style-src 'unsafe-inline'; font-src * data:;"
     " frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+# On every response, the ones that set nothing themselves (the feed, redirects, a 400 for
+# a bad Host, webhooks' answers): nothing to run, nothing to frame, no Referer for the
+# next site (the path holds a token).
+SITE_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+    "content-security-policy": (
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+}
 _HTML = "text/html; charset=utf-8"
 # Pages behind tokens: not for search engines, not for caches.
 _PRIVATE = {"x-robots-tag": "noindex", "cache-control": "no-store"}
@@ -94,9 +106,10 @@ class Site:
             self.pages = archive.Pages(config)
             self.archive = archive.Archive(self.store, config, self.pages)
             secret = tokens.load_secret(config)
-            self._unsubscribe = tokens.Signer(secret, tokens.UNSUBSCRIBE)
-            self._confirm = tokens.Signer(secret, tokens.CONFIRM)
-            self._clicks = tracking.ClickSigner(secret)
+            previous = tokens.previous_secrets(config)
+            self._unsubscribe = tokens.Signer(secret, tokens.UNSUBSCRIBE, previous)
+            self._confirm = tokens.Signer(secret, tokens.CONFIRM, previous)
+            self._clicks = tracking.ClickSigner(secret, previous)
             self.signups = (
                 signup.Desk(self.store, config, self._confirm, log, clock)
                 if config.signup.enabled
@@ -124,7 +137,9 @@ class Site:
                 Route("/subscribe", self.subscribe, methods=["GET", "POST"]),
                 Route("/confirm/{token}", self.confirm, methods=["GET", "POST"]),
             ]
-        self.app: Starlette = serving.application(routes, lifespan=self._lifespan)
+        self.app: Starlette = serving.application(
+            routes, self._lifespan, SITE_HEADERS, base_url=config.publication.base_url
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -418,7 +433,9 @@ def public_hosts(config: Config) -> list[str]:
 
 def server(site: Site, host: str = "127.0.0.1", port: int = 0) -> serving.Server:
     """A server for the site, bound already: its `url` is known, `run` or `start` it."""
-    return serving.Server(site, host, port, extra_hosts=public_hosts(site.config))
+    return serving.Server(
+        site, host, port, extra_hosts=public_hosts(site.config), headers=SITE_HEADERS
+    )
 
 
 def serve(
