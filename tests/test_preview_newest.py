@@ -59,7 +59,7 @@ def test_preview_without_an_issue_takes_the_newest(publication: Path) -> None:
 def test_the_real_command_serves_the_newest_issue(publication: Path) -> None:
     write_issue(publication.parent / "issues", "2030-05-01-newest.md", "The newest one")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env["NEWSLETTER_SECRET"] = "test-secret-not-for-production"
+    env["NEWSLETTER_SECRET"] = "test-secret-not-for-production-0123456789"
     proc = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "preview", "--port", "0", "--no-open"],
         stdout=subprocess.PIPE,

@@ -147,7 +147,7 @@ def test_the_installed_tool_starts_a_publication_and_sends_a_test(
 
     doctor = tool("doctor")
     # The warnings: no database yet, and no `serve` at base_url for the tracked links.
-    assert doctor.stdout.splitlines()[-1] == "doctor: 5 ok, 2 warning(s), 0 failure(s)"
+    assert doctor.stdout.splitlines()[-1] == "doctor: 6 ok, 2 warning(s), 0 failure(s)"
     assert "warn  clicks: " in doctor.stdout
     assert f"ok    smtp: 127.0.0.1:{smtp_server.port}: connected" in doctor.stdout
 
