@@ -247,6 +247,25 @@ def test_a_bad_row_is_reported_with_its_line_and_the_rest_imported(pub: Publicat
     assert invoke(pub, "subscribers", "import", path, "--strict").exit_code == 1
 
 
+def test_lines_are_the_files_own_across_quoted_newlines_and_blank_lines(
+    pub: Publication,
+) -> None:
+    path = write(
+        pub,
+        "list.csv",
+        'email,name\nann@example.com,"Ann\nLee"\n\nnot-an-address,X\nbob@example.com,Bob\n',
+    )
+    result = ok(pub, "subscribers", "import", path)
+    assert result.stderr.startswith(f"skipped: {path}:5: 'not-an-address'")
+    assert the_list(pub) == {
+        "ann@example.com": ("Ann Lee", "active"),
+        "bob@example.com": ("Bob", "active"),
+    }
+    one_column = write(pub, "one.csv", "Email\ncat@example.com\n")
+    ok(pub, "subscribers", "import", one_column)
+    assert the_list(pub)["cat@example.com"] == ("", "active")
+
+
 # --- --map ---------------------------------------------------------------------------------
 
 
@@ -308,7 +327,7 @@ def test_dry_run_says_what_would_be_done_and_changes_nothing(pub: Publication) -
     result = ok(pub, "subscribers", "import", path, "--dry-run")
     assert dump(pub) == before
     out = result.stdout.splitlines()
-    assert out[0].startswith(f"{path}: 6 row(s), comma-separated, utf-8-sig; email='email'")
+    assert out[0].startswith(f"{path}: 6 row(s), comma-separated, UTF-8; email='email'")
     assert f"would add: {path}:3: bob@example.com" in out
     assert f"would add: {path}:4: cat@example.com" in out
     assert f"would update: {path}:2: ann@example.com" in out

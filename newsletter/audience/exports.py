@@ -164,8 +164,9 @@ class ExportFile:
         status += [h[i].strip() for i, _ in c.when]
         if any(status):
             parts.append("status=" + " + ".join(repr(x) for x in status if x))
+        encoding = "UTF-8" if self.encoding == "utf-8-sig" else self.encoding
         return (
-            f"{self.path}: {self.rows} row(s), {delimiter}-separated, {self.encoding};"
+            f"{self.path}: {self.rows} row(s), {delimiter}-separated, {encoding};"
             f" {', '.join(parts)}; {len(c.attributes)} other column(s) kept as attributes"
         )
 
