@@ -18,6 +18,7 @@ from click.testing import CliRunner, Result
 
 from newsletter.audience import exports
 from newsletter.audience import subscribers as subscriber_ops
+from newsletter.cli import audience as audience_cli
 from newsletter.cli import cli
 from newsletter.ledger.store import Store, SubscriberRow, Upserted
 from newsletter.ledger.tables import BOUNCED, COMPLAINED, subscribers
@@ -442,3 +443,14 @@ def test_the_file_is_read_lazily_and_written_in_batches(pub: Publication) -> Non
     assert seen == [(1000, 2501), (2000, 2501), (2501, 2501)]
     assert (report.added, report.duplicates.count) == (rows, 1)
     assert pub.store().count_subscribers() == rows
+
+
+def test_the_progress_bar_shows_only_on_a_terminal(
+    pub: Publication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(pub, "list.csv", "email\nann@example.com\n")
+    assert "importing" not in ok(pub, "subscribers", "import", path).stderr
+    monkeypatch.setattr(audience_cli, "_stderr_is_terminal", lambda: True)
+    shown = ok(pub, "subscribers", "import", path)
+    assert "importing" in shown.stderr  # click writes the label alone off a real tty
+    assert shown.stdout == "0 added, 1 updated, 0 rejected\n"
