@@ -1,4 +1,5 @@
-"""The subscriber list: validate addresses, import CSV files, add and remove.
+"""The subscriber list: validate addresses, import the files other tools export (read by
+exports.py), add and remove.
 
 Neither an import nor an add brings back an address the list has lost for a reason:
 an unsubscribed one stays unsubscribed, a bounced or complained one stays suppressed
@@ -8,18 +9,36 @@ request is refused, row by row, unless `add --again-after-erasure` says otherwis
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
+import sqlite3
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from newsletter import addresses
-from newsletter.errors import ContentError, NewsletterError
-from newsletter.fileio import read_text
+from newsletter.audience import exports
+from newsletter.errors import NewsletterError
 from newsletter.ledger.store import Store, SubscriberRow
 from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED
 from newsletter.mail.message import clean_display_name
+
+SHOWN = 100  # lines kept of each kind of report line; the rest are counted
+DRY_RUN_SHOWN = 5  # lines a dry run prints of each outcome
+BATCH_ROWS = 1000  # rows written in one transaction
+
+
+@dataclass
+class Outcome:
+    """Rows of one kind (rejected, duplicate, added...): how many, and the first lines."""
+
+    count: int = 0
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        if len(self.lines) < SHOWN:
+            self.lines.append(line)
 
 
 @dataclass
@@ -27,8 +46,15 @@ class ImportReport:
     added: int = 0
     updated: int = 0
     kept_suppressed: int = 0  # known addresses left bounced or complained
-    rejected: list[str] = field(default_factory=list)  # "FILE:LINE: reason"
-    duplicates: list[str] = field(default_factory=list)  # "FILE:LINE: ... of line N"
+    rejected: Outcome = field(default_factory=Outcome)  # "FILE:LINE: reason"
+    duplicates: Outcome = field(default_factory=Outcome)  # "FILE:LINE: ... of line N"
+    # Rows the file's status columns gave another status than active: new addresses, and
+    # known ones moved away from active. {status: their lines}.
+    statuses: dict[str, Outcome] = field(default_factory=dict)
+    # What a dry run shows besides: the first rows that would be added, updated, kept.
+    examples: dict[str, Outcome] = field(default_factory=dict)
+    dry_run: bool = False
+    source: str = ""  # how the file was read (ExportFile.describe)
 
     @property
     def imported(self) -> int:
@@ -38,18 +64,11 @@ class ImportReport:
     @property
     def partial(self) -> bool:
         """Some rows were not imported as written (rejected, or a duplicate skipped)."""
-        return bool(self.rejected or self.duplicates)
+        return bool(self.rejected.count or self.duplicates.count)
 
-
-@dataclass
-class SubscriberList:
-    """A subscriber CSV as read: the good rows, the line of each, one message per bad row,
-    and one per row that repeats an earlier row's address (in any case)."""
-
-    rows: list[SubscriberRow]
-    lines: dict[str, int]  # {email as stored: its line in the file}
-    problems: list[str]
-    duplicates: list[str] = field(default_factory=list)
+    def _example(self, kind: str, line: str) -> None:
+        if self.dry_run:
+            self.examples.setdefault(kind, Outcome()).add(line)
 
 
 def erased_reason(email: str, erased_at: dt.datetime) -> str:
@@ -60,75 +79,132 @@ def erased_reason(email: str, erased_at: dt.datetime) -> str:
     )
 
 
-def read_csv(path: Path) -> SubscriberList:
-    """Rows of a subscriber CSV (columns email, name, and any extras kept as attributes)."""
-    text = read_text(path)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        return _read_rows(path, reader)
-    except csv.Error as exc:
-        # A field over the csv module's limit, a stray quote at the end...: the file as a
-        # whole is not what it seems; nothing of it is imported.
-        reason = str(exc)
-        if "field limit" in reason:
-            reason = (
-                f"a field is longer than {csv.field_size_limit():,} characters"
-                " (is this a CSV file of subscribers?)"
-            )
-        raise ContentError(f"{path}:{reader.reader.line_num}: {reason}") from None
+def import_csv(
+    store: Store,
+    path: Path,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    encoding: str = "utf-8",
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
+    """Import a subscriber file (exports.py says which), BATCH_ROWS rows a transaction.
+
+    The file is streamed and checked whole before the first write: a file that cannot
+    be read is refused with nothing imported. Bad rows are reported with their line and
+    skipped; a row whose address an earlier row has (in any case) is a duplicate: the
+    first row stands. `dry_run` reports the same and writes nothing. `progress(done,
+    total)` is called after each batch.
+    """
+    source = exports.ExportFile.open(path, encoding=encoding, mapping=mapping)
+    report = ImportReport(dry_run=dry_run, source=source.describe())
+    done = 0
+    with SeenAddresses() as seen:
+        batch: list[exports.Record] = []
+        for item in source.records():
+            done += 1
+            if isinstance(item, exports.Rejected):
+                report.rejected.add(item.reason)
+            else:
+                batch.append(item)
+            if len(batch) >= BATCH_ROWS:
+                _import_batch(store, path, seen, batch, report)
+                batch = []
+                if progress is not None:
+                    progress(done, source.rows)
+        _import_batch(store, path, seen, batch, report)
+    if progress is not None:
+        progress(source.rows, source.rows)
+    return report
 
 
-def _read_rows(path: Path, reader: csv.DictReader[str]) -> SubscriberList:
-    if reader.fieldnames is None:
-        raise ContentError(f"{path}: the file is empty")
-    columns = [c.strip().lower() for c in reader.fieldnames]
-    if "email" not in columns:
-        raise ContentError(f"{path}:1: no 'email' column (found: {', '.join(columns)})")
-    rows: dict[str, SubscriberRow] = {}
-    lines: dict[str, int] = {}
-    problems: list[str] = []
-    duplicates: list[str] = []
-    line = 1
-    for record in reader:
-        line = reader.line_num
-        if None in record:
-            problems.append(f"{path}:{line}: more fields than columns")
-            continue
-        values = {k.strip().lower(): (v or "").strip() for k, v in record.items()}
-        raw = values.pop("email", "")
-        if not raw and not any(values.values()):
-            continue  # blank line
-        try:
-            email = addresses.normalize(raw)
-        except ValueError as exc:
-            problems.append(f"{path}:{line}: {raw!r}: {exc}")
-            continue
-        name = clean_display_name(values.pop("name", ""))
-        key = addresses.key(email)
-        if key in rows:
+def _import_batch(
+    store: Store,
+    path: Path,
+    seen: SeenAddresses,
+    batch: list[exports.Record],
+    report: ImportReport,
+) -> None:
+    if not batch:
+        return
+    first = seen.first_of(batch)
+    kept: list[exports.Record] = []
+    for record in batch:
+        email = record.row.email
+        earlier = first.get(addresses.key(email))
+        if earlier is not None and earlier[1] != record.line:
             # Two spellings of one subscriber (RFC 5321 leaves the local part's case to
             # the receiver, and the list treats them as one): the first row stands, the
             # later one is counted and named, never merged into it unseen.
-            first = rows[key].email
-            same = "the same address" if email == first else f"{first} in another case"
-            duplicates.append(
-                f"{path}:{line}: {email}: {same} as line {lines[first]}; line {lines[first]} kept"
+            was, line = earlier
+            same = "the same address" if email == was else f"{was} in another case"
+            report.duplicates.add(
+                f"{path}:{record.line}: {email}: {same} as line {line}; line {line} kept"
             )
             continue
-        rows[key] = SubscriberRow(email=email, name=name, attributes=values)
-        lines[email] = line
-    return SubscriberList(list(rows.values()), lines, problems, duplicates)
+        kept.append(record)
+    lines = {r.row.email: r.line for r in kept}
+    done = store.upsert_subscribers([r.row for r in kept], dry_run=report.dry_run)
+    report.added += done.added
+    report.updated += done.updated
+    report.kept_suppressed += len(done.suppressed)
+    for email, when in sorted(done.erased.items(), key=lambda item: lines[item[0]]):
+        report.rejected.add(f"{path}:{lines[email]}: {erased_reason(email, when)}")
+    for email, status in {**done.new_statuses, **done.restatus}.items():
+        report.statuses.setdefault(status, Outcome()).add(f"{path}:{lines[email]}: {email}")
+    if report.dry_run:
+        for record in kept:
+            email = record.row.email
+            if email in done.erased:
+                continue
+            kind = "add" if email in done.added_emails else "update"
+            if email in done.suppressed:
+                kind = f"keep {done.suppressed[email]}"
+            report._example(kind, f"{path}:{record.line}: {email}")
 
 
-def import_csv(store: Store, path: Path) -> ImportReport:
-    read = read_csv(path)
-    done = store.upsert_subscribers(read.rows)
-    refused = sorted(
-        (read.lines[email], f"{path}:{read.lines[email]}: {erased_reason(email, when)}")
-        for email, when in done.erased.items()
-    )
-    problems = read.problems + [message for _, message in refused]
-    return ImportReport(done.added, done.updated, len(done.suppressed), problems, read.duplicates)
+class SeenAddresses:
+    """The addresses of the rows read so far, with the line of each, kept in a SQLite
+    file of its own (a temporary one): a file of a million rows is checked for
+    duplicates in the memory of one batch, and the publication's database is not
+    touched (a dry run changes nothing)."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="newsletter-import-")
+        self._db = sqlite3.connect(Path(self._dir.name) / "seen.db")
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE seen (key TEXT PRIMARY KEY, email TEXT, line INTEGER) WITHOUT ROWID"
+        )
+
+    def __enter__(self) -> SeenAddresses:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._db.close()
+        self._dir.cleanup()
+
+    def first_of(self, batch: list[exports.Record]) -> dict[str, tuple[str, int]]:
+        """{key: (address, line)} of the first row with each address of `batch`, this
+        batch's own rows included (recorded now when they are the first)."""
+        keys = list({addresses.key(r.row.email) for r in batch})
+        found: dict[str, tuple[str, int]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, email, line in self._db.execute(
+                f"SELECT key, email, line FROM seen WHERE key IN ({marks})", chunk
+            ):
+                found[key] = (email, line)
+        firsts: list[tuple[str, str, int]] = []
+        for record in batch:
+            key = addresses.key(record.row.email)
+            if key not in found:
+                found[key] = (record.row.email, record.line)
+                firsts.append((key, record.row.email, record.line))
+        self._db.executemany("INSERT INTO seen VALUES (?, ?, ?)", firsts)
+        return found
 
 
 # The address as stored: domain in ASCII, local part as given (ValueError if invalid).

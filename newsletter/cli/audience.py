@@ -30,6 +30,20 @@ def subscribers() -> None:
     """Manage the subscriber list: import, add, remove, list, count, export, erase."""
 
 
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def _mapping(values: tuple[str, ...]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for value in values:
+        key, eq, column = value.partition("=")
+        if not eq:
+            raise click.UsageError(f"--map {value}: expected FIELD=COLUMN, e.g. email='E-Mail'")
+        mapping[key.strip().lower()] = column
+    return mapping
+
+
 @subscribers.command("import")
 @click.argument("csv_file", type=InputFile())
 @click.option(
@@ -37,35 +51,100 @@ def subscribers() -> None:
     is_flag=True,
     help="Exit 1 when any row is not imported as written (rejected, or a duplicate).",
 )
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Read FIELD (email, name or status) from COLUMN; `status=` leaves statuses out."
+    " Repeatable.",
+)
+@click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    help="The file's encoding, e.g. cp1252 or latin-1 (a UTF-8 BOM is read either way).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be imported; change nothing.")
 @pass_state
-def subscribers_import(state: State, csv_file: Path, strict: bool) -> None:
-    """Import CSV_FILE (columns email, name, and extra columns kept as attributes).
+def subscribers_import(
+    state: State,
+    csv_file: Path,
+    strict: bool,
+    maps: tuple[str, ...],
+    encoding: str,
+    dry_run: bool,
+) -> None:
+    """Import CSV_FILE: a list, or the export of Mailchimp, Substack, Buttondown, Kit,
+    Beehiiv or Ghost (comma, semicolon or tab; the address, name and status columns are
+    recognised; other columns are kept as attributes).
 
     Bad rows are reported with their line number and skipped; the good rows are
-    imported. A row whose address an earlier row has (in any case) is a duplicate:
-    the first row stands, the later is reported and counted. Re-importing is safe: an
+    imported. A row whose address an earlier row has (in any case) is a duplicate: the
+    first row stands, the later is reported and counted. Re-importing is safe: an
     unsubscribed address stays unsubscribed, a bounced or complained one stays
-    suppressed ("kept suppressed"), and an address erased at the person's request is
-    refused (reported with its row). Exit 0 when rows were imported, even if others
-    were not (1 with --strict); 1 when none could be.
+    suppressed ("kept suppressed"), a status in the file never makes anyone active
+    again, and an address erased at the person's request is refused (reported with its
+    row). Exit 0 when rows were imported, even if others were not (1 with --strict); 1
+    when none could be.
     """
-    report = subscriber_ops.import_csv(open_store(state), csv_file)
-    for problem in report.rejected:
-        click.echo(f"skipped: {problem}", err=True)
-    for duplicate in report.duplicates:
-        click.echo(f"duplicate: {duplicate}", err=True)
-    # "kept suppressed" and "duplicate(s)" only when there are some: the line scripts
-    # read stays as it was.
-    kept = f", {report.kept_suppressed} kept suppressed" if report.kept_suppressed else ""
-    twice = f", {len(report.duplicates)} duplicate(s)" if report.duplicates else ""
-    click.echo(
-        f"{report.added} added, {report.updated} updated{kept}{twice},"
-        f" {len(report.rejected)} rejected"
-    )
-    if report.rejected and not report.imported:
+    mapping = _mapping(maps)
+    store = open_store(state)
+    if _stderr_is_terminal():
+        with click.progressbar(length=1, label="importing", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.length = max(total, 1)
+                bar.update(done - bar.pos)
+
+            report = subscriber_ops.import_csv(
+                store,
+                csv_file,
+                mapping=mapping,
+                encoding=encoding,
+                dry_run=dry_run,
+                progress=progress,
+            )
+    else:
+        report = subscriber_ops.import_csv(
+            store, csv_file, mapping=mapping, encoding=encoding, dry_run=dry_run
+        )
+    _print_import(report)
+    if report.rejected.count and not report.imported:
         raise SystemExit(1)  # nothing could be imported: a failed import
     if strict and report.partial:
         raise SystemExit(1)
+
+
+def _print_import(report: subscriber_ops.ImportReport) -> None:
+    shown = subscriber_ops.DRY_RUN_SHOWN if report.dry_run else subscriber_ops.SHOWN
+    if report.dry_run:
+        click.echo(report.source)
+        for kind, outcome in report.examples.items():
+            _print_lines(f"would {kind}", outcome, shown, err=False)
+        for status, outcome in sorted(report.statuses.items()):
+            _print_lines(f"would be {status} (the file says)", outcome, shown, err=False)
+    _print_lines("skipped", report.rejected, shown, err=True)
+    _print_lines("duplicate", report.duplicates, shown, err=True)
+    # "kept suppressed", "duplicate(s)" and the statuses only when there are some: the
+    # line scripts read stays as it was.
+    kept = f", {report.kept_suppressed} kept suppressed" if report.kept_suppressed else ""
+    twice = f", {report.duplicates.count} duplicate(s)" if report.duplicates.count else ""
+    statuses = ", ".join(f"{o.count} {s}" for s, o in sorted(report.statuses.items()))
+    said = f"; by the file's status: {statuses}" if statuses else ""
+    dry = "dry run, nothing changed: would be " if report.dry_run else ""
+    click.echo(
+        f"{dry}{report.added} added, {report.updated} updated{kept}{twice},"
+        f" {report.rejected.count} rejected{said}"
+    )
+
+
+def _print_lines(kind: str, outcome: subscriber_ops.Outcome, shown: int, err: bool) -> None:
+    lines = outcome.lines[:shown]
+    for line in lines:
+        click.echo(f"{kind}: {line}", err=err)
+    if outcome.count > len(lines):
+        click.echo(f"{kind}: ... and {outcome.count - len(lines)} more", err=err)
 
 
 @subscribers.command("add")

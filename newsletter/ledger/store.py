@@ -14,9 +14,9 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,9 @@ from newsletter.ledger.tables import (
     SCHEMA_VERSION,
     SUPPRESSED,
     UNSUBSCRIBED,
+    UTCDateTime,
     erased,
+    imported_status_applies,
     meta_table,
     metadata,
     subscribers,
@@ -312,7 +314,11 @@ class Store:
     # --- subscribers ----------------------------------------------------------------------
 
     def upsert_subscribers(
-        self, rows: list[SubscriberRow], *, again_after_erasure: bool = False
+        self,
+        rows: Sequence[SubscriberRow],
+        *,
+        again_after_erasure: bool = False,
+        dry_run: bool = False,
     ) -> Upserted:
         """Insert new addresses, update names/attributes of known ones; keeps statuses.
 
@@ -321,70 +327,21 @@ class Store:
         suppressed one (bounced, complained) stays suppressed. A new address whose data
         was erased at the person's request is refused unless `again_after_erasure`: a
         list import made before the erasure must not bring the person back unnoticed.
+
+        A row's `status` (an export's status column) is a new address's status, and
+        changes a known one's only where `tables.imported_status_applies` says: towards
+        unsubscribed or suppressed, never back to active. `dry_run` says what would be
+        done, in the same words, and writes nothing (it reads in a read transaction).
         """
         if not rows:
             return Upserted(0, 0, {}, {})
-        now = utcnow()
+        if dry_run:
+            with self.engine.connect() as conn:
+                return _UpsertPlan.make(conn, rows, again_after_erasure).done()
         with self.begin() as conn:
-            keys = [addresses.key(r.email) for r in rows]
-            existing: dict[str, tuple[int, str]] = {}
-            for chunk_start in range(0, len(keys), 500):
-                chunk = keys[chunk_start : chunk_start + 500]
-                for sid, email_key, status in conn.execute(
-                    sa.select(
-                        subscribers.c.id, subscribers.c.email_key, subscribers.c.status
-                    ).where(subscribers.c.email_key.in_(chunk))
-                ):
-                    existing[email_key] = (sid, status)
-            new = [(k, r) for k, r in zip(keys, rows, strict=True) if k not in existing]
-            refused: dict[str, dt.datetime] = {}
-            if new and not again_after_erasure:
-                refused = _erased_among(conn, [r.email for _, r in new])
-                new = [(k, r) for k, r in new if r.email not in refused]
-            if new:
-                conn.execute(
-                    subscribers.insert(),
-                    [
-                        {
-                            "email": r.email,
-                            "email_key": k,
-                            "name": r.name,
-                            "attributes": json.dumps(r.attributes, ensure_ascii=False),
-                            "status": ACTIVE,
-                            "created_at": now,
-                        }
-                        for k, r in new
-                    ],
-                )
-            known = [(k, r) for k, r in zip(keys, rows, strict=True) if k in existing]
-            if known:
-                conn.execute(
-                    subscribers.update()
-                    .where(subscribers.c.id == sa.bindparam("sid"))
-                    .values(
-                        name=sa.case(
-                            (sa.bindparam("new_name", type_=sa.Text) == "", subscribers.c.name),
-                            else_=sa.bindparam("new_name", type_=sa.Text),
-                        ),
-                        attributes=sa.case(
-                            (
-                                sa.bindparam("attrs", type_=sa.Text) == "{}",
-                                subscribers.c.attributes,
-                            ),
-                            else_=sa.bindparam("attrs", type_=sa.Text),
-                        ),
-                    ),
-                    [
-                        {
-                            "sid": existing[k][0],
-                            "new_name": r.name,
-                            "attrs": json.dumps(r.attributes, ensure_ascii=False),
-                        }
-                        for k, r in known
-                    ],
-                )
-        suppressed = {r.email: existing[k][1] for k, r in known if existing[k][1] in SUPPRESSED}
-        return Upserted(len(new), len(known) - len(suppressed), suppressed, refused)
+            plan = _UpsertPlan.make(conn, rows, again_after_erasure)
+            plan.write(conn, utcnow())
+        return plan.done()
 
     def set_subscriber_status(self, email: str, status: str) -> bool:
         """Whether the address is on the list. Unsubscribing a bounced or complained
@@ -433,6 +390,123 @@ class Store:
             return int(conn.execute(query).scalar_one())
 
 
+@dataclass
+class _UpsertPlan:
+    """What an upsert of one batch does: read once, then written (or only reported)."""
+
+    existing: dict[str, tuple[int, str]]  # {email_key: (id, status)}
+    new: list[tuple[str, SubscriberRow]]
+    known: list[tuple[str, SubscriberRow]]
+    refused: dict[str, dt.datetime]
+    restatus: dict[str, str]  # {email: the status the row gives a known address}
+
+    @classmethod
+    def make(
+        cls, conn: Connection, rows: Sequence[SubscriberRow], again_after_erasure: bool
+    ) -> _UpsertPlan:
+        keys = [addresses.key(r.email) for r in rows]
+        existing: dict[str, tuple[int, str]] = {}
+        for chunk_start in range(0, len(keys), 500):
+            chunk = keys[chunk_start : chunk_start + 500]
+            for sid, email_key, status in conn.execute(
+                sa.select(subscribers.c.id, subscribers.c.email_key, subscribers.c.status).where(
+                    subscribers.c.email_key.in_(chunk)
+                )
+            ):
+                existing[email_key] = (sid, status)
+        new = [(k, r) for k, r in zip(keys, rows, strict=True) if k not in existing]
+        refused: dict[str, dt.datetime] = {}
+        if new and not again_after_erasure:
+            refused = _erased_among(conn, [r.email for _, r in new])
+            new = [(k, r) for k, r in new if r.email not in refused]
+        known = [(k, r) for k, r in zip(keys, rows, strict=True) if k in existing]
+        restatus = {
+            r.email: r.status
+            for k, r in known
+            if r.status and imported_status_applies(r.status, existing[k][1])
+        }
+        return cls(existing, new, known, refused, restatus)
+
+    def write(self, conn: Connection, now: dt.datetime) -> None:
+        if self.new:
+            conn.execute(
+                subscribers.insert(),
+                [
+                    {
+                        "email": r.email,
+                        "email_key": k,
+                        "name": r.name,
+                        "attributes": json.dumps(r.attributes, ensure_ascii=False),
+                        "status": r.status or ACTIVE,
+                        "created_at": now,
+                        "unsubscribed_at": now if r.status == UNSUBSCRIBED else None,
+                    }
+                    for k, r in self.new
+                ],
+            )
+        if self.known:
+            conn.execute(
+                subscribers.update()
+                .where(subscribers.c.id == sa.bindparam("sid"))
+                .values(
+                    name=sa.case(
+                        (sa.bindparam("new_name", type_=sa.Text) == "", subscribers.c.name),
+                        else_=sa.bindparam("new_name", type_=sa.Text),
+                    ),
+                    attributes=sa.case(
+                        (
+                            sa.bindparam("attrs", type_=sa.Text) == "{}",
+                            subscribers.c.attributes,
+                        ),
+                        else_=sa.bindparam("attrs", type_=sa.Text),
+                    ),
+                ),
+                [
+                    {
+                        "sid": self.existing[k][0],
+                        "new_name": r.name,
+                        "attrs": json.dumps(r.attributes, ensure_ascii=False),
+                    }
+                    for k, r in self.known
+                ],
+            )
+        if self.restatus:
+            conn.execute(
+                subscribers.update()
+                .where(subscribers.c.id == sa.bindparam("sid"))
+                .values(
+                    status=sa.bindparam("new_status", type_=sa.String),
+                    unsubscribed_at=sa.bindparam("when", type_=UTCDateTime),
+                ),
+                [
+                    {
+                        "sid": self.existing[k][0],
+                        "new_status": self.restatus[r.email],
+                        "when": now if self.restatus[r.email] == UNSUBSCRIBED else None,
+                    }
+                    for k, r in self.known
+                    if r.email in self.restatus
+                ],
+            )
+
+    def done(self) -> Upserted:
+        suppressed = {
+            r.email: self.existing[k][1]
+            for k, r in self.known
+            if self.existing[k][1] in SUPPRESSED and r.email not in self.restatus
+        }
+        new_statuses = {r.email: r.status for _, r in self.new if r.status not in ("", ACTIVE)}
+        return Upserted(
+            len(self.new),
+            len(self.known) - len(suppressed),
+            suppressed,
+            self.refused,
+            restatus=dict(self.restatus),
+            new_statuses=new_statuses,
+            added_emails=frozenset(r.email for _, r in self.new),
+        )
+
+
 def erasure_hash(email: str) -> str:
     """What `erased` keeps of an address: the SHA-256 (hex) of its case-folded form, so
     that the same address in any case is known again, and nothing else about it is."""
@@ -464,6 +538,11 @@ class Upserted:
     suppressed: Mapping[str, str]
     # New addresses refused, their data erased at the person's request: {email: when}.
     erased: Mapping[str, dt.datetime]
+    # Known addresses the rows' status changed (unsubscribed, bounced...): {email: status}.
+    restatus: Mapping[str, str] = field(default_factory=dict)
+    # New addresses added with a status other than active: {email: status}.
+    new_statuses: Mapping[str, str] = field(default_factory=dict)
+    added_emails: frozenset[str] = frozenset()  # the addresses added (or, dry, to be)
 
 
 @dataclass(frozen=True)
@@ -471,6 +550,8 @@ class SubscriberRow:
     email: str
     name: str = ""
     attributes: Mapping[str, str] | None = None
+    # A status of tables.SUBSCRIBER_STATUSES from the file imported; "" none said.
+    status: str = ""
 
     def __post_init__(self) -> None:
         if self.attributes is None:

@@ -30,6 +30,17 @@ COMPLAINED = "complained"  # marked the newsletter as spam: never sent to
 SUBSCRIBER_STATUSES = (ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED, BOUNCED, COMPLAINED)
 # Suppressed: nothing brings these back but a new confirmation of the address.
 SUPPRESSED = (BOUNCED, COMPLAINED)
+# How far an address is from being sent to: an import's status column moves a known
+# address only further away (active -> unsubscribed -> bounced or complained), so a file
+# exported before someone left never brings them back. Pending counts as active here: a
+# file saying "pending" does not undo a confirmation.
+_DISTANCE = {ACTIVE: 0, PENDING_CONFIRMATION: 0, UNSUBSCRIBED: 1, BOUNCED: 2, COMPLAINED: 2}
+
+
+def imported_status_applies(imported: str, stored: str) -> bool:
+    """Whether a status read from an imported file replaces a known address's status."""
+    return _DISTANCE[imported] > _DISTANCE.get(stored, 0)
+
 
 # Delivery statuses
 PENDING = "pending"
