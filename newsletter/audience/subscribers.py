@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from newsletter.errors import ContentError, NewsletterError
 from newsletter.fileio import read_text
 from newsletter.ledger.store import Store, SubscriberRow
 from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED
+from newsletter.ledger.tags import tag_addresses
 from newsletter.mail.message import clean_display_name
 
 
@@ -120,9 +122,11 @@ def _read_rows(path: Path, reader: csv.DictReader[str]) -> SubscriberList:
     return SubscriberList(list(rows.values()), lines, problems, duplicates)
 
 
-def import_csv(store: Store, path: Path) -> ImportReport:
+def import_csv(store: Store, path: Path, tags: Sequence[str] = ()) -> ImportReport:
     read = read_csv(path)
     done = store.upsert_subscribers(read.rows)
+    if tags:  # every row that reached the list (an erased address did not)
+        tag_addresses(store, (r.email for r in read.rows if r.email not in done.erased), tags)
     refused = sorted(
         (read.lines[email], f"{path}:{read.lines[email]}: {erased_reason(email, when)}")
         for email, when in done.erased.items()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from newsletter import tokens
+from newsletter import segments, tokens
 from newsletter.audience import subscribers as subscriber_ops
 from newsletter.cli.root import (
     InputFile,
@@ -18,6 +19,7 @@ from newsletter.cli.root import (
     pass_state,
 )
 from newsletter.ledger import privacy
+from newsletter.ledger import tags as ledger_tags
 from newsletter.ledger.tables import SUBSCRIBER_STATUSES, SUPPRESSED
 
 
@@ -30,6 +32,25 @@ def subscribers() -> None:
     """Manage the subscriber list: import, add, remove, list, count, export, erase."""
 
 
+def _tags(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    """--tag/--add/--remove: each a tag, as stored (lower case); a bad one exits 2."""
+    tags = []
+    for value in values:
+        try:
+            tags.append(segments.normalize_tag(value))
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}") from None
+    return tags
+
+
+def _segment_option(f: Any) -> Any:
+    return click.option(
+        "--segment",
+        help="Only subscribers in this segment: a [segments] name or an expression"
+        ' ("tag:vip and not tag:churned").',
+    )(f)
+
+
 @subscribers.command("import")
 @click.argument("csv_file", type=InputFile())
 @click.option(
@@ -37,8 +58,15 @@ def subscribers() -> None:
     is_flag=True,
     help="Exit 1 when any row is not imported as written (rejected, or a duplicate).",
 )
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    callback=_tags,
+    help="Tag every imported row with TAG (repeatable); tags they had are kept.",
+)
 @pass_state
-def subscribers_import(state: State, csv_file: Path, strict: bool) -> None:
+def subscribers_import(state: State, csv_file: Path, strict: bool, tags: list[str]) -> None:
     """Import CSV_FILE (columns email, name, and extra columns kept as attributes).
 
     Bad rows are reported with their line number and skipped; the good rows are
@@ -49,7 +77,7 @@ def subscribers_import(state: State, csv_file: Path, strict: bool) -> None:
     refused (reported with its row). Exit 0 when rows were imported, even if others
     were not (1 with --strict); 1 when none could be.
     """
-    report = subscriber_ops.import_csv(open_store(state), csv_file)
+    report = subscriber_ops.import_csv(open_store(state), csv_file, tags=tags)
     for problem in report.rejected:
         click.echo(f"skipped: {problem}", err=True)
     for duplicate in report.duplicates:
@@ -131,6 +159,33 @@ def subscribers_remove(state: State, email: str) -> None:
     click.echo(f"unsubscribed {email.strip()}")
 
 
+@subscribers.command("tag")
+@click.argument("emails", metavar="EMAIL...", nargs=-1, required=True)
+@click.option("--add", "add", multiple=True, callback=_tags, help="Add TAG (repeatable).")
+@click.option("--remove", "remove", multiple=True, callback=_tags, help="Remove TAG (repeatable).")
+@pass_state
+def subscribers_tag(
+    state: State, emails: tuple[str, ...], add: list[str], remove: list[str]
+) -> None:
+    """Add or remove tags on each EMAIL: `subscribers tag ann@example.com --add vip`.
+
+    Tags are lower case (VIP is vip), letters, digits, '_', '.' and '-'. A tag both
+    added and removed is an error. Addresses not on the list are named on one line
+    and change nothing; the others are tagged all the same, and the exit code is 1.
+    """
+    if not add and not remove:
+        raise click.UsageError("say what to do: --add TAG and/or --remove TAG")
+    both = sorted(set(add) & set(remove))
+    if both:
+        raise click.UsageError(f"--add and --remove both name {', '.join(both)}")
+    done = ledger_tags.apply(open_store(state), emails, add, remove)
+    click.echo(
+        f"{done.subscribers} subscriber(s): {done.added} tag(s) added, {done.removed} removed"
+    )
+    if done.unknown:
+        raise click.ClickException(f"not on the list: {', '.join(done.unknown)}")
+
+
 @subscribers.command("list")
 @click.option(
     "--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only subscribers with this status."
@@ -151,16 +206,24 @@ def subscribers_list(state: State, status: str | None) -> None:
     help="Count subscribers with this status.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the count of every status as JSON.")
+@_segment_option
 @click.pass_context
-def subscribers_count(ctx: click.Context, status: str, as_json: bool) -> None:
+def subscribers_count(ctx: click.Context, status: str, as_json: bool, segment: str | None) -> None:
     """Print the number of subscribers (active ones unless --status), or with --json
-    the number with each status."""
+    the number with each status. --segment counts those in a segment: what
+    `send --all --segment` would reach before "one issue once"."""
     state = ctx.find_object(State)
     assert state is not None  # the root command made it
     if as_json:
         if ctx.get_parameter_source("status") is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--json counts every status: leave out --status")
+        if segment is not None:
+            raise click.UsageError("--json counts every status of the list: leave out --segment")
         click.echo(json.dumps(privacy.status_counts(open_store(state))))
+        return
+    if segment is not None:
+        chosen = state.config.segment(segment)
+        click.echo(str(ledger_tags.count(open_store(state), chosen, status)))
         return
     click.echo(str(open_store(state).count_subscribers(status)))
 

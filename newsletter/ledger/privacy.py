@@ -35,6 +35,7 @@ from newsletter.ledger.tables import (
     deliveries,
     erased,
     subscribers,
+    tags,
     utcnow,
 )
 
@@ -109,6 +110,8 @@ def erase(store: Store, email: str, now: dt.datetime | None = None) -> Erasure:
                 raise NotOnList(f"{email}: not on the list, nothing to erase")
             return Erasure(email, before or now, False, None, 0, 0, cleared)
         gone = conn.execute(clicks.delete().where(clicks.c.subscriber_id == row.id)).rowcount
+        # Tags say things about the person, as attributes do.
+        conn.execute(tags.delete().where(tags.c.subscriber_id == row.id))
         # A server's reply in last_error quotes the address; the status stays, for the
         # campaign's counts.
         kept = conn.execute(
