@@ -55,13 +55,14 @@ def _add(conn: sa.Connection, ids: Iterable[int], names: Iterable[str]) -> int:
     added = 0
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        have = set(
-            conn.execute(
+        have = {
+            (sid, tag)
+            for sid, tag in conn.execute(
                 sa.select(tags.c.subscriber_id, tags.c.tag).where(
                     tags.c.subscriber_id.in_(chunk), tags.c.tag.in_(names)
                 )
-            ).tuples()
-        )
+            )
+        }
         rows = [
             {"subscriber_id": sid, "tag": tag}
             for sid in chunk
@@ -133,7 +134,8 @@ def condition(tree: Node, dialect: str) -> sa.ColumnElement[bool]:
     """The segment's tree as a condition on `subscribers` for `dialect` ("sqlite",
     "postgresql")."""
     if isinstance(tree, Tag):
-        return sa.exists().where(tags.c.subscriber_id == subscribers.c.id, tags.c.tag == tree.tag)
+        mine = sa.and_(tags.c.subscriber_id == subscribers.c.id, tags.c.tag == tree.tag)
+        return sa.exists().where(mine).correlate(subscribers)
     if isinstance(tree, Attr):
         value = _attribute(tree.name, dialect)
         equal = sa.and_(value.is_not(None), value == tree.value)
