@@ -407,6 +407,9 @@ def test_schedule_cli_takes_a_segment_by_name(pub: Publication) -> None:
     assert "to segment vip (tag:vip), as it is at the send time" in made.stdout
     shown = invoke(pub, "status").stdout
     assert "segment: tag:vip (its size is counted at the send time)" in shown
+    assert invoke(pub, "schedule", "list").stdout.rstrip().endswith("segment: tag:vip")
+    listed = json.loads(invoke(pub, "schedule", "list", "--json").stdout)["schedules"]
+    assert [r["segment"] for r in listed] == ["tag:vip"]
     bad = invoke(pub, "schedule", str(pub.issue), "--at", "2030-12-03 09:00", "--segment", "tag:")
     assert bad.exit_code == 2 and "column 1" in bad.stderr
     every = invoke(pub, "schedule", "--every", "0 9 * * TUE", "--segment", "vip")

@@ -133,6 +133,7 @@ def schedule_list(state: State, as_json: bool) -> None:
             f"{r['id']:>5}  {r['status']:<10} {local:%Y-%m-%d %H:%M} {r['timezone']}"
             f"  ({utc:%Y-%m-%d %H:%M} UTC)  {r['issue']}: {r['subject']}"
             + (f"  [{r['note']}]" if r["note"] else "")
+            + (f"  segment: {r['segment']}" if r["segment"] else "")
         )
 
 

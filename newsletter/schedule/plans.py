@@ -112,6 +112,7 @@ def listing(store: Store) -> list[dict[str, Any]]:
                 "utc": row.scheduled_at.isoformat(),
                 "status": row.status,
                 "note": row.last_error or "",
+                "segment": row.segment,
             }
         )
     for rule in rules:
@@ -126,6 +127,7 @@ def listing(store: Store) -> list[dict[str, Any]]:
                 "utc": rule.next_run_at.isoformat(),
                 "status": rule.status,
                 "note": rule.last_note or "",
+                "segment": None,
             }
         )
     return out
