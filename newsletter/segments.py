@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from newsletter.errors import UsageError
 
 # A tag or an attribute name: letters, digits and _ . - (no spaces, quotes, parentheses).
-TAG_PATTERN = re.compile(r"[^\W][\w.\-]*")
+TAG_PATTERN = re.compile(r"[^\W_][\w.\-]*")
 MAX_TAG = 64  # the tags table's column
 MAX_LENGTH = 2000  # an expression longer than this is not one a person wrote
 MAX_DEPTH = 50  # nesting: a recursive parser's stack stays small

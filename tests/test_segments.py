@@ -64,6 +64,7 @@ def test_good_expressions_parse_to_their_tree(text: str, tree: segments.Node) ->
         ("(tag:vip or tag:new", 20, "expected ')' to close the '(' at column 1"),
         ("tag:vip)", 8, "')' without its '('"),
         ("tag:", 1, "tag ''"),
+        ("not tag:_vip", 5, "tag '_vip': a tag is letters, digits"),
         ("tag:v!p", 6, "unexpected '!'"),
         ("vip and tag:new", 1, "unknown 'vip'"),
         ("attr:city", 10, "expected '=' or '!='"),
@@ -157,8 +158,15 @@ def test_only_active_subscribers_are_in_a_campaigns_segment(people: Store) -> No
     assert ledger_tags.count(people, chosen, status=None) == 3
 
 
+def test_an_access_request_shows_the_tags(people: Store) -> None:
+    assert privacy.export(people, "bob@example.com").subscriber.tags == ("churned", "vip")
+    assert privacy.export(people, "dee@example.com").as_dict()["subscriber"]["tags"] == []
+
+
 def test_erasure_takes_the_tags_too(people: Store) -> None:
-    privacy.erase(people, "ann@example.com")
+    done = privacy.erase(people, "ann@example.com")
+    assert done.placeholder is not None
+    assert ledger_tags.tags_of(people, done.placeholder) == []
     assert members(people, "tag:vip") == ["bob", "eve"]
     assert ledger_tags.count(people, segments.resolve("tag:vip", {}), status=None) == 2
 

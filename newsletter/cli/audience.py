@@ -247,6 +247,8 @@ def subscribers_export(state: State, email: str, as_json: bool) -> None:
         click.echo(f"subscriber: {s.email}\t{s.name}\t{s.status}\tsince {s.created_at:%Y-%m-%d}")
         for name, value in s.attributes.items():
             click.echo(f"attribute: {name}={value}")
+        for tag in s.tags:
+            click.echo(f"tag: {tag}")
     for d in data.deliveries:
         sent = f"\t{d.sent_at.isoformat()}" if d.sent_at else ""
         click.echo(f"delivery: campaign {d.campaign_id}\t{d.issue}\t{d.status}{sent}")

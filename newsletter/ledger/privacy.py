@@ -151,6 +151,7 @@ class SubscriberRecord:
     created_at: dt.datetime
     unsubscribed_at: dt.datetime | None
     confirm_sent_at: dt.datetime | None  # when a signup confirmation last went out
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,11 @@ def export(store: Store, email: str) -> PersonalData:
                 .order_by(clicks.c.id)
             )
         )
+        tagged = tuple(
+            conn.execute(
+                sa.select(tags.c.tag).where(tags.c.subscriber_id == row.id).order_by(tags.c.tag)
+            ).scalars()
+        )
     subscriber = SubscriberRecord(
         row.email,
         row.name,
@@ -272,5 +278,6 @@ def export(store: Store, email: str) -> PersonalData:
         row.created_at,
         row.unsubscribed_at,
         row.confirm_sent_at,
+        tagged,
     )
     return PersonalData(row.email, when, subscriber, sent, clicked, reports)
