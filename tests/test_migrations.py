@@ -24,8 +24,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import Result
 
+from newsletter import segments
 from newsletter.errors import NewsletterError
-from newsletter.ledger import campaign_status, migrations
+from newsletter.ledger import campaign_status, migrations, tags
 from newsletter.ledger import tables as tables_mod
 from newsletter.ledger.store import Store, connect
 from newsletter.ledger.tables import metadata
@@ -122,6 +123,8 @@ def fill(url: str) -> dict[str, list[dict[str, Any]]]:
                  "diagnostic": "550 5.1.1 no such user", "event_key": "dsn:<x@mx.example>"},
             )  # fmt: skip
             conn.execute(t["erased"].insert(), {"email_hash": "0" * 64, "erased_at": NOW})
+        if "tags" in t:  # revision 0006
+            conn.execute(t["tags"].insert(), {"subscriber_id": 1, "tag": "vip"})
     return rows_of(url)
 
 
@@ -220,6 +223,30 @@ def test_0002_keys_the_list_and_gives_unicode_domains_their_a_labels(database_ur
     ]
     assert store.subscriber("Zoë@Bücher.example")["name"] == "Zoë"
     assert since is not None and abs(since - tables_mod.utcnow()) < dt.timedelta(minutes=1)
+
+
+def test_0006_a_database_of_the_previous_release_gets_tags_and_keeps_its_data(
+    database_url: str,
+) -> None:
+    make_database_at(database_url, "0005")
+    before = fill(database_url)
+    assert "tags" not in before
+
+    store = Store.open(database_url)
+
+    assert revision_of(database_url) == migrations.HEAD
+    kept = {table: list(rows[0]) for table, rows in before.items()}
+    assert rows_of(database_url, kept) == before
+    after = rows_of(database_url)
+    assert after["tags"] == []
+    # Every campaign so far went to its whole audience.
+    assert [(c["segment"], c["segment_size"]) for c in after["campaigns"]] == [(None, None)]
+    # The new table works at once, on the old rows.
+    done = tags.apply(store, ["ann@example.com", "bob@example.com"], add=["vip"])
+    assert (done.subscribers, done.added, done.unknown) == (2, 2, ())
+    assert tags.count(store, segments.resolve('tag:vip and attr:city = "Oslo"', {})) == 1
+    [report] = campaign_status.status(store, 7)
+    assert (report.segment, report.segment_size) == (None, None)
 
 
 def test_an_open_of_a_database_at_head_changes_nothing(database_url: str) -> None:
@@ -411,9 +438,10 @@ def test_sqlite_an_upgrade_that_would_break_a_foreign_key_changes_nothing(
     make_database_at(url, migrations.HEAD)
     before = fill(url)
     head = migrations.HEAD
+    # Subscriber 1 has a delivery and a tag.
     one_more_revision('op.execute("DELETE FROM subscribers WHERE id = 1")')
 
-    with pytest.raises(NewsletterError, match=r"break 1 foreign key\(s\), first in table"):
+    with pytest.raises(NewsletterError, match=r"break 2 foreign key\(s\), first in table"):
         Store.open(url)
 
     assert revision_of(url) == head

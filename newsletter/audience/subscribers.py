@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from newsletter.audience import exports
 from newsletter.errors import NewsletterError
 from newsletter.ledger.store import Store, SubscriberRow
 from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED
+from newsletter.ledger.tags import tag_addresses
 from newsletter.mail.message import clean_display_name
 
 SHOWN = 100  # lines kept of each kind of report line; the rest are counted
@@ -87,6 +88,7 @@ def import_csv(
     encoding: str = "utf-8",
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    tags: Sequence[str] = (),
 ) -> ImportReport:
     """Import a subscriber file (exports.py says which), BATCH_ROWS rows a transaction.
 
@@ -94,7 +96,8 @@ def import_csv(
     be read is refused with nothing imported. Bad rows are reported with their line and
     skipped; a row whose address an earlier row has (in any case) is a duplicate: the
     first row stands. `dry_run` reports the same and writes nothing. `progress(done,
-    total)` is called after each batch.
+    total)` is called after each batch. `tags` are added to every row that reaches the
+    list (an erased address does not).
     """
     source = exports.ExportFile.open(path, encoding=encoding, mapping=mapping)
     report = ImportReport(dry_run=dry_run, source=source.describe())
@@ -108,11 +111,11 @@ def import_csv(
             else:
                 batch.append(item)
             if len(batch) >= BATCH_ROWS:
-                _import_batch(store, path, seen, batch, report)
+                _import_batch(store, path, seen, batch, report, tags)
                 batch = []
                 if progress is not None:
                     progress(done, source.rows)
-        _import_batch(store, path, seen, batch, report)
+        _import_batch(store, path, seen, batch, report, tags)
     if progress is not None:
         progress(source.rows, source.rows)
     return report
@@ -124,6 +127,7 @@ def _import_batch(
     seen: SeenAddresses,
     batch: list[exports.Record],
     report: ImportReport,
+    tags: Sequence[str] = (),
 ) -> None:
     if not batch:
         return
@@ -145,6 +149,8 @@ def _import_batch(
         kept.append(record)
     lines = {r.row.email: r.line for r in kept}
     done = store.upsert_subscribers([r.row for r in kept], dry_run=report.dry_run)
+    if tags and not report.dry_run:
+        tag_addresses(store, (r.row.email for r in kept if r.row.email not in done.erased), tags)
     report.added += done.added
     report.updated += done.updated
     report.kept_suppressed += len(done.suppressed)

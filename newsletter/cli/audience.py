@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from newsletter import tokens
+from newsletter import segments, tokens
 from newsletter.audience import subscribers as subscriber_ops
 from newsletter.cli.root import (
     InputFile,
@@ -18,6 +19,7 @@ from newsletter.cli.root import (
     pass_state,
 )
 from newsletter.ledger import privacy
+from newsletter.ledger import tags as ledger_tags
 from newsletter.ledger.tables import SUBSCRIBER_STATUSES, SUPPRESSED
 
 
@@ -44,6 +46,25 @@ def _mapping(values: tuple[str, ...]) -> dict[str, str]:
     return mapping
 
 
+def _tags(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    """--tag/--add/--remove: each a tag, as stored (lower case); a bad one exits 2."""
+    tags = []
+    for value in values:
+        try:
+            tags.append(segments.normalize_tag(value))
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}") from None
+    return tags
+
+
+def _segment_option(f: Any) -> Any:
+    return click.option(
+        "--segment",
+        help="Only subscribers in this segment: a [segments] name or an expression"
+        ' ("tag:vip and not tag:churned").',
+    )(f)
+
+
 @subscribers.command("import")
 @click.argument("csv_file", type=InputFile())
 @click.option(
@@ -66,6 +87,13 @@ def _mapping(values: tuple[str, ...]) -> dict[str, str]:
     help="The file's encoding, e.g. cp1252 or latin-1 (a UTF-8 BOM is read either way).",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be imported; change nothing.")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    callback=_tags,
+    help="Tag every imported row with TAG (repeatable); tags they had are kept.",
+)
 @pass_state
 def subscribers_import(
     state: State,
@@ -74,6 +102,7 @@ def subscribers_import(
     maps: tuple[str, ...],
     encoding: str,
     dry_run: bool,
+    tags: list[str],
 ) -> None:
     """Import CSV_FILE: a list, or the export of Mailchimp, Substack, Buttondown, Kit,
     Beehiiv or Ghost (comma, semicolon or tab; the address, name and status columns are
@@ -104,10 +133,11 @@ def subscribers_import(
                 encoding=encoding,
                 dry_run=dry_run,
                 progress=progress,
+                tags=tags,
             )
     else:
         report = subscriber_ops.import_csv(
-            store, csv_file, mapping=mapping, encoding=encoding, dry_run=dry_run
+            store, csv_file, mapping=mapping, encoding=encoding, dry_run=dry_run, tags=tags
         )
     _print_import(report)
     if report.rejected.count and not report.imported:
@@ -210,6 +240,33 @@ def subscribers_remove(state: State, email: str) -> None:
     click.echo(f"unsubscribed {email.strip()}")
 
 
+@subscribers.command("tag")
+@click.argument("emails", metavar="EMAIL...", nargs=-1, required=True)
+@click.option("--add", "add", multiple=True, callback=_tags, help="Add TAG (repeatable).")
+@click.option("--remove", "remove", multiple=True, callback=_tags, help="Remove TAG (repeatable).")
+@pass_state
+def subscribers_tag(
+    state: State, emails: tuple[str, ...], add: list[str], remove: list[str]
+) -> None:
+    """Add or remove tags on each EMAIL: `subscribers tag ann@example.com --add vip`.
+
+    Tags are lower case (VIP is vip), letters, digits, '_', '.' and '-'. A tag both
+    added and removed is an error. Addresses not on the list are named on one line
+    and change nothing; the others are tagged all the same, and the exit code is 1.
+    """
+    if not add and not remove:
+        raise click.UsageError("say what to do: --add TAG and/or --remove TAG")
+    both = sorted(set(add) & set(remove))
+    if both:
+        raise click.UsageError(f"--add and --remove both name {', '.join(both)}")
+    done = ledger_tags.apply(open_store(state), emails, add, remove)
+    click.echo(
+        f"{done.subscribers} subscriber(s): {done.added} tag(s) added, {done.removed} removed"
+    )
+    if done.unknown:
+        raise click.ClickException(f"not on the list: {', '.join(done.unknown)}")
+
+
 @subscribers.command("list")
 @click.option(
     "--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only subscribers with this status."
@@ -230,16 +287,24 @@ def subscribers_list(state: State, status: str | None) -> None:
     help="Count subscribers with this status.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the count of every status as JSON.")
+@_segment_option
 @click.pass_context
-def subscribers_count(ctx: click.Context, status: str, as_json: bool) -> None:
+def subscribers_count(ctx: click.Context, status: str, as_json: bool, segment: str | None) -> None:
     """Print the number of subscribers (active ones unless --status), or with --json
-    the number with each status."""
+    the number with each status. --segment counts those in a segment: what
+    `send --all --segment` would reach before "one issue once"."""
     state = ctx.find_object(State)
     assert state is not None  # the root command made it
     if as_json:
         if ctx.get_parameter_source("status") is not click.core.ParameterSource.DEFAULT:
             raise click.UsageError("--json counts every status: leave out --status")
+        if segment is not None:
+            raise click.UsageError("--json counts every status of the list: leave out --segment")
         click.echo(json.dumps(privacy.status_counts(open_store(state))))
+        return
+    if segment is not None:
+        chosen = state.config.segment(segment)
+        click.echo(str(ledger_tags.count(open_store(state), chosen, status)))
         return
     click.echo(str(open_store(state).count_subscribers(status)))
 
@@ -263,6 +328,8 @@ def subscribers_export(state: State, email: str, as_json: bool) -> None:
         click.echo(f"subscriber: {s.email}\t{s.name}\t{s.status}\tsince {s.created_at:%Y-%m-%d}")
         for name, value in s.attributes.items():
             click.echo(f"attribute: {name}={value}")
+        for tag in s.tags:
+            click.echo(f"tag: {tag}")
     for d in data.deliveries:
         sent = f"\t{d.sent_at.isoformat()}" if d.sent_at else ""
         click.echo(f"delivery: campaign {d.campaign_id}\t{d.issue}\t{d.status}{sent}")

@@ -61,6 +61,11 @@ def schedule() -> None:
 @click.option("--every", help='A cron expression for a recurring send: "0 9 * * TUE".')
 @click.option("--tz", "tz", help="Time zone (default: [publication] timezone).")
 @_fold_option
+@click.option(
+    "--segment",
+    help="Only the subscribers in this segment at the send time: a [segments] name or an"
+    ' expression ("tag:vip and not tag:churned").',
+)
 @repeat_options
 @pass_state
 def schedule_create(
@@ -70,6 +75,7 @@ def schedule_create(
     every: str | None,
     tz: str | None,
     fold: int | None,
+    segment: str | None,
     again: bool,
     new_only: bool,
 ) -> None:
@@ -77,15 +83,19 @@ def schedule_create(
 
     An issue an earlier campaign sent (or will send) is refused unless --again
     (everyone) or --new-only (those who have not had it by the send time).
+    --segment is checked now and evaluated at the send time.
     """
     repeat = repeat_choice(again, new_only)
     config = state.config
+    chosen = config.segment(segment) if segment is not None else None
     store = open_store(state)
     if every:
         if issue or at:
             raise click.UsageError("--every takes no ISSUE and no --at")
         if again or new_only:
             raise click.UsageError("--every sends each issue once: no --again or --new-only")
+        if chosen is not None:
+            raise click.UsageError("--every sends to the whole list: no --segment")
         rid, first, tz_name = schedule_plans.add_recurring(store, config, every, tz, None)
         click.echo(
             f"recurring r{rid}: every {every!r}; next: {schedule_timing.describe(first, tz_name)}"
@@ -94,9 +104,11 @@ def schedule_create(
     if not issue or not at:
         raise click.UsageError('give ISSUE and --at "YYYY-MM-DD HH:MM" (or --every CRON)')
     cid, when, tz_name = schedule_plans.schedule_issue(
-        store, config, issue, at, tz, fold, repeat=repeat
+        store, config, issue, at, tz, fold, repeat=repeat, segment=chosen
     )
     click.echo(f"campaign {cid} scheduled for {schedule_timing.describe(when, tz_name)}")
+    if chosen is not None:
+        click.echo(f"  to segment {chosen.describe()}, as it is at the send time")
     if repeat is once.Repeat.NEW_ONLY:
         click.echo("  to the active subscribers who have not had this issue by then")
     elif repeat is once.Repeat.AGAIN:
@@ -121,6 +133,7 @@ def schedule_list(state: State, as_json: bool) -> None:
             f"{r['id']:>5}  {r['status']:<10} {local:%Y-%m-%d %H:%M} {r['timezone']}"
             f"  ({utc:%Y-%m-%d %H:%M} UTC)  {r['issue']}: {r['subject']}"
             + (f"  [{r['note']}]" if r["note"] else "")
+            + (f"  segment: {r['segment']}" if r["segment"] else "")
         )
 
 

@@ -27,6 +27,7 @@ from newsletter.ledger import campaign_status, delivery_rows, lifecycle, once
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import DONE, INCOMPLETE
 from newsletter.mail import capture as smtpd_mod
+from newsletter.segments import Segment
 from newsletter.send import campaign, runner, trial
 
 
@@ -34,6 +35,11 @@ from newsletter.send import campaign, runner, trial
 @click.argument("issue", type=InputFile())
 @click.option("--to", "to", multiple=True, help="Send a [TEST] copy to this address (repeatable).")
 @click.option("--all", "to_all", is_flag=True, help="Send a campaign to every active subscriber.")
+@click.option(
+    "--segment",
+    help="With --all: only the subscribers in this segment, a [segments] name or an"
+    ' expression ("tag:vip and not tag:churned").',
+)
 @repeat_options
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
 @click.option("--dry-run", is_flag=True, help="Render every message, send nothing.")
@@ -44,6 +50,7 @@ def send(
     issue: Path,
     to: tuple[str, ...],
     to_all: bool,
+    segment: str | None,
     again: bool,
     new_only: bool,
     yes: bool,
@@ -56,6 +63,9 @@ def send(
     once: --all refuses an issue an earlier campaign sent (or will send), unless
     --new-only (only those who have not had it) or --again (everyone).
 
+    --segment narrows the campaign to a segment of the list (README: "Tags and
+    segments"); the campaign records it and its size.
+
     Exit code 0 only when every message went out (nothing failed, deferred or left
     over), and for --new-only when nobody is left to send to (no campaign is made).
     """
@@ -64,7 +74,12 @@ def send(
         raise click.UsageError("say who gets it: --to ADDRESS (a test) or --all (a campaign)")
     if to and (again or new_only):
         raise click.UsageError("--again and --new-only go with --all; a --to test is not recorded")
+    if to and segment is not None:
+        raise click.UsageError(
+            "--segment goes with --all; a --to test goes to the addresses named"
+        )
     config = state.config
+    chosen = config.segment(segment) if segment is not None else None
     built = publish.build_issue(config, publish.load_issue(issue))
     if to:
         _send_test(config, built, to, dry_run, as_json)
@@ -78,9 +93,12 @@ def send(
     except once.NobodyLeft as exc:
         _nobody_left(exc, as_json)
         return
-    count = history.audience(repeat)
+    if chosen is None:
+        count = history.audience(repeat)
+    else:
+        count = once.audience_size(store, built.issue.slug, repeat, chosen)
     if dry_run:
-        report = trial.dry_run(store, config, built, repeat)
+        report = trial.dry_run(store, config, built, repeat, chosen)
         if as_json:
             click.echo(
                 json.dumps({"dry_run": True, "messages": report.messages, "bytes": report.bytes})
@@ -91,15 +109,24 @@ def send(
                 f" ({report.bytes / max(report.messages, 1) / 1024:.1f} KB each), nothing sent"
             )
         return
+    if count == 0 and chosen is not None:
+        raise click.ClickException(
+            f"segment {chosen.describe()}: no active subscriber in it"
+            + (" who has not had this issue" if repeat is once.Repeat.NEW_ONLY else "")
+            + "; no campaign made"
+        )
     if count == 0:
         raise click.ClickException(
             "no active subscribers: import some with `newsletter subscribers import`"
         )
     if not yes:
-        click.confirm(_send_question(built, history, repeat), abort=True, err=True)
+        question = _send_question(built, history, repeat)
+        if chosen is not None:
+            question = _segment_question(built, history, chosen, count)
+        click.confirm(question, abort=True, err=True)
     try:
         # Checked again in the transaction that makes it: the answer may have taken a while.
-        campaign_id = lifecycle.create(store, built, repeat=repeat)
+        campaign_id = lifecycle.create(store, built, repeat=repeat, segment=chosen)
     except once.NobodyLeft as exc:
         _nobody_left(exc, as_json)
         return
@@ -114,6 +141,16 @@ def _send_question(
     if repeat is once.Repeat.NEW_ONLY:
         return f"{history.summary()}; send to {history.newcomers:,} who have not had it?"
     return f"{history.summary()}; send it again to all {history.active:,}?"
+
+
+def _segment_question(
+    built: publish.BuiltIssue, history: once.IssueHistory, chosen: Segment, count: int
+) -> str:
+    before = f"{history.summary()}; s" if history.earlier else "S"
+    return (
+        f"{before}end {built.issue.subject!r} to the {count:,} subscriber(s)"
+        f" of segment {chosen.describe()}?"
+    )
 
 
 def _nobody_left(exc: once.NobodyLeft, as_json: bool) -> None:
@@ -265,6 +302,13 @@ def status(state: State, campaign_id: int | None, as_json: bool) -> None:
             + (f", {row.bounced} bounced" if row.bounced else "")
             + (f", {row.complaints} complaint(s)" if row.complaints else "")
         )
+        if row.segment:
+            size = (
+                " (its size is counted at the send time)"
+                if row.segment_size is None
+                else f" ({row.segment_size:,} subscriber(s) when the deliveries were made)"
+            )
+            click.echo(f"    segment: {row.segment}{size}")
         if row.status == INCOMPLETE:
             click.echo(
                 f"    retried automatically from {row.retry_at} (run-due or worker)"

@@ -100,7 +100,7 @@ def load(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
 
 
 def _build(path: Path, data: dict[str, Any], environ: Mapping[str, str]) -> Config:
-    known = [*SECTIONS, "sponsors"]
+    known = [*SECTIONS, "sponsors", "segments"]
     for section in data:
         if section not in known:
             raise ConfigError(f"{path}: unknown section [{section}]{did_you_mean(section, known)}")
@@ -121,7 +121,12 @@ def _build(path: Path, data: dict[str, Any], environ: Mapping[str, str]) -> Conf
 
     sponsors, default = _sponsors(path, data.get("sponsors", {}), environ)
     config = Config(
-        path=path, sponsors=sponsors, default_sponsor=default, smtp_servers=servers, **sections
+        path=path,
+        sponsors=sponsors,
+        default_sponsor=default,
+        smtp_servers=servers,
+        segments=dict(data.get("segments", {})),
+        **sections,
     )
     validate(config)
     _refuse_unknown_variables(path, config, environ)

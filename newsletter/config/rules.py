@@ -8,6 +8,7 @@ import email.policy
 import ipaddress
 import re
 import zoneinfo
+from collections.abc import Mapping
 from email.utils import parseaddr
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from newsletter.config.sections import (
     parse_duration,
 )
 from newsletter.errors import ConfigError
+from newsletter.segments import SEGMENT_NAME, SegmentError, parse
 
 # Refused in every header value: Unicode's controls (Cc: C0, DEL, C1 with NEL) and its
 # line and paragraph separators (Zl, Zp). CR and LF would start a header of their own;
@@ -126,6 +128,7 @@ def validate(config: Config) -> None:
     _validate_workers(path, config.workers)
     _validate_bounces(path, config.bounces)
     _validate_signup(path, config.signup)
+    _validate_segments(path, config.segments)
     if config.check.spam_max < 0:
         raise ConfigError(f"{path}: [check] spam_max: must not be negative")
     if config.tracking.clicks not in ("sponsor", "all", "off"):
@@ -299,3 +302,22 @@ def _validate_bounces(path: Path, bounces: Bounces) -> None:
     if ":" in bounces.postmark_username:
         # RFC 7617 section 2: the user-id of basic auth cannot contain a colon.
         raise ConfigError(f"{path}: [bounces] postmark_username: must not contain ':'")
+
+
+def _validate_segments(path: Path, segments: Mapping[str, str]) -> None:
+    """Each [segments] entry is a name and an expression that parses, checked on load
+    so that a send never finds out at its own time."""
+    for name, expression in segments.items():
+        if not SEGMENT_NAME.fullmatch(name) or name.lower() in ("and", "or", "not"):
+            raise ConfigError(
+                f"{path}: [segments] {name}: a segment name is letters, digits, '-' or '_'"
+            )
+        if not isinstance(expression, str):
+            raise ConfigError(
+                f"{path}: [segments] {name}: expected a string (an expression such as"
+                f' "tag:vip and not tag:churned"), got {expression!r}'
+            )
+        try:
+            parse(expression)
+        except SegmentError as exc:
+            raise ConfigError(f"{path}: [segments] {name}: {exc}") from None

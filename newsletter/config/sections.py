@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from newsletter.errors import ConfigError
+from newsletter.segments import Segment
+from newsletter.segments import resolve as resolve_segment
 
 CONFIG_NAME = "newsletter.toml"
 
@@ -287,6 +289,8 @@ class Config:
     check: Check = Check()
     # [smtp.<name>] tables: more servers sharing the sending; unset keys are [smtp]'s.
     smtp_servers: Mapping[str, Smtp] = field(default_factory=dict)
+    # [segments]: a name for a segment expression (`send --all --segment vip`).
+    segments: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -314,6 +318,10 @@ class Config:
             if rest and rest != ":memory:":
                 return prefix + str(self.root / rest)
         return url
+
+    def segment(self, text: str) -> Segment:
+        """`--segment TEXT`: a name in [segments], else an expression (SegmentError)."""
+        return resolve_segment(text, self.segments)
 
     def sponsor(self, sponsor_id: str) -> Sponsor:
         try:

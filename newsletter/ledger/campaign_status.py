@@ -67,6 +67,10 @@ class CampaignStatus:
     incomplete_since: str | None
     last_error: str | None
     recent_errors: tuple[RecentError, ...]
+    # The segment it went to (None: its whole audience), and its active members when the
+    # deliveries were made (None until then: a scheduled campaign's is made at send time).
+    segment: str | None = None
+    segment_size: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +150,8 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
                     recent_errors=tuple(
                         RecentError(e.email, e.status, e.last_error) for e in errors
                     ),
+                    segment=row.segment,
+                    segment_size=row.segment_size,
                 )
             )
     return out

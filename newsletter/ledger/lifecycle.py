@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.issue.publish import BuiltIssue
+from newsletter.ledger import tags
 from newsletter.ledger.delivery_rows import Item, claimable, counts, item_query, lease_free
 from newsletter.ledger.once import EVERYONE, NEWCOMERS, Repeat, history_in, recipients
 from newsletter.ledger.store import Store
@@ -40,6 +41,7 @@ from newsletter.ledger.tables import (
     subscribers,
     utcnow,
 )
+from newsletter.segments import Segment
 
 log = logging.getLogger("newsletter.campaign")
 
@@ -70,9 +72,14 @@ def create(
     scheduled_at: dt.datetime | None = None,
     timezone: str | None = None,
     repeat: Repeat | None = None,
+    segment: Segment | None = None,
 ) -> int:
     """A campaign for the issue, with one pending delivery per subscriber it goes to (if
     READY; a scheduled campaign gets them when it is claimed).
+
+    `segment` narrows whom it goes to; its expression is kept with the campaign and
+    evaluated when the deliveries are made (so a scheduled campaign's segment is the
+    list as it is at the send time), its size recorded then.
 
     `repeat` applies "one issue to one subscriber once", checked in the transaction that
     makes the campaign: REFUSE raises IssueAlreadySent when an earlier campaign sent the
@@ -100,6 +107,7 @@ def create(
                 scheduled_at=scheduled_at,
                 timezone=timezone,
                 audience=audience,
+                segment=segment.expression if segment else None,
             )
             .returning(campaigns.c.id)
         ).scalar_one()
@@ -109,19 +117,21 @@ def create(
 
 
 def add_deliveries(conn: sa.Connection, campaign_id: int) -> int:
-    issue_slug, audience = conn.execute(
-        sa.select(campaigns.c.issue_slug, campaigns.c.audience).where(
+    issue_slug, audience, segment = conn.execute(
+        sa.select(campaigns.c.issue_slug, campaigns.c.audience, campaigns.c.segment).where(
             campaigns.c.id == campaign_id
         )
     ).one()
-    # For a scheduled campaign this runs when it is claimed: the newcomers are those of
-    # the send time, not of the day it was scheduled.
+    # For a scheduled campaign this runs when it is claimed: the newcomers, and the
+    # segment's members, are those of the send time, not of the day it was scheduled.
+    # The segment only narrows the audience: "one issue once" (once.recipients) holds.
+    in_segment = tags.matching(conn, segment)
     conn.execute(
         deliveries.insert().from_select(
             ["campaign_id", "subscriber_id", "status", "attempts"],
             sa.select(
                 sa.literal(campaign_id), subscribers.c.id, sa.literal(PENDING), sa.literal(0)
-            ).where(recipients(issue_slug, audience, but=campaign_id)),
+            ).where(recipients(issue_slug, audience, but=campaign_id), in_segment),
         )
     )
     total = conn.execute(
@@ -129,7 +139,19 @@ def add_deliveries(conn: sa.Connection, campaign_id: int) -> int:
         .select_from(deliveries)
         .where(deliveries.c.campaign_id == campaign_id)
     ).scalar_one()
-    conn.execute(campaigns.update().where(campaigns.c.id == campaign_id).values(total=total))
+    size = None
+    if segment is not None:
+        # The segment's size: its active members, whether or not they had the issue.
+        size = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(subscribers)
+            .where(recipients(issue_slug, EVERYONE), in_segment)
+        ).scalar_one()
+    conn.execute(
+        campaigns.update()
+        .where(campaigns.c.id == campaign_id)
+        .values(total=total, segment_size=size)
+    )
     return int(total)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from newsletter.errors import NewsletterError
+from newsletter.ledger import tags
 from newsletter.ledger.delivery_rows import BATCH
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
@@ -28,6 +29,7 @@ from newsletter.ledger.tables import (
     deliveries,
     subscribers,
 )
+from newsletter.segments import Segment
 
 # Who a campaign goes to (campaigns.audience)
 EVERYONE = "all"  # every active subscriber
@@ -209,16 +211,29 @@ def issue_history(store: Store, issue_slug: str) -> IssueHistory:
         return history_in(conn, issue_slug)
 
 
-def audience(store: Store, issue_slug: str, repeat: Repeat | None) -> Iterator[Any]:
-    """The subscribers a campaign of the issue made now would go to, streamed in id order
-    a batch at a time (memory stays flat, as with Store.iter_subscribers)."""
+def audience_size(
+    store: Store, issue_slug: str, repeat: Repeat | None, segment: Segment | None
+) -> int:
+    """How many a campaign of the issue made now would go to, within `segment`."""
+    who = recipients(issue_slug, NEWCOMERS if repeat is Repeat.NEW_ONLY else EVERYONE)
+    with store.engine.connect() as conn:
+        query = sa.select(sa.func.count()).select_from(subscribers)
+        return int(conn.execute(query.where(who, tags.matching(conn, segment))).scalar_one())
+
+
+def audience(
+    store: Store, issue_slug: str, repeat: Repeat | None, segment: Segment | None = None
+) -> Iterator[Any]:
+    """The subscribers a campaign of the issue made now would go to (within `segment`),
+    streamed in id order a batch at a time (memory stays flat, as with
+    Store.iter_subscribers)."""
     who = recipients(issue_slug, NEWCOMERS if repeat is Repeat.NEW_ONLY else EVERYONE)
     last = 0
     while True:
         with store.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(subscribers)
-                .where(who, subscribers.c.id > last)
+                .where(who, tags.matching(conn, segment), subscribers.c.id > last)
                 .order_by(subscribers.c.id)
                 .limit(BATCH)
             ).all()

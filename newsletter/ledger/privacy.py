@@ -35,6 +35,7 @@ from newsletter.ledger.tables import (
     deliveries,
     erased,
     subscribers,
+    tags,
     utcnow,
 )
 
@@ -109,6 +110,8 @@ def erase(store: Store, email: str, now: dt.datetime | None = None) -> Erasure:
                 raise NotOnList(f"{email}: not on the list, nothing to erase")
             return Erasure(email, before or now, False, None, 0, 0, cleared)
         gone = conn.execute(clicks.delete().where(clicks.c.subscriber_id == row.id)).rowcount
+        # Tags say things about the person, as attributes do.
+        conn.execute(tags.delete().where(tags.c.subscriber_id == row.id))
         # A server's reply in last_error quotes the address; the status stays, for the
         # campaign's counts.
         kept = conn.execute(
@@ -148,6 +151,7 @@ class SubscriberRecord:
     created_at: dt.datetime
     unsubscribed_at: dt.datetime | None
     confirm_sent_at: dt.datetime | None  # when a signup confirmation last went out
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,11 @@ def export(store: Store, email: str) -> PersonalData:
                 .order_by(clicks.c.id)
             )
         )
+        tagged = tuple(
+            conn.execute(
+                sa.select(tags.c.tag).where(tags.c.subscriber_id == row.id).order_by(tags.c.tag)
+            ).scalars()
+        )
     subscriber = SubscriberRecord(
         row.email,
         row.name,
@@ -269,5 +278,6 @@ def export(store: Store, email: str) -> PersonalData:
         row.created_at,
         row.unsubscribed_at,
         row.confirm_sent_at,
+        tagged,
     )
     return PersonalData(row.email, when, subscriber, sent, clicked, reports)

@@ -136,6 +136,27 @@ campaigns = sa.Table(
     # scheduled campaign is claimed): "all" active subscribers, or the "new" ones who
     # have not had its issue from another campaign.
     sa.Column("audience", sa.String(16), nullable=False, server_default="all"),
+    # A segment narrows the audience (newsletter/segments.py): the expression as given,
+    # and how many active subscribers it matched when the deliveries were made (revision
+    # 0006). NULL: the whole audience.
+    sa.Column("segment", sa.Text),
+    sa.Column("segment_size", sa.Integer),
+)
+
+# A subscriber's tags (`subscribers tag`, `import --tag`), lower case; segments select
+# by them (revision 0006).
+tags = sa.Table(
+    "tags",
+    metadata,
+    sa.Column(
+        "subscriber_id",
+        sa.Integer,
+        sa.ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("tag", sa.String(64), nullable=False),
+    sa.UniqueConstraint("subscriber_id", "tag", name="uq_tags_subscriber_tag"),
+    sa.Index("ix_tags_tag", "tag"),
 )
 
 deliveries = sa.Table(

@@ -18,6 +18,7 @@ from newsletter.ledger.store import Store
 from newsletter.ledger.tables import SCHEDULED, utcnow
 from newsletter.schedule.cron import next_tick
 from newsletter.schedule.timing import parse_local, refuse_past, resolve_local, zone
+from newsletter.segments import Segment
 
 
 def schedule_issue(
@@ -29,11 +30,14 @@ def schedule_issue(
     fold: int | None = None,
     now: dt.datetime | None = None,
     repeat: once.Repeat = once.Repeat.REFUSE,
+    segment: Segment | None = None,
 ) -> tuple[int, dt.datetime, str]:
     """Store a scheduled campaign; returns (id, UTC time, zone name).
 
     An issue an earlier campaign sent (or will send) is refused unless `repeat` says
-    AGAIN or NEW_ONLY; NEW_ONLY picks its audience when the campaign is claimed.
+    AGAIN or NEW_ONLY; NEW_ONLY picks its audience when the campaign is claimed. The
+    `segment`'s expression is stored and evaluated then too (a marketer tags people
+    until the send), its size recorded at that time.
     """
     tz_name = tz_name or config.publication.timezone
     when = resolve_local(parse_local(at), zone(tz_name), fold)
@@ -47,6 +51,7 @@ def schedule_issue(
         scheduled_at=when,
         timezone=tz_name,
         repeat=repeat,
+        segment=segment,
     )
     return cid, when, tz_name
 
@@ -107,6 +112,7 @@ def listing(store: Store) -> list[dict[str, Any]]:
                 "utc": row.scheduled_at.isoformat(),
                 "status": row.status,
                 "note": row.last_error or "",
+                "segment": row.segment,
             }
         )
     for rule in rules:
@@ -121,6 +127,7 @@ def listing(store: Store) -> list[dict[str, Any]]:
                 "utc": rule.next_run_at.isoformat(),
                 "status": rule.status,
                 "note": rule.last_note or "",
+                "segment": None,
             }
         )
     return out

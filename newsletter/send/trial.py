@@ -18,6 +18,7 @@ from newsletter.issue.publish import (
 from newsletter.ledger.once import Repeat, audience
 from newsletter.ledger.store import Store
 from newsletter.mail import transport
+from newsletter.segments import Segment
 
 
 def send_test(
@@ -91,13 +92,17 @@ class DryRun:
 
 
 def dry_run(
-    store: Store, config: Config, built: BuiltIssue, repeat: Repeat | None = None
+    store: Store,
+    config: Config,
+    built: BuiltIssue,
+    repeat: Repeat | None = None,
+    segment: Segment | None = None,
 ) -> DryRun:
     """Render every message a campaign would send, and send nothing."""
     template = message_template(config, built)
     personalizer = Personalizer(config, built.issue.slug)
     report = DryRun()
-    for sub in audience(store, built.issue.slug, repeat):
+    for sub in audience(store, built.issue.slug, repeat, segment):
         values, token = personalizer.values(sub.email, sub.name)
         report.messages += 1
         report.bytes += len(template.render(sub.email, sub.name, values, token))
