@@ -652,7 +652,8 @@ def test_postmark_transient_is_soft_and_keeps_the_details(site: Running, store: 
     [
         lambda a: mailgun_post("hard", a, "e1", key="key-not-ours"),
         lambda a: mailgun_post("hard", a, "e1", timestamp=int(time.time()) - 301),
-        lambda a: mailgun_post("hard", a, "e1", timestamp=int(time.time()) + 301),
+        # 30 s beyond the 300 allowed: a loaded machine may take seconds to answer
+        lambda a: mailgun_post("hard", a, "e1", timestamp=int(time.time()) + 330),
     ],
     ids=["wrong key", "stale", "from the future"],
 )
