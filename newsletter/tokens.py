@@ -94,14 +94,22 @@ def previous_secrets(config: Config) -> tuple[bytes, ...]:
 
 
 def previous_secrets_in(name: str, environ: Mapping[str, str]) -> tuple[bytes, ...]:
-    """The secrets in variable `name` of `environ`, comma or whitespace separated; a
-    ConfigError names the variable when one is too short."""
-    found = tuple(s.encode() for s in re.split(r"[\s,]+", environ.get(name, "")) if s)
-    for index, secret in enumerate(found, 1):
-        problem = secret_problem(secret)
-        if problem:
-            raise ConfigError(f"{name}: older secret {index} of {len(found)}: {problem}")
-    return found
+    """The secrets in variable `name` of `environ`, comma or whitespace separated.
+
+    An older secret may be short: it only verifies, and refusing it would break every
+    link signed with it before the upgrade that began to require 32 bytes (doctor warns,
+    `weak_previous_secrets`)."""
+    return tuple(s.encode() for s in re.split(r"[\s,]+", environ.get(name, "")) if s)
+
+
+def weak_previous_secrets(name: str, environ: Mapping[str, str]) -> list[str]:
+    """What is weak among the older secrets of variable `name`, one line each."""
+    found = previous_secrets_in(name, environ)
+    return [
+        f"{name}: older secret {index} of {len(found)}: {problem}"
+        for index, secret in enumerate(found, 1)
+        if (problem := secret_problem(secret))
+    ]
 
 
 def _strong(secret: bytes, where: str) -> bytes:
