@@ -1,0 +1,166 @@
+"""Merge fields: `{{ subscriber.KEY | filter }}` in an issue's body and subject, filled per
+recipient from the stored attributes, with the issue still rendered once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from campaign_support import Publication, make_publication
+from smtp_fixtures import SmtpServer
+
+from newsletter import config as config_mod
+from newsletter.errors import TemplateError
+from newsletter.issue import fields, inline, markdown, publish
+from newsletter.ledger import lifecycle
+from newsletter.ledger.store import Store, SubscriberRow
+from newsletter.send import campaign
+
+SUBJECT = 'News for {{ subscriber.company | default("you") }} in {{ subscriber.city }}'
+BODY_LINE = (
+    'Hello {{ subscriber.company | default("friend") }} from {{ subscriber.city | upper }},'
+    ' and {{ subscriber.first_name | default("reader") }}.'
+)
+
+
+def with_fields(issue: Path, subject: str = SUBJECT, line: str = BODY_LINE) -> Path:
+    """The sample issue with merge fields in its subject and its body's first line."""
+    text = issue.read_text(encoding="utf-8")
+    head, sep, body = text.partition("\n---\n")
+    head = "\n".join(
+        f"subject: {subject}" if row.startswith("subject:") else row for row in head.splitlines()
+    )
+    issue.write_text(f"{head}{sep}\n{line}\n\n{body}", encoding="utf-8")
+    return issue
+
+
+@pytest.fixture
+def pub(tmp_path: Path, database_url: str, smtp_server: SmtpServer) -> Publication:
+    publication = make_publication(tmp_path, database_url, smtp_server.port)
+    with_fields(publication.issue)
+    return publication
+
+
+SUBSCRIBERS = [
+    SubscriberRow("ann@example.com", "Ann Lee", {"company": "<b>&", "City": "Zürich"}),
+    SubscriberRow("bob@example.com", "Bob", {"company": "Acme", "city": "Irvine"}),
+    SubscriberRow("cat@example.com", ""),  # no attributes at all
+]
+
+
+def send(pub: Publication) -> dict[str, object]:
+    config = pub.config()
+    store = Store.open(config.database_url)
+    store.upsert_subscribers(SUBSCRIBERS)
+    built = publish.build_issue(config, publish.load_issue(pub.issue))
+    result = campaign.run(store, config, lifecycle.create(store, built))
+    assert result.ok and result.sent == 3
+    return {}
+
+
+def test_each_recipient_gets_their_own_fields(pub: Publication, smtp_server: SmtpServer) -> None:
+    send(pub)
+    got = {r.rcpt_tos[0]: r for r in smtp_server.received}
+    assert set(got) == {s.email for s in SUBSCRIBERS}
+
+    ann = got["ann@example.com"]
+    msg = ann.parse()
+    assert not msg.defects
+    # The subject is per recipient, non-ASCII as RFC 2047 encoded words, read back whole.
+    assert msg["Subject"] == "News for <b>& in Zürich"
+    raw_subject = next(line for line in ann.data.split(b"\r\n") if line.startswith(b"Subject:"))
+    assert raw_subject.isascii() and b"=?utf-8?" in raw_subject
+    html = msg.get_body(("html",)).get_content()
+    text = msg.get_body(("plain",)).get_content()
+    # In HTML the attribute is text, escaped; in the text part it is as stored.
+    assert "Hello &lt;b&gt;&amp; from ZÜRICH, and Ann." in html
+    assert "<b>&" not in html
+    assert "Hello <b>& from ZÜRICH, and Ann." in " ".join(text.split())
+
+    bob = got["bob@example.com"].parse()
+    assert bob["Subject"] == "News for Acme in Irvine"
+    assert "Hello Acme from IRVINE, and Bob." in bob.get_body(("html",)).get_content()
+
+    cat = got["cat@example.com"].parse()
+    # No attributes: the defaults, and an empty value where there is no default.
+    assert cat["Subject"] == "News for you in"
+    cat_html = cat.get_body(("html",)).get_content()
+    assert "Hello friend from , and reader." in cat_html
+    # No marker or stand-in is left anywhere.
+    for received in smtp_server.received:
+        assert b"__nlslot_" not in received.data and b"zqnlfield" not in received.data
+
+
+def test_the_issue_is_rendered_and_inlined_once(
+    pub: Publication, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"inline": 0, "markdown": 0}
+    real_inline, real_markdown = inline.inline_css, markdown.to_html
+
+    def counted_inline(html: str) -> str:
+        calls["inline"] += 1
+        return real_inline(html)
+
+    def counted_markdown(text: str) -> str:
+        calls["markdown"] += 1
+        return real_markdown(text)
+
+    monkeypatch.setattr(inline, "inline_css", counted_inline)
+    monkeypatch.setattr(markdown, "to_html", counted_markdown)
+    send(pub)
+    assert len(smtp_server.received) == 3
+    assert calls == {"inline": 1, "markdown": 1}
+
+
+def test_a_field_is_a_slot_that_spells_its_expression() -> None:
+    field = fields.parse(' subscriber.company | upper | default("the \\"team\\"") ', "x")
+    assert field == fields.Field("company", (("upper", ""), ("default", 'the "team"')))
+    assert fields.from_slot(field.slot) == field
+    assert fields.is_field_slot(field.slot)
+    assert field.text == '{{ subscriber.company | upper | default("the \\"team\\"") }}'
+    reader = fields.Subscriber("a@example.com", "Ann Lee", '{"Company Name": " Acme "}')
+    assert fields.parse("subscriber.company_name|lower", "x").value(reader) == "acme"
+    assert fields.parse("subscriber.first_name", "x").value(reader) == "Ann"
+    assert fields.parse("subscriber.email|upper", "x").value(reader) == "A@EXAMPLE.COM"
+    assert fields.parse("subscriber.name|first_word|title", "x").value(reader) == "Ann"
+    assert fields.parse("subscriber.nope|capitalize", "x").value(reader) == ""
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("Hi {{ subscriber.company | shout }}", "unknown filter 'shout'"),
+        ("Hi {{ company }}", "expected subscriber.<key>"),
+        ("Hi {{ subscriber.company | default }}", "default needs a value"),
+        ("Hi {{ subscriber.company | upper(1) }}", "cannot read"),
+        ("Hi {{ subscriber.company", "without its closing }}"),
+    ],
+)
+def test_a_bad_field_is_an_error_naming_file_and_line(
+    sample_issue: Path, run_cli, assert_user_error, line: str, needle: str
+) -> None:
+    with_fields(sample_issue, subject="Plain", line=line)
+    body_line = sample_issue.read_text(encoding="utf-8").splitlines().index(line) + 1
+    result = run_cli("check", sample_issue)
+    message = assert_user_error(result, f"{sample_issue}:{body_line}:", needle)
+    assert "merge field" in message
+
+
+def test_a_bad_field_in_the_subject_names_its_line(sample_issue: Path, run_cli) -> None:
+    with_fields(sample_issue, subject="Hi {{ subscriber.x | nope }}", line="Hello")
+    line = next(
+        n
+        for n, row in enumerate(sample_issue.read_text(encoding="utf-8").splitlines(), 1)
+        if row.startswith("subject:")
+    )
+    result = run_cli("check", sample_issue)
+    assert result.exit_code != 0
+    assert f"{sample_issue}:{line}: merge field" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_build_fields_are_checked_before_markdown(publication: Path, sample_issue: Path) -> None:
+    config = config_mod.load(publication)
+    issue = with_fields(sample_issue, line="**{{ x }}**")
+    with pytest.raises(TemplateError, match="expected subscriber"):
+        publish.build_issue(config, publish.load_issue(issue))
