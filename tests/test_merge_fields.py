@@ -164,3 +164,29 @@ def test_build_fields_are_checked_before_markdown(publication: Path, sample_issu
     issue = with_fields(sample_issue, line="**{{ x }}**")
     with pytest.raises(TemplateError, match="expected subscriber"):
         publish.build_issue(config, publish.load_issue(issue))
+
+
+def test_check_warns_of_a_field_some_subscribers_have_no_value_for(
+    sample_issue: Path, publication: Path, run_cli
+) -> None:
+    with_fields(sample_issue)
+    config = config_mod.load(publication)
+    database = config.database_url
+    before = run_cli("check", sample_issue)
+    # No database yet: nothing to count, and check creates none.
+    assert "merge-field" not in before.output and "is empty for" not in before.output
+    assert not Path(database.removeprefix("sqlite:///")).exists()
+
+    store = Store.open(database)
+    store.upsert_subscribers(SUBSCRIBERS)
+    store.upsert_subscribers([SubscriberRow("dan@example.com", "Dan", {"city": "Oslo"})])
+    store.set_subscriber_status("dan@example.com", "unsubscribed")  # not counted
+    store.close()
+    result = run_cli("check", sample_issue)
+    warnings = [line for line in result.output.splitlines() if "is empty for" in line]
+    # city has no default and cat has none; company and first_name have defaults.
+    assert warnings == [next(line for line in warnings if "{{ subscriber.city }}" in line)], (
+        result.output
+    )
+    assert "is empty for 1 of 3 subscriber(s)" in warnings[0]
+    assert str(sample_issue) in warnings[0]

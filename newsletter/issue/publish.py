@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from pathlib import Path
@@ -303,6 +303,40 @@ def check_built(config: Config, built: BuiltIssue, filled: Sample) -> list[check
     return findings
 
 
+def field_findings(built: BuiltIssue, audience: Audience) -> list[check.Finding]:
+    """A warning for each merge field without a default that comes out empty for some
+    subscribers: they would read "Hello ," (counted over the whole list, streamed)."""
+    # One warning a key, however many expressions use it without a default.
+    undefaulted: dict[str, list[fields.Field]] = {}
+    for field_ in built.fields:
+        if not field_.has_default:
+            undefaulted.setdefault(field_.key, []).append(field_)
+    if not undefaulted:
+        return []
+    rows = audience()
+    if rows is None:
+        return []
+    missing = dict.fromkeys(undefaulted, 0)
+    total = 0
+    for row in rows:
+        total += 1
+        reader = fields.Subscriber(row.email, row.name, row.attributes)
+        for key, used in undefaulted.items():
+            if not all(f.value(reader) for f in used):
+                missing[key] += 1
+    return [
+        check.Finding(
+            "warning",
+            "merge-field-empty",
+            f"{undefaulted[key][0].text} is empty for {count:,} of {total:,} subscriber(s)"
+            f' and has no default (add one: | default("..."))',
+            str(built.issue.path),
+        )
+        for key, count in missing.items()
+        if count
+    ]
+
+
 def _with_tracked_links(text: str, destinations: Mapping[str, str]) -> str:
     """The text with its links replaced by the tracked ones, as rewrite replaces them in
     the text part: longest first, so a URL that begins another is not cut, and in one
@@ -326,12 +360,25 @@ def refuse_on_check_errors(config: Config, built: BuiltIssue, doing: str) -> Non
         )
 
 
-def check_issue(config: Config, path: Path | str, spam_score: bool = False) -> list[check.Finding]:
+# The subscribers `check` counts a field's missing values among (their email, name and
+# attributes), or None when there is no list to count (no database yet).
+Audience = Callable[[], Iterable[Any] | None]
+
+
+def check_issue(
+    config: Config,
+    path: Path | str,
+    spam_score: bool = False,
+    audience: Audience | None = None,
+) -> list[check.Finding]:
     """The lint's findings, errors first; with `spam_score`, then SpamAssassin's rules
-    and its total, scoring the message `build` writes (an error over [check] spam_max)."""
+    and its total, scoring the message `build` writes (an error over [check] spam_max).
+    With `audience`, a warning for each merge field some subscribers have no value for."""
     built = build_issue(config, load_issue(path))
     filled = sample(config, built)
     findings = check_built(config, built, filled)
+    if audience is not None:
+        findings += field_findings(built, audience)
     if spam_score:
         findings += spam.findings(spam.score(filled.message), config.check.spam_max)
     return findings
