@@ -3,8 +3,10 @@ recipient from the stored attributes, with the issue still rendered once."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from campaign_support import Publication, make_publication
 from smtp_fixtures import SmtpServer
@@ -15,6 +17,7 @@ from newsletter.issue import fields, inline, markdown, publish
 from newsletter.ledger import lifecycle
 from newsletter.ledger.store import Store, SubscriberRow
 from newsletter.send import campaign
+from newsletter.web import preview
 
 SUBJECT = 'News for {{ subscriber.company | default("you") }} in {{ subscriber.city }}'
 BODY_LINE = (
@@ -190,3 +193,61 @@ def test_check_warns_of_a_field_some_subscribers_have_no_value_for(
     )
     assert "is empty for 1 of 3 subscriber(s)" in warnings[0]
     assert str(sample_issue) in warnings[0]
+
+
+SAMPLE_ATTRIBUTES = '\n[sample.attributes]\ncompany = "Sample & Co"\ncity = "Irvine"\n'
+
+
+@pytest.fixture
+def previewed(
+    publication: Path, sample_issue: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The preview of an issue with merge fields, served by uvicorn; its URL. The list holds
+    SUBSCRIBERS; [sample] has attributes of its own."""
+    monkeypatch.setenv("NEWSLETTER_SECRET", "preview-test-secret-0123456789abcdefghij")
+    with publication.open("a", encoding="utf-8") as toml:
+        toml.write(SAMPLE_ATTRIBUTES)
+    with_fields(sample_issue)
+    store = Store.open(config_mod.load(publication).database_url)
+    store.upsert_subscribers(SUBSCRIBERS)
+    store.close()
+    srv = preview.server(preview.issue_preview(publication, sample_issue), "127.0.0.1", 0)
+    srv.start()
+    try:
+        yield srv.url
+    finally:
+        srv.stop()
+
+
+def get(url: str, path: str, **params: str) -> httpx.Response:
+    return httpx.get(url + path.lstrip("/"), params=params, timeout=5.0)
+
+
+def test_preview_shows_the_samples_values_and_switches_subscriber(previewed: str) -> None:
+    page = get(previewed, "/").text
+    # The sample's values, from [sample.attributes], in the inbox row, the table and frames.
+    assert "News for Sample &amp; Co in Irvine" in page
+    assert "<code>{{ subscriber.city }}</code></th><td>Irvine</td>" in page
+    assert "data-reader>reader@example.com<" in page
+    assert '<option value="ann@example.com">' in page  # the picker lists the subscribers
+    frame = get(previewed, "/frame/issue").text
+    assert "Hello Sample &amp; Co from IRVINE, and Alex." in frame
+
+    ann = get(previewed, "/", subscriber="ann@example.com").text
+    assert "News for &lt;b&gt;&amp; in Zürich" in ann  # the subject, as Ann gets it
+    assert "<code>{{ subscriber.city }}</code></th><td>Zürich</td>" in ann
+    assert "data-reader>ann@example.com<" in ann
+    # The frames and the text link fill the issue for the same subscriber.
+    assert 'data-src="/frame/issue?subscriber=ann%40example.com"' in ann
+    frame = get(previewed, "/frame/issue", subscriber="ANN@example.com").text
+    assert "Hello &lt;b&gt;&amp; from ZÜRICH, and Ann." in frame
+    text = get(previewed, "/text/issue", subscriber="ann@example.com").text
+    assert "Hello <b>& from ZÜRICH, and Ann." in " ".join(text.split())
+
+    cat = get(previewed, "/", subscriber="cat@example.com").text
+    assert '<code>{{ subscriber.city }}</code></th><td><span class="muted">(empty)</span>' in cat
+
+    nobody = get(previewed, "/", subscriber="zed@example.com")
+    assert nobody.status_code == 200
+    assert "zed@example.com: not in the subscriber list; showing the sample" in nobody.text
+    assert "News for Sample &amp; Co in Irvine" in nobody.text
