@@ -3,6 +3,7 @@ recipient from the stored attributes, with the issue still rendered once."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,3 +252,40 @@ def test_preview_shows_the_samples_values_and_switches_subscriber(previewed: str
     assert nobody.status_code == 200
     assert "zed@example.com: not in the subscriber list; showing the sample" in nobody.text
     assert "News for Sample &amp; Co in Irvine" in nobody.text
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "News for Acme in Irvine",
+        "x" * 69,
+        "x" * 70,
+        "a " * 40 + "end",
+        "Zürich & <b>",
+        "=?utf-8?q?hi?= there",
+        'A: b; c <d@e> "q" (x)',
+        "",
+    ],
+)
+def test_a_filled_subject_is_the_header_a_fixed_one_would_be(subject: str) -> None:
+    """The per-recipient Subject line is byte for byte what the skeleton writes for the
+    same subject (the email package's RFC 2047 encoding and folding)."""
+    from newsletter.issue.render import html_slots, marker, text_slots
+    from newsletter.mail.message import Envelope, MessageTemplate
+
+    def head(template: MessageTemplate, values: dict[str, str]) -> bytes:
+        """The Subject line, with its continuation lines."""
+        message = template.render("a@example.com", "", values, "t", date="x")
+        header = message.split(b"\r\n\r\n", 1)[0].decode("ascii")
+        found = re.search(r"^Subject:.*(?:\r\n[ \t].*)*", header, re.MULTILINE)
+        assert found is not None
+        return found.group(0).encode("ascii")
+
+    values = {"unsubscribe_url": "https://example.com/u", "email": "a@example.com"}
+    body = html_slots("<p>hi</p>\n"), text_slots("hi\n")
+    field = fields.Field("subject")
+    values[field.slot] = subject
+    fixed = MessageTemplate(Envelope("N <n@example.com>", subject), *body)
+    filled = MessageTemplate(Envelope("N <n@example.com>", marker(field.slot)), *body)
+    assert head(filled, values) == head(fixed, values)
+    assert head(filled, values).isascii()
