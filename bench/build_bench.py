@@ -7,18 +7,31 @@ Run from the repository root:
 Prints the time to build the sample issue (Markdown, Jinja2, sponsor block,
 premailer), the per-recipient cost of filling the slots and of rendering the
 message bytes, beside the cost of re-running the full render + premailer for
-every recipient, and the ratio. Figures only; nothing is asserted. No files are
-written and no mail is sent.
+every recipient, and the ratio.
+
+Then merge fields: the CPU time per message of what the runner does per
+recipient (`Personalizer.values` with the stored attributes' JSON text, and
+`MessageTemplate.render`), for the sample issue as it is (the baseline) and for
+copies with two merge fields (`{{ subscriber.company | default("there") }}` and
+`{{ subscriber.city }}`) in the body, and in the body and the subject. The modes
+take turns, a batch of each at a time, in the same process, and the median batch
+of each is printed with its ratio to the baseline (the target: within 10%).
+
+Figures only; nothing is asserted. No files are written (but a temporary copy of
+the issue) and no mail is sent.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from newsletter import config as config_mod
 from newsletter import tokens
@@ -47,6 +60,9 @@ def main() -> None:
     parser.add_argument("--builds", type=int, default=30, help="build_issue runs (default 30)")
     parser.add_argument("--recipients", type=int, default=2000, help="recipients (default 2000)")
     parser.add_argument("--rerenders", type=int, default=20, help="full re-renders (default 20)")
+    parser.add_argument(
+        "--batches", type=int, default=40, help="merge fields: batches per mode (default 40)"
+    )
     args = parser.parse_args()
 
     # A fixed secret: the benchmark must not create .newsletter-secret.
@@ -120,6 +136,76 @@ def main() -> None:
             f"  {count:,} recipients: {count * per_recipient_us / 1e6:8.1f} s with slots,"
             f" {count * rerender_us / 1e6:8.1f} s re-rendering (CPU only, no SMTP)"
         )
+    merge_fields(config, issue, args.batches)
+
+
+# Two merge fields, one with a default; two thirds of the list have both attributes.
+BODY_FIELDS = 'Hello {{ subscriber.company | default("there") }} in {{ subscriber.city }}.'
+SUBJECT_FIELDS = " for {{ subscriber.city }}"
+BATCH = 200  # messages in one timed batch
+
+
+def merge_fields(config: Any, issue: Any, batches: int) -> None:
+    """Per-message CPU of the runner's per-recipient work, without and with merge fields."""
+    with tempfile.TemporaryDirectory() as tmp:
+        text = SAMPLE.read_text(encoding="utf-8")
+        head, sep, body = text.partition("\n---\n")
+        body_only = Path(tmp) / "body.md"
+        body_only.write_text(f"{head}{sep}\n{BODY_FIELDS}\n\n{body}", encoding="utf-8")
+        both = Path(tmp) / "both.md"
+        subject = next(row for row in head.splitlines() if row.startswith("subject:"))
+        both_head = head.replace(subject, subject + SUBJECT_FIELDS)
+        both.write_text(f"{both_head}{sep}\n{BODY_FIELDS}\n\n{body}", encoding="utf-8")
+        modes = {
+            "no merge fields (today)": issue,
+            "two fields in the body": publish.load_issue(body_only),
+            "two fields in body + subject": publish.load_issue(both),
+        }
+        senders = {}
+        for label, source in modes.items():
+            built = publish.build_issue(config, source)
+            template = publish.message_template(config, built)
+            personalizer = publish.Personalizer(
+                config,
+                built.issue.slug,
+                tokens.Signer(b"bench-secret-not-for-production-0123456789"),
+                slots=template.slots,
+            )
+            senders[label] = (personalizer, template)
+
+    cities = ["Irvine", "Zürich", "Oslo", "Lyon", "Austin"]
+    recipients = [
+        (
+            f"reader{n}@example.com",
+            f"Reader {n}",
+            json.dumps({"company": f"Company {n % 97}", "city": cities[n % 5]}) if n % 3 else "{}",
+        )
+        for n in range(BATCH)
+    ]
+
+    def batch(personalizer: publish.Personalizer, template: Any) -> float:
+        """CPU seconds of one batch, on this thread: what the runner's _message does."""
+        start = time.thread_time()
+        for address, name, attributes in recipients:
+            values, token = personalizer.values(address, name, attributes)
+            template.render(address, name, values, token)
+        return time.thread_time() - start
+
+    for personalizer, template in senders.values():  # warm up
+        batch(personalizer, template)
+    timings: dict[str, list[float]] = {label: [] for label in senders}
+    for _ in range(batches):
+        for label, (personalizer, template) in senders.items():
+            timings[label].append(batch(personalizer, template))
+
+    baseline = statistics.median(timings["no merge fields (today)"]) / BATCH * 1e6
+    print(
+        f"merge fields: CPU per message (Personalizer.values + MessageTemplate.render),"
+        f" median of {batches} batches of {BATCH}, modes taking turns:"
+    )
+    for label, samples in timings.items():
+        per_message = statistics.median(samples) / BATCH * 1e6
+        print(f"  {per_message:10.2f} µs  {label}  ({per_message / baseline:.3f}x)")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,7 @@ class Personalizer:
         self._unsubscribe_base = tokens.unsubscribe_url(config, "")
         # The merge fields among the template's slots (`slots`), filled per recipient.
         self.fields = fields.Values(fields.in_slots(slots))
+        self._has_fields = bool(self.fields)
 
     def values(
         self, email: str, name: str, attributes: str | Mapping[str, Any] = ""
@@ -173,8 +174,8 @@ class Personalizer:
             "unsubscribe_url": self._unsubscribe_base + token,
             "view_online_url": self.view_online_url,
         }
-        if self.fields:
-            values.update(self.fields.of(fields.Subscriber(email, name, attributes)))
+        if self._has_fields:
+            self.fields.fill(values, email, name, attributes)
         return values, token
 
 

@@ -54,6 +54,11 @@ class SlotTemplate:
         if unknown:
             raise TemplateError(f"unknown slot marker(s) in template output: {sorted(unknown)}")
 
+    @property
+    def escape(self) -> Callable[[str], str] | None:
+        """How a value is escaped in this document (None: as it is)."""
+        return self._escape
+
     def derive(self, source: str) -> SlotTemplate:
         """Another template (a part of this one) with the same escaping."""
         return SlotTemplate(source, self._escape)
@@ -75,8 +80,16 @@ def has_slots(text: str) -> bool:
     return MARKER.search(text) is not None
 
 
+def escape_html(value: str) -> str:
+    """html.escape(value, quote=True), which costs about 1.3 us on an unsubscribe link;
+    most values have nothing to escape, and five `in` tests say so in 0.2 us."""
+    if "&" in value or "<" in value or ">" in value or '"' in value or "'" in value:
+        return html.escape(value, quote=True)
+    return value
+
+
 def html_slots(source: str) -> SlotTemplate:
-    return SlotTemplate(source, escape=lambda v: html.escape(v, quote=True))
+    return SlotTemplate(source, escape=escape_html)
 
 
 def text_slots(source: str) -> SlotTemplate:
