@@ -19,6 +19,7 @@ from newsletter.ledger import lifecycle
 from newsletter.ledger.store import Store, SubscriberRow
 from newsletter.send import campaign
 from newsletter.web import preview
+from newsletter.web.archive import Archive
 
 SUBJECT = 'News for {{ subscriber.company | default("you") }} in {{ subscriber.city }}'
 BODY_LINE = (
@@ -52,14 +53,23 @@ SUBSCRIBERS = [
 ]
 
 
-def send(pub: Publication) -> dict[str, object]:
+def send(pub: Publication) -> tuple[Store, str]:
+    """A campaign of the issue to SUBSCRIBERS, run; the store and the issue's slug."""
     config = pub.config()
     store = Store.open(config.database_url)
     store.upsert_subscribers(SUBSCRIBERS)
     built = publish.build_issue(config, publish.load_issue(pub.issue))
     result = campaign.run(store, config, lifecycle.create(store, built))
     assert result.ok and result.sent == 3
-    return {}
+    return store, built.issue.slug
+
+
+def test_the_web_version_shows_the_defaults(pub: Publication, smtp_server: SmtpServer) -> None:
+    store, slug = send(pub)
+    page = Archive(store, pub.config()).web_version(slug)
+    assert page is not None
+    assert "Hello friend from , and reader." in page.decode("utf-8")
+    assert b"__nlslot_" not in page
 
 
 def test_each_recipient_gets_their_own_fields(pub: Publication, smtp_server: SmtpServer) -> None:

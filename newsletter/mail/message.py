@@ -179,7 +179,7 @@ class MessageTemplate:
             return self.envelope.subject
         subject = self._subject.fill(values)
         if subject.isprintable():  # no control, no line or paragraph separator
-            return subject
+            return subject.strip()  # an empty value at either end leaves a space
         return " ".join(_CONTROL.sub(" ", subject).split())
 
     def render(
