@@ -300,14 +300,3 @@ class Values:
 def line_at(text: str, offset: int) -> int:
     """The 0-based line of `offset` in `text`."""
     return text.count("\n", 0, offset)
-
-
-def display(text: str, marker_pattern: re.Pattern[str]) -> str:
-    """A text with slot markers (a campaign's subject) with its fields written back as
-    an editor writes them, for lists and reports."""
-
-    def back(match: re.Match[str]) -> str:
-        slot = match.group(1)
-        return from_slot(slot).text if is_field_slot(slot) else match.group(0)
-
-    return marker_pattern.sub(back, text)
