@@ -148,6 +148,7 @@ def test_a_field_is_a_slot_that_spells_its_expression() -> None:
         ("Hi {{ subscriber.company | default }}", "default needs a value"),
         ("Hi {{ subscriber.company | upper(1) }}", "cannot read"),
         ("Hi {{ subscriber.company", "without its closing }}"),
+        ("[Hi](https://example.com/?c={{ subscriber.company }})", "not allowed in a link's"),
     ],
 )
 def test_a_bad_field_is_an_error_naming_file_and_line(
@@ -299,3 +300,14 @@ def test_a_filled_subject_is_the_header_a_fixed_one_would_be(subject: str) -> No
     filled = MessageTemplate(Envelope("N <n@example.com>", marker(field.slot)), *body)
     assert head(filled, values) == head(fixed, values)
     assert head(filled, values).isascii()
+
+
+def test_a_test_send_is_filled_as_for_the_sample(
+    publication: Path, sample_issue: Path, run_cli
+) -> None:
+    with publication.open("a", encoding="utf-8") as toml:
+        toml.write(SAMPLE_ATTRIBUTES)
+    with_fields(sample_issue)
+    result = run_cli("send", sample_issue, "--to", "me@example.com", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "me@example.com: would get '[TEST] News for Sample & Co in Irvine'" in result.output

@@ -198,16 +198,20 @@ class Marked:
 
     text: str
     fields: tuple[Field, ...]
+    places: tuple[str, ...] = ()  # where each field is written, for an error
 
 
 def mark(text: str, where: Callable[[int], str], marker: Callable[[int, Field], str]) -> Marked:
     """Each `{{ ... }}` of `text` replaced by `marker(n, field)`; `where(offset)` names the
     place for an error. An unclosed `{{` is an error too."""
     fields: list[Field] = []
+    places: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
-        field = parse(match.group(1), where(match.start()))
+        place = where(match.start())
+        field = parse(match.group(1), place)
         fields.append(field)
+        places.append(place)
         return marker(len(fields) - 1, field)
 
     marked = _EXPRESSION.sub(replace, text)
@@ -217,7 +221,7 @@ def mark(text: str, where: Callable[[int], str], marker: Callable[[int, Field], 
         spans = [m.span() for m in _EXPRESSION.finditer(text)]
         offset = next(i for i in _find_all(text, "{{") if not any(a <= i < b for a, b in spans))
         raise FieldError(f"{where(offset)}: merge field without its closing }}}}")
-    return Marked(marked, tuple(fields))
+    return Marked(marked, tuple(fields), tuple(places))
 
 
 def _find_all(text: str, needle: str) -> Iterable[int]:
@@ -229,6 +233,22 @@ def _find_all(text: str, needle: str) -> Iterable[int]:
 
 def stand_in(n: int, field: Field) -> str:
     return _STAND_IN.format(n)
+
+
+# A stand-in inside a link's or an image's address: Markdown put a field there.
+_IN_ADDRESS = re.compile(r"""(?:href|src)\s*=\s*["'][^"']*?zqnlfield(\d+)qz""")
+
+
+def refuse_in_addresses(html: str, marked: Marked) -> None:
+    """A field in a link's address would be filled unencoded (a space breaks the link)
+    and tracked links would lead to the marker: not supported, said where it is."""
+    found = _IN_ADDRESS.search(html)
+    if found:
+        n = int(found.group(1))
+        raise FieldError(
+            f"{marked.places[n]}: merge field {marked.fields[n].text}: not allowed in a link's"
+            " or an image's address"
+        )
 
 
 def swap_stand_ins(text: str, fields: tuple[Field, ...], marker: Callable[[str], str]) -> str:

@@ -114,12 +114,15 @@ def build_issue(config: Config, issue: Issue) -> BuiltIssue:
         }
         sponsor_html = render.render(env, "sponsor.html", sponsor_context).strip()
         sponsor_text = render.render(env, "sponsor.txt", sponsor_context).strip()
+    body_html = markdown.to_html(body.text)
+    if body.fields:
+        fields.refuse_in_addresses(body_html, body)
     html = render.render(
         env,
         render.HTML_TEMPLATE,
         {
             **context,
-            "body_html": Markup(slotted(markdown.to_html(body.text))),
+            "body_html": Markup(slotted(body_html)),
             "sponsor_html": Markup(sponsor_html),
         },
     )
