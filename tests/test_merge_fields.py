@@ -311,3 +311,14 @@ def test_a_test_send_is_filled_as_for_the_sample(
     result = run_cli("send", sample_issue, "--to", "me@example.com", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "me@example.com: would get '[TEST] News for Sample & Co in Irvine'" in result.output
+
+
+def test_check_without_a_reachable_database_counts_nothing(
+    sample_issue: Path, publication: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_fields(sample_issue)
+    # Nothing listens on port 9: unreachable, which is no error for check.
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/x")
+    result = run_cli("check", sample_issue)
+    assert result.exit_code == 0, result.output
+    assert "is empty for" not in result.output
