@@ -36,7 +36,7 @@ class BuiltIssue:
     text: render.SlotTemplate  # plain-text part with slot markers
     sponsor_html: str
     sponsor_text: str
-    subject: str = ""  # the subject with its merge fields as slot markers
+    subject: str  # the subject with its merge fields as slot markers
     fields: tuple[fields.Field, ...] = ()  # the merge fields of the body and the subject
 
     @property
