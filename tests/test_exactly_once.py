@@ -165,10 +165,12 @@ def test_a_fault_in_the_middle_of_the_list_fails_that_row_alone(
 
     values = publish.Personalizer.values
 
-    def exploding(self: publish.Personalizer, email: str, name: str) -> object:
+    def exploding(
+        self: publish.Personalizer, email: str, name: str, attributes: str = ""
+    ) -> object:
         if email == "reader4@example.com":
             raise UnicodeEncodeError("ascii", "ø", 0, 1, "a slot that cannot be encoded")
-        return values(self, email, name)
+        return values(self, email, name, attributes)
 
     monkeypatch.setattr(publish.Personalizer, "values", exploding)
     result = send_all(pub)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,6 +22,8 @@ from newsletter.cli.root import (
 from newsletter.fileio import read_text, write_files
 from newsletter.issue import content, publish
 from newsletter.issue.check import has_errors
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import ACTIVE
 from newsletter.send import trial
 
 
@@ -106,7 +111,13 @@ def build(state: State, issue: Path, out_dir: Path | None, force: bool) -> None:
 @pass_state
 def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
     """Lint ISSUE: exit 1 on errors (unsubscribe, postal address, sponsor label, sizes...)."""
-    findings = publish.check_issue(state.config, issue, spam_score=spam)
+    with contextlib.ExitStack() as stack:
+        findings = publish.check_issue(
+            state.config,
+            issue,
+            spam_score=spam,
+            audience=lambda: active_subscribers(stack, state.config.database_url),
+        )
     errors = sum(f.level == "error" for f in findings)
     warnings = sum(f.level == "warning" for f in findings)
     if as_json:
@@ -127,6 +138,15 @@ def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
         click.echo(f"{issue}: {errors} error(s), {warnings} warning(s)")
     if has_errors(findings):
         raise SystemExit(1)
+
+
+def active_subscribers(stack: contextlib.ExitStack, url: str) -> Iterator[Any] | None:
+    """The list's active subscribers, when the database is there (nothing is created)."""
+    store = Store.existing(url)
+    if store is None:
+        return None
+    stack.callback(store.close)
+    return store.iter_subscribers(ACTIVE)
 
 
 @cli.command()

@@ -3,6 +3,7 @@ overrides into a Config: unknown keys get "did you mean", wrong types name the k
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import datetime as dt
 import difflib
@@ -276,6 +277,10 @@ def _coerce(path: Path, label: str, value: Any, expected: Any) -> Any:
             f"{path}: {label}: expected {_type_name(expected)}, got {_type_name(type(value))}"
             f" {value!r}"
         )
+    if origin in (dict, collections.abc.Mapping):
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
+        raise ConfigError(f"{path}: {label}: expected a table of strings, got {value!r}")
     if origin is tuple:
         if isinstance(value, str):
             value = [value]

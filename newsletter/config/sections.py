@@ -144,6 +144,8 @@ class Sample:
 
     email: str = "reader@example.com"
     name: str = "Reader"
+    # What the merge fields show for the sample: [sample.attributes] company = "..."
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 from markupsafe import Markup
 
@@ -21,7 +22,7 @@ from newsletter import tokens
 from newsletter.config import Config, Sponsor
 from newsletter.errors import CheckFailed, NewsletterError
 from newsletter.fileio import write_files
-from newsletter.issue import check, inline, markdown, render, spam, sponsor, tracked_links
+from newsletter.issue import check, fields, inline, markdown, render, spam, sponsor, tracked_links
 from newsletter.issue.content import Issue, read_issue
 from newsletter.mail.dkim import DkimSigner
 from newsletter.mail.message import Envelope, MessageTemplate
@@ -35,6 +36,12 @@ class BuiltIssue:
     text: render.SlotTemplate  # plain-text part with slot markers
     sponsor_html: str
     sponsor_text: str
+    subject: str  # the subject with its merge fields as slot markers
+    fields: tuple[fields.Field, ...] = ()  # the merge fields of the body and the subject
+
+    @property
+    def slots(self) -> set[str]:
+        return self.html.slots | self.text.slots | set(render.MARKER.findall(self.subject))
 
 
 @dataclass(frozen=True)
@@ -48,15 +55,48 @@ def load_issue(path: Path | str) -> Issue:
     return read_issue(Path(path))
 
 
+def subject_slots(subject: str, where: str = "subject") -> tuple[str, tuple[fields.Field, ...]]:
+    """The subject with its merge fields as slot markers, and the fields."""
+    marked = fields.mark(subject, lambda _: where, lambda _, f: render.marker(f.slot))
+    return marked.text, marked.fields
+
+
+def _subject_line(issue: Issue) -> str:
+    """Where the subject is written, for an error: its front matter line."""
+    try:
+        lines = issue.path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return f"{issue.path}: subject"
+    for n, line in enumerate(lines[: issue.body_line], 1):
+        if line.startswith("subject:"):
+            return f"{issue.path}:{n}"
+    return f"{issue.path}: subject"
+
+
 def build_issue(config: Config, issue: Issue) -> BuiltIssue:
-    """Markdown, layout, sponsor block and premailer: once per issue."""
+    """Markdown, layout, sponsor block and premailer: once per issue. Merge fields become
+    slot markers before Markdown sees them (as stand-ins it leaves alone)."""
     env = render.environment(config.templates_dir)
     chosen = sponsor.choose(config, issue)
+    subject, subject_fields = (
+        subject_slots(issue.subject, _subject_line(issue))
+        if "{{" in issue.subject
+        else (issue.subject, ())
+    )
+    body = fields.mark(
+        issue.body,
+        lambda at: f"{issue.path}:{issue.body_line + fields.line_at(issue.body, at)}",
+        fields.stand_in,
+    )
+
+    def slotted(text: str) -> str:
+        return fields.swap_stand_ins(text, body.fields, render.marker)
+
     context = {
         "publication": config.publication,
         "issue": {
             "title": issue.title,
-            "subject": issue.subject,
+            "subject": subject,
             "preheader": issue.preheader,
             "slug": issue.slug,
             "date": issue.date,
@@ -74,12 +114,15 @@ def build_issue(config: Config, issue: Issue) -> BuiltIssue:
         }
         sponsor_html = render.render(env, "sponsor.html", sponsor_context).strip()
         sponsor_text = render.render(env, "sponsor.txt", sponsor_context).strip()
+    body_html = markdown.to_html(body.text)
+    if body.fields:
+        fields.refuse_in_addresses(body_html, body)
     html = render.render(
         env,
         render.HTML_TEMPLATE,
         {
             **context,
-            "body_html": Markup(markdown.to_html(issue.body)),
+            "body_html": Markup(slotted(body_html)),
             "sponsor_html": Markup(sponsor_html),
         },
     )
@@ -88,7 +131,7 @@ def build_issue(config: Config, issue: Issue) -> BuiltIssue:
         render.TEXT_TEMPLATE,
         {
             **context,
-            "body_text": markdown.to_text(issue.body).rstrip(),
+            "body_text": slotted(markdown.to_text(body.text)).rstrip(),
             "sponsor_text": sponsor_text,
         },
     )
@@ -99,35 +142,50 @@ def build_issue(config: Config, issue: Issue) -> BuiltIssue:
         text=render.text_slots(text),
         sponsor_html=sponsor_html,
         sponsor_text=sponsor_text,
+        subject=subject,
+        fields=tuple(dict.fromkeys(subject_fields + body.fields)),
     )
 
 
 class Personalizer:
     """The slot values for one recipient: all the per-recipient work besides MIME and SMTP."""
 
-    def __init__(self, config: Config, slug: str, signer: tokens.Signer | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        slug: str,
+        signer: tokens.Signer | None = None,
+        slots: Iterable[str] = (),
+    ) -> None:
         self.config = config
         self.signer = signer or tokens.Signer(tokens.load_secret(config))
         self.view_online_url = tokens.view_online_url(config, slug)
         self._unsubscribe_base = tokens.unsubscribe_url(config, "")
+        # The merge fields among the template's slots (`slots`), filled per recipient.
+        self.fields = fields.Values(fields.in_slots(slots))
+        self._has_fields = bool(self.fields)
 
-    def values(self, email: str, name: str) -> tuple[dict[str, str], str]:
-        """(slot values, unsubscribe token) for one recipient."""
+    def values(
+        self, email: str, name: str, attributes: str | Mapping[str, Any] = ""
+    ) -> tuple[dict[str, str], str]:
+        """(slot values, unsubscribe token) for one recipient; `attributes` (the stored
+        JSON text, or a mapping) is read only when the issue has merge fields."""
         token = self.signer.sign(email)
-        return {
+        values = {
             "name": name or "there",
             "email": email,
             "unsubscribe_url": self._unsubscribe_base + token,
             "view_online_url": self.view_online_url,
-        }, token
+        }
+        if self._has_fields:
+            self.fields.fill(values, email, name, attributes)
+        return values, token
 
 
 def message_template(
     config: Config, built: BuiltIssue, subject_prefix: str = ""
 ) -> MessageTemplate:
-    return envelope_template(
-        config, f"{subject_prefix}{built.issue.subject}", built.html, built.text
-    )
+    return envelope_template(config, f"{subject_prefix}{built.subject}", built.html, built.text)
 
 
 def envelope_template(
@@ -164,14 +222,35 @@ class Sample:
     unsubscribe_url: str
     # Each tracked link in it -> where it leads (the preview shows it on hover).
     destinations: Mapping[str, str] = field(default_factory=dict)
+    subject: str = ""  # its merge fields filled
 
 
-def sample(config: Config, built: BuiltIssue, when: dt.datetime | None = None) -> Sample:
-    """The message for the sample subscriber, with the links readers get: where sending
-    tracks clicks, the tracked links of send/campaign's code path (tracked_links.rewrite),
-    their tokens made for a placeholder campaign and subscriber (there is none yet)."""
-    values, token = Personalizer(config, built.issue.slug).values(
-        config.sample.email, config.sample.name
+@dataclass(frozen=True)
+class Reader:
+    """Whom a sample is filled for: [sample], or a subscriber the preview picked."""
+
+    email: str
+    name: str
+    attributes: str | Mapping[str, Any] = ""
+
+    @classmethod
+    def from_config(cls, config: Config) -> Reader:
+        return cls(config.sample.email, config.sample.name, config.sample.attributes)
+
+
+def sample(
+    config: Config,
+    built: BuiltIssue,
+    when: dt.datetime | None = None,
+    reader: Reader | None = None,
+) -> Sample:
+    """The message for the sample subscriber (or `reader`), with the links readers get:
+    where sending tracks clicks, the tracked links of send/campaign's code path
+    (tracked_links.rewrite), their tokens made for a placeholder campaign and subscriber
+    (there is none yet)."""
+    reader = reader or Reader.from_config(config)
+    values, token = Personalizer(config, built.issue.slug, slots=built.slots).values(
+        reader.email, reader.name, reader.attributes
     )
     html, text = built.html, built.text
     destinations: dict[str, str] = {}
@@ -186,30 +265,25 @@ def sample(config: Config, built: BuiltIssue, when: dt.datetime | None = None) -
             link_values = slots.values(tracked_links.PLACEHOLDER_SUBSCRIBER)
             values.update(link_values)
             destinations = {link_values[f"link{link.idx}"]: link.url for link in tracked.links}
-    template = envelope_template(config, built.issue.subject, html, text)
+    template = envelope_template(config, built.subject, html, text)
     date = None
     if when is not None:
         date = format_datetime(when)
-    message = template.render(
-        config.sample.email,
-        config.sample.name,
-        values,
-        token,
-        date=date,
-    )
+    message = template.render(reader.email, reader.name, values, token, date=date)
     return Sample(
         html=html.fill(values),
         text=text.fill(values),
         message=message,
         unsubscribe_url=values["unsubscribe_url"],
         destinations=destinations,
+        subject=template.subject(values),
     )
 
 
 def check_subject(config: Config, built: BuiltIssue, filled: Sample) -> check.Subject:
     """What `check` looks at: the issue as the sample subscriber gets it."""
     return check.Subject(
-        subject=built.issue.subject,
+        subject=filled.subject,
         preheader=built.issue.preheader,
         html=filled.html,
         text=filled.text,
@@ -231,6 +305,40 @@ def check_built(config: Config, built: BuiltIssue, filled: Sample) -> list[check
         findings.insert(0, check.Finding("error", "sponsor-not-booked", problem, "front matter"))
     findings += check.source_findings(built.issue)
     return findings
+
+
+def field_findings(built: BuiltIssue, audience: Audience) -> list[check.Finding]:
+    """A warning for each merge field without a default that comes out empty for some
+    subscribers: they would read "Hello ," (counted over the whole list, streamed)."""
+    # One warning a key, however many expressions use it without a default.
+    undefaulted: dict[str, list[fields.Field]] = {}
+    for field_ in built.fields:
+        if not field_.has_default:
+            undefaulted.setdefault(field_.key, []).append(field_)
+    if not undefaulted:
+        return []
+    rows = audience()
+    if rows is None:
+        return []
+    missing = dict.fromkeys(undefaulted, 0)
+    total = 0
+    for row in rows:
+        total += 1
+        reader = fields.Subscriber(row.email, row.name, row.attributes)
+        for key, used in undefaulted.items():
+            if not all(f.value(reader) for f in used):
+                missing[key] += 1
+    return [
+        check.Finding(
+            "warning",
+            "merge-field-empty",
+            f"{undefaulted[key][0].text} is empty for {count:,} of {total:,} subscriber(s)"
+            f' and has no default (add one: | default("..."))',
+            str(built.issue.path),
+        )
+        for key, count in missing.items()
+        if count
+    ]
 
 
 def _with_tracked_links(text: str, destinations: Mapping[str, str]) -> str:
@@ -256,12 +364,25 @@ def refuse_on_check_errors(config: Config, built: BuiltIssue, doing: str) -> Non
         )
 
 
-def check_issue(config: Config, path: Path | str, spam_score: bool = False) -> list[check.Finding]:
+# The subscribers `check` counts a field's missing values among (their email, name and
+# attributes), or None when there is no list to count (no database yet).
+Audience = Callable[[], Iterable[Any] | None]
+
+
+def check_issue(
+    config: Config,
+    path: Path | str,
+    spam_score: bool = False,
+    audience: Audience | None = None,
+) -> list[check.Finding]:
     """The lint's findings, errors first; with `spam_score`, then SpamAssassin's rules
-    and its total, scoring the message `build` writes (an error over [check] spam_max)."""
+    and its total, scoring the message `build` writes (an error over [check] spam_max).
+    With `audience`, a warning for each merge field some subscribers have no value for."""
     built = build_issue(config, load_issue(path))
     filled = sample(config, built)
     findings = check_built(config, built, filled)
+    if audience is not None:
+        findings += field_findings(built, audience)
     if spam_score:
         findings += spam.findings(spam.score(filled.message), config.check.spam_max)
     return findings

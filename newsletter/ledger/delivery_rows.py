@@ -44,6 +44,7 @@ class Item:
     email: str
     name: str
     subscriber_id: int = 0
+    attributes: str = ""  # the stored JSON text, parsed only for an issue's merge fields
 
 
 def item_query() -> sa.Select[Any]:
@@ -53,6 +54,7 @@ def item_query() -> sa.Select[Any]:
         subscribers.c.email,
         subscribers.c.name,
         subscribers.c.id.label("sid"),
+        subscribers.c.attributes,
     ).join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
 
 
@@ -106,7 +108,9 @@ class Rows:
                     .order_by(deliveries.c.id)
                     .limit(self.BATCH - len(items))
                 )
-                items += [Item(r.id, r.email, r.name, r.sid) for r in conn.execute(query)]
+                items += [
+                    Item(r.id, r.email, r.name, r.sid, r.attributes) for r in conn.execute(query)
+                ]
                 start = end
         return items
 

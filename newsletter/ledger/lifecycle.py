@@ -479,7 +479,7 @@ def claim_batch(
             .values(batches=campaigns.c.batches + 1, heartbeat_at=now)
         )
         items = [
-            Item(r.id, r.email, r.name, r.sid)
+            Item(r.id, r.email, r.name, r.sid, r.attributes)
             for r in conn.execute(
                 item_query().where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)
             )

@@ -187,6 +187,17 @@ class Store:
         return store
 
     @classmethod
+    def existing(cls, url: str) -> Store | None:
+        """The store at `url` when it is there at this release's schema, else None (not
+        created yet, unreachable, older or newer): for a look that creates nothing."""
+        try:
+            if not cls.schema_state(url).is_head:
+                return None
+            return cls.open(url, create=False)
+        except NewsletterError:
+            return None
+
+    @classmethod
     def upgrade(cls, url: str) -> migrations.SchemaChange:
         """Bring the database at `url` to this release's schema, as every open does."""
         _create_private(url)

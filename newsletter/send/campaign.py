@@ -32,7 +32,7 @@ from typing import Any
 from newsletter import tokens
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
-from newsletter.issue.publish import envelope_template
+from newsletter.issue.publish import envelope_template, subject_slots
 from newsletter.issue.render import html_slots, text_slots
 from newsletter.ledger import lifecycle
 from newsletter.ledger.delivery_rows import Rows, counts
@@ -88,8 +88,10 @@ def campaign_template(
     # Gmail's feedback loop (Feedback-ID: a:b:c:sender): complaints per campaign and issue.
     sender_id = config.publication.list_id or config.publication.from_addr.rpartition("@")[2]
     feedback_id = f"{row.id}:{row.issue_slug}:newsletter:{sender_id.strip('<> ')}"
+    # The campaign keeps the subject as the issue writes it; its merge fields are slots.
+    subject, _ = subject_slots(row.subject, f"campaign {row.id}: subject")
     template = envelope_template(
-        config, row.subject, html_slots(html), text_slots(text), feedback_id=feedback_id
+        config, subject, html_slots(html), text_slots(text), feedback_id=feedback_id
     )
     return template, links
 

@@ -143,7 +143,9 @@ class Runner:
         self.lanes = settings.lanes
         self.links = settings.links
         self._lane_numbers = itertools.count()
-        self.personalizer = Personalizer(settings.config, settings.slug)
+        self.personalizer = Personalizer(
+            settings.config, settings.slug, slots=settings.template.slots
+        )
         self.sender = settings.template.from_address
         # With [bounces] address, each message's envelope sender names its campaign and
         # subscriber (VERP), so its bounce is matched without guessing.
@@ -374,7 +376,7 @@ class Runner:
 
     def _message(self, item: Item) -> bytes:
         """The message for one row: its slot values filled into the campaign's template."""
-        values, token = self.personalizer.values(item.email, item.name)
+        values, token = self.personalizer.values(item.email, item.name, item.attributes)
         if self.links is not None:
             values.update(self.links.values(item.subscriber_id))
         return self.template.render(item.email, item.name, values, token)

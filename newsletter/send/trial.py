@@ -26,12 +26,15 @@ def send_test(
 ) -> list[tuple[str, str]]:
     """Send the issue to a few addresses with "[TEST]" in the subject; nothing is recorded."""
     template = message_template(config, built, subject_prefix="[TEST] ")
-    personalizer = Personalizer(config, built.issue.slug)
+    personalizer = Personalizer(config, built.issue.slug, slots=template.slots)
     conn = transport.SmtpConnection(transport.SmtpSettings.from_config(config))
     results = []
     try:
         for address in addresses:
-            values, token = personalizer.values(address, config.sample.name)
+            # Filled as for the sample subscriber, as the preview shows it.
+            values, token = personalizer.values(
+                address, config.sample.name, config.sample.attributes
+            )
             res = conn.send(
                 # Bounces of a test go where the campaign's would ([bounces] address).
                 config.bounces.address or template.from_address,
@@ -61,12 +64,12 @@ class RenderedTest:
 def render_test(config: Config, built: BuiltIssue, addresses: Iterable[str]) -> list[RenderedTest]:
     """The messages send_test would send, rendered the same way; no connection is made."""
     template = message_template(config, built, subject_prefix=_TEST_PREFIX)
-    personalizer = Personalizer(config, built.issue.slug)
+    personalizer = Personalizer(config, built.issue.slug, slots=template.slots)
     out = []
     for address in addresses:
-        values, token = personalizer.values(address, config.sample.name)
+        values, token = personalizer.values(address, config.sample.name, config.sample.attributes)
         size = len(template.render(address, "", values, token))
-        out.append(RenderedTest(address, _TEST_PREFIX + built.issue.subject, size))
+        out.append(RenderedTest(address, template.subject(values), size))
     return out
 
 
@@ -100,10 +103,10 @@ def dry_run(
 ) -> DryRun:
     """Render every message a campaign would send, and send nothing."""
     template = message_template(config, built)
-    personalizer = Personalizer(config, built.issue.slug)
+    personalizer = Personalizer(config, built.issue.slug, slots=template.slots)
     report = DryRun()
     for sub in audience(store, built.issue.slug, repeat, segment):
-        values, token = personalizer.values(sub.email, sub.name)
+        values, token = personalizer.values(sub.email, sub.name, sub.attributes)
         report.messages += 1
         report.bytes += len(template.render(sub.email, sub.name, values, token))
     return report

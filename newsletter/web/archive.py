@@ -39,7 +39,7 @@ from newsletter import __version__, tokens
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.fileio import write_files
-from newsletter.issue import render
+from newsletter.issue import fields, render
 from newsletter.ledger import published
 from newsletter.ledger.store import Store
 
@@ -192,6 +192,8 @@ class Archive:
     def _fill(self, campaign_id: int, slug: str, source: str) -> str:
         template = render.html_slots(source)
         values = neutral_values(self.config, slug)
+        # Merge fields are filled for nobody: their defaults, else empty.
+        fields.Values(fields.in_slots(template.slots)).fill(values, "", "", "")
         other = template.slots - values.keys()
         if other:
             # Tracked links (link0, link1, ...) lead straight to where they go: a click on

@@ -11,10 +11,12 @@ and the last good version stays in the frames until the next good save.
 
 What is served, and nothing else; no URL is ever turned into a file path:
 
-    GET  /             the page (?m=NAME picks an outbox message)
+    GET  /             the page (?m=NAME picks an outbox message; ?subscriber=ADDRESS
+                       fills an issue for that subscriber, with their stored attributes)
     GET  /events       server-sent events: "render" after every change
-    GET  /frame/KEY    the HTML part, byte for byte (?images=off blocks images)
-    GET  /text/KEY     the plain-text part
+    GET  /frame/KEY    the HTML part, byte for byte (?images=off blocks images;
+                       ?subscriber=ADDRESS as for the page)
+    GET  /text/KEY     the plain-text part (?subscriber=ADDRESS too)
     GET  /page/ASSET   the page's own script and style sheet
     POST /send-test    with the page's token: send the issue to the test recipients
 
@@ -32,6 +34,7 @@ import webbrowser
 from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlencode
 
 import anyio.to_thread
 import jinja2
@@ -51,6 +54,7 @@ from newsletter.web.preview_sources import (
     IssueSource,
     Log,
     OutboxSource,
+    Snapshot,
     Source,
     Watcher,
     quiet,
@@ -68,9 +72,10 @@ _FRAME_CSP = (
     " media-src *; frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
 )
 _FRAME_CSP_NO_IMAGES = _FRAME_CSP.replace("img-src * data:", "img-src 'none'")
+# The page's one form (which subscriber to fill the issue for) is a GET to the page itself.
 _PAGE_CSP = (
     "default-src 'self'; img-src 'self' data:; frame-src 'self'; frame-ancestors 'none';"
-    " base-uri 'none'; form-action 'none'"
+    " base-uri 'none'; form-action 'self'"
 )
 
 SendTest = Callable[[], str]
@@ -156,12 +161,29 @@ class Preview:
             return wanted
         return keys[0] if keys else None
 
+    def _subscriber(self, request: Request) -> str:
+        """The subscriber the issue is filled for (?subscriber=), "" for the sample."""
+        if not isinstance(self.source, IssueSource):
+            return ""
+        return request.query_params.get("subscriber", "").strip()[:320]
+
+    def _snapshot(self, request: Request, key: str | None) -> Snapshot:
+        subscriber = self._subscriber(request)
+        if subscriber and key == ISSUE_KEY and isinstance(self.source, IssueSource):
+            return self.source.for_subscriber(subscriber)
+        return self.source.snapshot(key)
+
     def page(self, request: Request) -> Response:
         key = self._selected(request)
         version = self.broadcast.version
-        snap = self.source.snapshot(key)
+        snap = self._snapshot(request, key)
         outbox = self.source.entries() if isinstance(self.source, OutboxSource) else []
+        subscriber = self._subscriber(request)
         html = self._page.render(
+            subscriber=subscriber,
+            # The frames and the text link fill the issue for the same subscriber.
+            query=f"?{urlencode({'subscriber': subscriber})}" if subscriber else "",
+            addresses=self.source.addresses() if isinstance(self.source, IssueSource) else [],
             mode=self.source.mode,
             label=self.source.label,
             key=key,
@@ -180,7 +202,7 @@ class Preview:
         )
 
     def frame(self, request: Request) -> Response:
-        rendering, error = self._rendering(request.path_params["key"])
+        rendering, error = self._rendering(request, request.path_params["key"])
         if rendering is None:
             return PlainTextResponse(error, status_code=404 if error is None else 503)
         html = rendering.html
@@ -196,16 +218,16 @@ class Preview:
         )
 
     def text(self, request: Request) -> Response:
-        rendering, error = self._rendering(request.path_params["key"])
+        rendering, error = self._rendering(request, request.path_params["key"])
         if rendering is None:
             return PlainTextResponse(error, status_code=404 if error is None else 503)
         return Response(rendering.text.encode("utf-8"), media_type="text/plain; charset=utf-8")
 
-    def _rendering(self, key: str) -> tuple[Rendering | None, str | None]:
+    def _rendering(self, request: Request, key: str) -> tuple[Rendering | None, str | None]:
         """The rendering for a key, or (None, None) for an unknown key: 404 says nothing more."""
         if key not in self.source.keys():
             return None, None
-        snap = self.source.snapshot(key)
+        snap = self._snapshot(request, key)
         if snap.rendering is None:
             return None, f"not rendered: {snap.error}"
         return snap.rendering, None

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import email.policy
+import itertools
 import os
 import threading
 import time
@@ -22,7 +23,10 @@ import watchfiles
 
 from newsletter import config as config_mod
 from newsletter.errors import NewsletterError
-from newsletter.issue import publish, tracked_links
+from newsletter.issue import fields, publish, tracked_links
+from newsletter.issue.check import Finding
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import ACTIVE
 from newsletter.mail.eml import Rendering, read_message, short_date
 
 ISSUE_KEY = "issue"
@@ -50,6 +54,10 @@ class Snapshot:
     error: str | None = None
     rendered_at: dt.datetime | None = None
     seconds: float = 0.0
+    # An issue's merge fields as `reader` gets them: (field as written, its value).
+    fields: tuple[tuple[str, str], ...] = ()
+    reader: str = ""  # whose values: the sample's address, or the subscriber picked
+    reader_error: str = ""  # the subscriber picked is not in the list: the sample shows
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,9 @@ class IssueSource:
         with contextlib.suppress(NewsletterError):  # else the first refresh reports it
             self._templates_dir = config_mod.load(self.config_path).templates_dir.resolve()
         self._snapshot = Snapshot()
+        self._built: tuple[config_mod.Config, publish.BuiltIssue, tuple[Finding, ...]] | None
+        self._built = None
+        self._for_reader: tuple[str, Snapshot, Snapshot] | None = None  # the last one made
 
     def refresh(self) -> bool:
         start = time.perf_counter()
@@ -109,16 +120,9 @@ class IssueSource:
             self._templates_dir = cfg.templates_dir.resolve()
             built = publish.build_issue(cfg, publish.load_issue(self.issue_path))
             filled = publish.sample(cfg, built)
-            findings = publish.check_built(cfg, built, filled)
-            rendering = dataclasses.replace(
-                read_message(
-                    filled.message,
-                    # Tracked links show where they lead on hover.
-                    html=tracked_links.with_titles(filled.html, filled.destinations),
-                    text=filled.text,
-                ),
-                findings=tuple(findings),
-            )
+            findings = tuple(publish.check_built(cfg, built, filled))
+            rendering = _rendering(filled, findings)
+            reader = publish.Reader.from_config(cfg)
         except NewsletterError as exc:
             error = str(exc)
         except Exception as exc:  # a bug must not take the preview down: show it, log it
@@ -126,7 +130,15 @@ class IssueSource:
             self._log(traceback.format_exc().rstrip())
         else:
             seconds = time.perf_counter() - start
-            self._snapshot = Snapshot(rendering, None, dt.datetime.now(), seconds)
+            self._built = (cfg, built, findings)
+            self._snapshot = Snapshot(
+                rendering,
+                None,
+                dt.datetime.now(),
+                seconds,
+                fields=_field_values(built, reader),
+                reader=reader.email,
+            )
             summary = f"{rendering.errors} error(s), {rendering.warnings} warning(s)"
             self._log(f"rendered {self.label} in {seconds * 1000:.0f} ms: {summary}")
             return True
@@ -152,6 +164,69 @@ class IssueSource:
         if key != ISSUE_KEY:
             return Snapshot(error=f"no such message: {key}")
         return self._snapshot
+
+    def for_subscriber(self, address: str) -> Snapshot:
+        """The issue as the subscriber at `address` gets it, with their stored attributes;
+        the sample's, with `reader_error` saying why, when the list has no such address."""
+        base, built = self._snapshot, self._built
+        if built is None or base.rendering is None or base.error is not None:
+            return base
+        cached = self._for_reader
+        if cached is not None and cached[0] == address and cached[1] is base:
+            return cached[2]
+        cfg, issue, findings = built
+        store = Store.existing(cfg.database_url)
+        if store is None:
+            return dataclasses.replace(
+                base, reader_error=f"{address}: there is no subscriber list yet"
+            )
+        try:
+            row = store.subscriber(address)
+        finally:
+            store.close()
+        if row is None:
+            return dataclasses.replace(base, reader_error=f"{address}: not in the subscriber list")
+        reader = publish.Reader(row["email"], row["name"], row["attributes"])
+        filled = publish.sample(cfg, issue, reader=reader)
+        made = dataclasses.replace(
+            base,
+            rendering=_rendering(filled, findings),
+            fields=_field_values(issue, reader),
+            reader=reader.email,
+        )
+        self._for_reader = (address, base, made)
+        return made
+
+    def addresses(self, limit: int = 200) -> list[str]:
+        """Some subscribers' addresses, for the page's picker (none without a list)."""
+        built = self._built
+        store = Store.existing(built[0].database_url) if built is not None else None
+        if store is None:
+            return []
+        try:
+            rows = store.iter_subscribers(ACTIVE, batch=limit)
+            return [row.email for row in itertools.islice(rows, limit)]
+        finally:
+            store.close()
+
+
+def _rendering(filled: publish.Sample, findings: tuple[Finding, ...]) -> Rendering:
+    return dataclasses.replace(
+        read_message(
+            filled.message,
+            # Tracked links show where they lead on hover.
+            html=tracked_links.with_titles(filled.html, filled.destinations),
+            text=filled.text,
+        ),
+        findings=findings,
+    )
+
+
+def _field_values(
+    built: publish.BuiltIssue, reader: publish.Reader
+) -> tuple[tuple[str, str], ...]:
+    subscriber = fields.Subscriber(reader.email, reader.name, reader.attributes)
+    return tuple((f.text, f.value(subscriber)) for f in built.fields)
 
 
 @dataclass(frozen=True)
