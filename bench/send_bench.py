@@ -377,15 +377,20 @@ def make_publication(tmp: Path) -> Publication:
     return Publication(root, root / "newsletter.toml", issue, padded, sizes)
 
 
-def seed_database(path: Path, n: int) -> None:
-    """N active subscribers through the store's own import path, in chunks."""
+def seed_database(path: Path, n: int, attributes: bool = False) -> None:
+    """N active subscribers through the store's own import path, in chunks; with
+    `attributes`, each has the two the merge-field runs use (company, city)."""
     from newsletter.ledger.store import Store, SubscriberRow
 
     store = Store.open(f"sqlite:///{path}")
     try:
         for start in range(0, n, 5000):
             rows = [
-                SubscriberRow(f"reader{i:06d}@example.com", f"Reader {i}")
+                SubscriberRow(
+                    f"reader{i:06d}@example.com",
+                    f"Reader {i}",
+                    {"company": f"Company {i}", "city": "Irvine"} if attributes else {},
+                )
                 for i in range(start, min(n, start + 5000))
             ]
             store.upsert_subscribers(rows)
@@ -400,19 +405,19 @@ class Databases:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.seeded: dict[int, Path] = {}
+        self.seeded: dict[tuple[int, bool], Path] = {}
         self.runs = 0
 
-    def fresh(self, n: int) -> Path:
-        if n not in self.seeded:
-            path = self.tmp / f"seed-{n}.db"
+    def fresh(self, n: int, attributes: bool = False) -> Path:
+        if (n, attributes) not in self.seeded:
+            path = self.tmp / f"seed-{n}{'-attributes' if attributes else ''}.db"
             t0 = time.perf_counter()
-            seed_database(path, n)
+            seed_database(path, n, attributes)
             print(f"  (seeded {n:,} subscribers in {time.perf_counter() - t0:.1f} s)")
-            self.seeded[n] = path
+            self.seeded[(n, attributes)] = path
         self.runs += 1
         run = self.tmp / f"run-{self.runs}.db"
-        shutil.copy(self.seeded[n], run)
+        shutil.copy(self.seeded[(n, attributes)], run)
         return run
 
 
@@ -894,6 +899,9 @@ def main() -> None:
         "--repeat", type=int, help="runs of the headline figure, median kept (default 3)"
     )
     parser.add_argument("--profile-only", action="store_true", help="only the cProfile run")
+    parser.add_argument(
+        "--fields-only", action="store_true", help="only the merge-field comparison"
+    )
     parser.add_argument("--no-mailmerge", action="store_true", help="skip that baseline")
     parser.add_argument("--mailmerge", help="a mailmerge executable (default: its own venv)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -958,8 +966,16 @@ class Bench:
         self.source_rate: dict[int, float] = {}  # smtp-source msg/s by connections
         self.smtplib: Result | None = None  # smtplib alone, the prebuilt message
 
-    def ours(self, issue: Path, n: int, concurrency: int, port: int, **extra: Any) -> Result:
-        db = self.dbs.fresh(n)
+    def ours(
+        self,
+        issue: Path,
+        n: int,
+        concurrency: int,
+        port: int,
+        attributes: bool = False,
+        **extra: Any,
+    ) -> Result:
+        db = self.dbs.fresh(n, attributes)
         before = self.sink.messages()
         spec = {
             "mode": "ours",
@@ -989,7 +1005,11 @@ class Bench:
             self.profile()
             return
         self.sizes()
+        if self.args.fields_only:
+            self.merge_fields()
+            return
         self.end_to_end()
+        self.merge_fields()
         self.reference()
         self.baselines()
         self.scaling()
@@ -1006,6 +1026,38 @@ class Bench:
             print(f"  padded copy  {pub.padded.name}: {kib(pub.sizes['padded'])}")
             print("  the sample is under 27 KiB: the padded copy is the comparable figure,")
             print("  and the one every comparison below sends")
+
+    def merge_fields(self) -> None:
+        """Issue 19's promise: two merge fields cost within 10% of the CPU per message of
+        an issue without, both sent to the same list (subscribers with the attributes),
+        taking turns in this run, median of the repeats."""
+        c = self.counts
+        fields = self.issue.with_name(f"{self.issue.stem}-fields.md")
+        head, sep, body = self.issue.read_text(encoding="utf-8").partition("\n---\n")
+        line = (
+            'Hello {{ subscriber.company | default("friend") }} in {{ subscriber.city | upper }}.'
+        )
+        fields.write_text(f"{head}{sep}\n{line}\n\n{body}", encoding="utf-8")
+        print(
+            f"\nmerge fields ({self.label}, concurrency 1, {c.main:,} subscribers with two"
+            " attributes; the runs take turns):"
+        )
+        found: dict[str, list[Result]] = {"no fields": [], "two fields": []}
+        for k in range(max(self.args.repeat, 3)):
+            for label, issue in (("no fields", self.issue), ("two fields", fields)):
+                r = self.try_ours(
+                    f"{label} ({k + 1})", issue, c.main, 1, self.sink.port, attributes=True
+                )
+                if r:
+                    found[label].append(r)
+        if not all(found.values()):
+            return
+        cpu = {label: sorted(cpu_us(r) for r in rs)[len(rs) // 2] for label, rs in found.items()}
+        ratio = cpu["two fields"] / cpu["no fields"]
+        print(
+            f"  median CPU/msg: no fields {cpu['no fields']:,.0f} µs, two fields"
+            f" {cpu['two fields']:,.0f} µs: {ratio:.2f}x (promise: within 1.10x)"
+        )
 
     def end_to_end(self) -> None:
         c = self.counts
