@@ -146,6 +146,10 @@ class Sample:
     name: str = "Reader"
 
 
+# [dkim] algorithm: what mail/dkim signs with (RFC 6376 section 3.3; RFC 8463 for Ed25519).
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+
+
 @dataclass(frozen=True)
 class Dkim:
     """DKIM signing of every outgoing message; off while `domain` is empty."""
