@@ -20,13 +20,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from newsletter.config.reading import SECTIONS, find_config, load
-    from newsletter.config.rules import HEADER_FORBIDDEN, header_value_problem
-    from newsletter.config.sections import (
+    from newsletter.config.constants import (
         CONFIG_NAME,
         DKIM_ALGORITHMS,
         ENV_CONFIG,
         ENV_PREFIX,
+    )
+    from newsletter.config.reading import SECTIONS, find_config, load
+    from newsletter.config.rules import HEADER_FORBIDDEN, header_value_problem
+    from newsletter.config.sections import (
         MAX_SECONDS,
         SMTP_TIMEOUTS,
         Bounces,
@@ -83,6 +85,10 @@ __all__ = [
 
 # Where each name lives; the rest are in sections.py.
 _HOMES = {
+    "CONFIG_NAME": "constants",
+    "DKIM_ALGORITHMS": "constants",
+    "ENV_CONFIG": "constants",
+    "ENV_PREFIX": "constants",
     "SECTIONS": "reading",
     "find_config": "reading",
     "load": "reading",
