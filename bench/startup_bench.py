@@ -18,7 +18,10 @@ any Click command).
   `newsletter init --defaults` made, with a SQLite database at the newest schema and a
   campaign and a recurring rule scheduled but not yet due: target 300 ms.
 
-    .venv/bin/python bench/startup_bench.py [--runs 15]
+    .venv/bin/python bench/startup_bench.py [--runs 15] [--compare main]
+
+--compare REV runs the same commands with the package as it is at revision REV (from
+`git archive`, on PYTHONPATH) in the same loop: the before and after of one run.
 
 The runs of the cases are interleaved (case 1, case 2, ..., case 1, ...), so a burst
 of load on a shared machine falls on every case alike.
@@ -99,25 +102,61 @@ def make_publication(folder: Path, newsletter: list[str]) -> Path:
     return pub
 
 
+REPO = Path(__file__).resolve().parents[1]
+CLICK_SA = "import click, sqlalchemy"
+# What the console script does, for the package of another revision on PYTHONPATH.
+CONSOLE_SCRIPT = "import sys; from newsletter.cli import main; sys.exit(main())"
+
+
+def newsletter_cases(label: str, newsletter: list[str], env: dict[str, str]) -> list[Case]:
+    complete = {"_NEWSLETTER_COMPLETE": "bash_complete", "COMP_WORDS": "newsletter sub"}
+    return [
+        Case(f"{label} --version", [*newsletter, "--version"], TARGET_CLI, env),
+        Case(f"{label} --help", [*newsletter, "--help"], TARGET_CLI, env),
+        Case(
+            f"{label} subscribers --help", [*newsletter, "subscribers", "--help"], TARGET_CLI, env
+        ),
+        Case(
+            f"{label} completion (Tab: sub)",
+            newsletter,
+            TARGET_CLI,
+            {**env, **complete, "COMP_CWORD": "1"},
+        ),
+        Case(f"{label} run-due (nothing due)", [*newsletter, "run-due"], TARGET_RUN_DUE, env),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15, help="runs of each case (median kept)")
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also run the package as it is at git revision REV (e.g. main), for before/after",
+    )
     args = parser.parse_args()
 
     newsletter = newsletter_command()
-    complete = {"_NEWSLETTER_COMPLETE": "bash_complete", "COMP_WORDS": "newsletter sub"}
     cases = [
         Case("python -c pass", [sys.executable, "-c", "pass"]),
         Case('python -c "import click"', [sys.executable, "-c", "import click"]),
-        Case("newsletter --version", [*newsletter, "--version"], TARGET_CLI),
-        Case("newsletter --help", [*newsletter, "--help"], TARGET_CLI),
-        Case("newsletter subscribers --help", [*newsletter, "subscribers", "--help"], TARGET_CLI),
-        Case(
-            "completion (Tab after 'sub')", newsletter, TARGET_CLI, {**complete, "COMP_CWORD": "1"}
-        ),
-        Case("newsletter run-due (nothing due)", [*newsletter, "run-due"], TARGET_RUN_DUE),
+        # The floor of any command that opens the ledger.
+        Case("python -c 'import click, sqlalchemy'", [sys.executable, "-c", CLICK_SA]),
+        *newsletter_cases("newsletter", newsletter, {}),
     ]
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as tmp:
+        if args.compare:
+            before = Path(tmp) / "before"
+            before.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", args.compare, "newsletter"],
+                check=True,
+                capture_output=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+            as_script = [sys.executable, "-c", CONSOLE_SCRIPT]
+            env = {"PYTHONPATH": str(before)}
+            cases += newsletter_cases(f"{args.compare}:", as_script, env)
         pub = make_publication(Path(tmp), newsletter)
         rss_file = Path(tmp) / "rss"
         for case in cases:
@@ -132,7 +171,7 @@ def main() -> None:
 
     print(f"{' '.join(newsletter)}; {args.runs} runs each, interleaved; load {os.getloadavg()}")
     print(
-        f"{'command':<36}{'median':>9}{'fastest':>9}{'CPU':>9}{'peak RSS':>10}"
+        f"{'command':<40}{'median':>9}{'fastest':>9}{'CPU':>9}{'peak RSS':>10}"
         f"{'target':>8}{'ratio':>7}"
     )
     for case in cases:
@@ -142,13 +181,13 @@ def main() -> None:
         target = f"{case.target * 1000:.0f} ms" if case.target else ""
         ratio = f"{median / case.target:.2f}" if case.target else ""
         print(
-            f"{case.name:<36}{median * 1000:>6.0f} ms{min(case.walls) * 1000:>6.0f} ms"
+            f"{case.name:<40}{median * 1000:>6.0f} ms{min(case.walls) * 1000:>6.0f} ms"
             f"{statistics.median(case.cpus) * 1000:>6.0f} ms"
             f"{at_least:>3}{rss:>4.1f} MB{target:>8}{ratio:>7}"
         )
     print(
-        "median and fastest: wall time; CPU: user + system, median (what a loaded machine"
-        " adds to the wall time, it does not add here)\nratio: median wall time / target"
+        "median, fastest: wall time; CPU: user + system time (median), which other load on"
+        " the machine inflates less than wall time\nratio: median wall time / target"
         " (under 1.00 meets it)"
     )
 

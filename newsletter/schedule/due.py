@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
-from newsletter.ledger import lifecycle, schedules
+from newsletter.ledger import schedules
 from newsletter.ledger.tables import INCOMPLETE, READY, RUNNING, SCHEDULED, utcnow
 from newsletter.schedule.timing import describe, human, zone
 
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from newsletter.ledger.store import Store
 
 # cron runs run-due every minute and mostly nothing is due: the send engine, the issue
-# build (premailer, jinja2) and the cron parser (APScheduler) load when something is.
+# build (premailer, jinja2), the campaign's transitions and the cron parser (APScheduler)
+# load when something is.
 
 log = logging.getLogger("newsletter.schedule")
 
@@ -84,6 +85,8 @@ def run_due(
 
     give_up = dt.timedelta(seconds=config.schedule.give_up_after_seconds)
     for stopped in interrupted:
+        from newsletter.ledger import lifecycle
+
         if stopped.status == RUNNING and lifecycle.owner_alive(
             stopped.owner, stopped.heartbeat_at, utcnow()
         ):
@@ -113,6 +116,7 @@ def _send(
     stop: threading.Event | None,
     automatic: bool = False,
 ) -> None:
+    from newsletter.ledger import lifecycle
     from newsletter.send import campaign
 
     try:
@@ -153,6 +157,7 @@ def _tick_recurring(
     for rule in schedules.due_rules(store, now):
         from newsletter.issue import publish
         from newsletter.issue.content import read_issue
+        from newsletter.ledger import lifecycle
         from newsletter.schedule.cron import next_tick
 
         following = next_tick(rule.cron, rule.timezone, now)
