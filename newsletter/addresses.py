@@ -12,13 +12,16 @@ needs a relay that offers SMTPUTF8, which the SMTP client asks for.
 
 from __future__ import annotations
 
-import idna
-from email_validator import EmailNotValidError, validate_email
+# email_validator and idna load when an address is checked or has a Unicode domain:
+# every command that opens the list keys addresses, and `run-due` (every minute from
+# cron) checks none.
 
 
 def normalize(address: str) -> str:
     """The address as stored: syntax checked (no DNS), the domain as lower-case
     A-labels, the local part as given (Unicode in NFC). Raises ValueError."""
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         checked = validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
@@ -47,6 +50,8 @@ def ascii_domain(address: str) -> str:
     local, at, domain = address.rpartition("@")
     if domain.isascii():
         return address
+    import idna
+
     try:
         return f"{local}{at}{idna.encode(domain, uts46=True).decode('ascii')}"
     except idna.IDNAError as exc:

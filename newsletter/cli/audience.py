@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from newsletter import segments, tokens
-from newsletter.audience import subscribers as subscriber_ops
 from newsletter.cli.root import (
     InputFile,
     State,
@@ -18,9 +16,10 @@ from newsletter.cli.root import (
     open_store,
     pass_state,
 )
-from newsletter.ledger import privacy
-from newsletter.ledger import tags as ledger_tags
-from newsletter.ledger.tables import SUBSCRIBER_STATUSES, SUPPRESSED
+from newsletter.ledger.statuses import SUBSCRIBER_STATUSES, SUPPRESSED
+
+if TYPE_CHECKING:
+    from newsletter.audience import subscribers as subscriber_ops
 
 
 def _stdin_is_terminal() -> bool:
@@ -48,6 +47,8 @@ def _mapping(values: tuple[str, ...]) -> dict[str, str]:
 
 def _tags(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
     """--tag/--add/--remove: each a tag, as stored (lower case); a bad one exits 2."""
+    from newsletter import segments
+
     tags = []
     for value in values:
         try:
@@ -117,6 +118,8 @@ def subscribers_import(
     row). Exit 0 when rows were imported, even if others were not (1 with --strict); 1
     when none could be.
     """
+    from newsletter.audience import subscribers as subscriber_ops
+
     mapping = _mapping(maps)
     store = open_store(state)
     if _stderr_is_terminal():
@@ -147,6 +150,8 @@ def subscribers_import(
 
 
 def _print_import(report: subscriber_ops.ImportReport) -> None:
+    from newsletter.audience import subscribers as subscriber_ops
+
     shown = subscriber_ops.DRY_RUN_SHOWN if report.dry_run else subscriber_ops.SHOWN
     if report.dry_run:
         click.echo(report.source)
@@ -203,6 +208,8 @@ def subscribers_add(
     (only a confirmed signup brings it back). Without --name, a stored name is kept.
     An erased address is refused unless --again-after-erasure.
     """
+    from newsletter.audience import subscribers as subscriber_ops
+
     done = subscriber_ops.add(
         open_store(state), email, name, again_after_erasure, resubscribe=resubscribe
     )
@@ -210,6 +217,8 @@ def subscribers_add(
 
 
 def _added_message(done: subscriber_ops.Added) -> str:
+    from newsletter.audience import subscribers as subscriber_ops
+
     who = done.email
     renamed = "; name updated" if done.renamed else ""
     if done.outcome == subscriber_ops.ADDED:
@@ -236,6 +245,8 @@ def _added_message(done: subscriber_ops.Added) -> str:
 @pass_state
 def subscribers_remove(state: State, email: str) -> None:
     """Unsubscribe EMAIL (kept as unsubscribed, so a re-import does not add it back)."""
+    from newsletter.audience import subscribers as subscriber_ops
+
     subscriber_ops.remove(open_store(state), email)
     click.echo(f"unsubscribed {email.strip()}")
 
@@ -254,6 +265,8 @@ def subscribers_tag(
     added and removed is an error. Addresses not on the list are named on one line
     and change nothing; the others are tagged all the same, and the exit code is 1.
     """
+    from newsletter.ledger import tags as ledger_tags
+
     if not add and not remove:
         raise click.UsageError("say what to do: --add TAG and/or --remove TAG")
     both = sorted(set(add) & set(remove))
@@ -293,6 +306,9 @@ def subscribers_count(ctx: click.Context, status: str, as_json: bool, segment: s
     """Print the number of subscribers (active ones unless --status), or with --json
     the number with each status. --segment counts those in a segment: what
     `send --all --segment` would reach before "one issue once"."""
+    from newsletter.ledger import privacy
+    from newsletter.ledger import tags as ledger_tags
+
     state = ctx.find_object(State)
     assert state is not None  # the root command made it
     if as_json:
@@ -317,6 +333,9 @@ def subscribers_export(state: State, email: str, as_json: bool) -> None:
     """Print every record the list holds about EMAIL (a request for access): the
     subscriber, each delivery, click, bounce and complaint, and whether it was erased.
     """
+    from newsletter.audience import subscribers as subscriber_ops
+    from newsletter.ledger import privacy
+
     data = privacy.export(open_store(state), email.strip())
     if as_json:
         click.echo(json.dumps(data.as_dict(), ensure_ascii=False, indent=2))
@@ -350,6 +369,8 @@ def subscribers_erase(state: State, email: str, yes: bool) -> None:
     row with no address. Only a hash of the address is kept, so that an import does
     not add it back. Asks for confirmation unless --yes; it cannot be undone.
     """
+    from newsletter.ledger import privacy
+
     email = email.strip()
     if not yes:
         if not _stdin_is_terminal():
@@ -374,6 +395,9 @@ def subscribers_erase(state: State, email: str, yes: bool) -> None:
 @pass_state
 def unsubscribe(state: State, token_or_email: str) -> None:
     """Apply an unsubscribe link's TOKEN (or an address): later messages stop."""
+    from newsletter import tokens
+    from newsletter.audience import subscribers as subscriber_ops
+
     config = state.config
     if "@" in token_or_email:
         email = token_or_email.strip()

@@ -6,10 +6,7 @@ from typing import BinaryIO
 
 import click
 
-from newsletter.bounces import fetch as fetch_mod
-from newsletter.bounces import ingest as ingest_mod
 from newsletter.cli.root import State, cli, open_store, pass_state
-from newsletter.tokens import load_secret
 
 
 @cli.group("bounces")
@@ -31,6 +28,9 @@ def bounces_ingest(state: State, message: BinaryIO) -> None:
     the address, the kind, and what it did (suppressed, recorded, seen before), or one
     line saying why the message was ignored. Exits 1 when the input is not mail.
     """
+    from newsletter.bounces import ingest as ingest_mod
+    from newsletter.tokens import load_secret
+
     name = getattr(message, "name", "-")  # a file's path; stdin is "<stdin>" (or has none)
     name = "standard input" if name in ("-", "<stdin>") else str(name)
     result = ingest_mod.ingest(
@@ -53,6 +53,9 @@ def bounces_fetch(state: State) -> None:
     moves each message it handled to imap_done_folder. Safe from cron, and twice at
     once: a report is counted once.
     """
+    from newsletter.bounces import fetch as fetch_mod
+    from newsletter.tokens import load_secret
+
     done = fetch_mod.fetch(open_store(state), state.config, load_secret(state.config))
     click.echo(
         f"{done.messages} messages, {done.hard} hard, {done.soft} soft,"

@@ -19,12 +19,6 @@ from newsletter.cli.root import (
     format_finding,
     pass_state,
 )
-from newsletter.fileio import read_text, write_files
-from newsletter.issue import content, publish
-from newsletter.issue.check import has_errors
-from newsletter.ledger.store import Store
-from newsletter.ledger.tables import ACTIVE
-from newsletter.send import trial
 
 
 class IssueDate(click.ParamType):
@@ -37,6 +31,8 @@ class IssueDate(click.ParamType):
     ) -> dt.date:
         if isinstance(value, dt.date):
             return value
+        from newsletter.issue import content
+
         try:
             return content.parse_date(str(value))
         except ValueError as exc:
@@ -61,6 +57,9 @@ def import_cmd(
     force: bool,
 ) -> None:
     """Turn a plain-text ARTICLE into an issue file (front matter + Markdown)."""
+    from newsletter.fileio import read_text, write_files
+    from newsletter.issue import content
+
     cfg = state.config
     day = date or dt.date.today()
     imported = content.import_article(
@@ -93,6 +92,8 @@ def import_cmd(
 @pass_state
 def build(state: State, issue: Path, out_dir: Path | None, force: bool) -> None:
     """Build ISSUE into <slug>.html, .txt and .eml, as the sample subscriber gets it."""
+    from newsletter.issue import publish
+
     outputs, findings = publish.write_build(state.config, issue, out_dir, force=force)
     for finding in findings:
         click.echo(format_finding(finding), err=True)
@@ -111,6 +112,9 @@ def build(state: State, issue: Path, out_dir: Path | None, force: bool) -> None:
 @pass_state
 def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
     """Lint ISSUE: exit 1 on errors (unsubscribe, postal address, sponsor label, sizes...)."""
+    from newsletter.issue import publish
+    from newsletter.issue.check import has_errors
+
     with contextlib.ExitStack() as stack:
         findings = publish.check_issue(
             state.config,
@@ -142,6 +146,9 @@ def check(state: State, issue: Path, as_json: bool, spam: bool) -> None:
 
 def active_subscribers(stack: contextlib.ExitStack, url: str) -> Iterator[Any] | None:
     """The list's active subscribers, when the database is there (nothing is created)."""
+    from newsletter.ledger.store import Store
+    from newsletter.ledger.tables import ACTIVE
+
     store = Store.existing(url)
     if store is None:
         return None
@@ -200,6 +207,8 @@ def preview(
     else in its front matter).
     """
     # Imported here so that the web stack loads only for this command.
+    from newsletter.issue import content
+    from newsletter.send import trial
     from newsletter.web import preview as previews
 
     if issue is not None and outbox is not None:

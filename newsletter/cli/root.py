@@ -7,16 +7,22 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from newsletter import __version__
 from newsletter import config as config_mod
 from newsletter.errors import NewsletterError, UsageError
-from newsletter.issue.check import Finding
-from newsletter.ledger import once
-from newsletter.ledger.store import Store
+
+if TYPE_CHECKING:
+    from newsletter.issue.check import Finding
+    from newsletter.ledger import once
+    from newsletter.ledger.store import Store
+
+# Start-up: `--help`, `--version` and each Tab of shell completion import this package
+# and nothing more, so the commands import the library (SQLAlchemy, premailer, the
+# send engine, ...) inside their functions; tests/test_startup.py holds that line.
 
 
 class _Failed(click.ClickException):
@@ -87,6 +93,8 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int, quiet: bool)
 
 
 def open_store(state: State) -> Store:
+    from newsletter.ledger.store import Store
+
     return Store.open(state.config.database_url)
 
 
@@ -187,6 +195,8 @@ def repeat_options(f: Any) -> Any:
 
 
 def repeat_choice(again: bool, new_only: bool) -> once.Repeat:
+    from newsletter.ledger import once
+
     if again and new_only:
         raise click.UsageError("--again and --new-only exclude each other: choose one")
     if again:

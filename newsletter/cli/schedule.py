@@ -21,11 +21,6 @@ from newsletter.cli.root import (
     repeat_choice,
     repeat_options,
 )
-from newsletter.ledger import once
-from newsletter.schedule import due as schedule_due
-from newsletter.schedule import plans as schedule_plans
-from newsletter.schedule import timing as schedule_timing
-from newsletter.schedule import worker as schedule_worker
 
 
 class ScheduleGroup(click.Group):
@@ -85,6 +80,10 @@ def schedule_create(
     (everyone) or --new-only (those who have not had it by the send time).
     --segment is checked now and evaluated at the send time.
     """
+    from newsletter.ledger import once
+    from newsletter.schedule import plans as schedule_plans
+    from newsletter.schedule import timing as schedule_timing
+
     repeat = repeat_choice(again, new_only)
     config = state.config
     chosen = config.segment(segment) if segment is not None else None
@@ -120,6 +119,8 @@ def schedule_create(
 @pass_state
 def schedule_list(state: State, as_json: bool) -> None:
     """List scheduled campaigns and recurring schedules with local time, UTC and status."""
+    from newsletter.schedule import plans as schedule_plans
+
     rows = schedule_plans.listing(open_store(state))
     if as_json:
         click.echo(json.dumps({"schedules": rows}, indent=2))
@@ -142,6 +143,8 @@ def schedule_list(state: State, as_json: bool) -> None:
 @pass_state
 def schedule_cancel(state: State, ref: str) -> None:
     """Cancel scheduled campaign REF (an id) or recurring schedule REF (r1, r2, ...)."""
+    from newsletter.schedule import plans as schedule_plans
+
     click.echo(schedule_plans.cancel(open_store(state), ref))
 
 
@@ -155,6 +158,9 @@ def schedule_move(
     state: State, campaign_id: int, at: str, tz: str | None, fold: int | None
 ) -> None:
     """Move scheduled campaign CAMPAIGN_ID to another time."""
+    from newsletter.schedule import plans as schedule_plans
+    from newsletter.schedule import timing as schedule_timing
+
     when, tz_name = schedule_plans.move(open_store(state), campaign_id, at, tz, fold)
     click.echo(f"campaign {campaign_id} moved to {schedule_timing.describe(when, tz_name)}")
 
@@ -179,6 +185,8 @@ def run_due(state: State, as_json: bool, quiet: bool) -> None:
     Exit 0 when everything went out, 1 when anything failed or was missed,
     2 on usage or configuration errors. Quick when nothing is due.
     """
+    from newsletter.schedule import due as schedule_due
+
     if quiet or as_json:
         state.verbosity = -1
     log_to_stderr(state)
@@ -198,6 +206,8 @@ def worker(state: State, quiet: bool) -> None:
     On a stop signal the messages in flight are finished and recorded; the next
     start resumes the rest. One time-stamped line per event on stderr; -q: errors only.
     """
+    from newsletter.schedule import worker as schedule_worker
+
     if quiet:
         state.verbosity = -1
     log_to_stderr(state)

@@ -8,11 +8,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from newsletter import config as config_mod
-from newsletter.audience import subscribers as subscriber_ops
 from newsletter.cli.root import (
     InputFile,
     State,
@@ -22,13 +21,14 @@ from newsletter.cli.root import (
     repeat_choice,
     repeat_options,
 )
-from newsletter.issue import publish
-from newsletter.ledger import campaign_status, delivery_rows, lifecycle, once
-from newsletter.ledger.store import Store
-from newsletter.ledger.tables import DONE, INCOMPLETE
-from newsletter.mail import capture as smtpd_mod
-from newsletter.segments import Segment
-from newsletter.send import campaign, runner, trial
+
+if TYPE_CHECKING:
+    from newsletter import config as config_mod
+    from newsletter.issue import publish
+    from newsletter.ledger import once
+    from newsletter.ledger.store import Store
+    from newsletter.segments import Segment
+    from newsletter.send import runner
 
 
 @cli.command()
@@ -69,6 +69,10 @@ def send(
     Exit code 0 only when every message went out (nothing failed, deferred or left
     over), and for --new-only when nobody is left to send to (no campaign is made).
     """
+    from newsletter.issue import publish
+    from newsletter.ledger import lifecycle, once
+    from newsletter.send import trial
+
     repeat = repeat_choice(again, new_only)
     if bool(to) == to_all:
         raise click.UsageError("say who gets it: --to ADDRESS (a test) or --all (a campaign)")
@@ -136,6 +140,8 @@ def send(
 def _send_question(
     built: publish.BuiltIssue, history: once.IssueHistory, repeat: once.Repeat
 ) -> str:
+    from newsletter.ledger import once
+
     if not history.earlier:
         return f"Send {built.issue.subject!r} to {history.active:,} subscriber(s)?"
     if repeat is once.Repeat.NEW_ONLY:
@@ -168,6 +174,9 @@ def _send_test(
     dry_run: bool,
     as_json: bool,
 ) -> None:
+    from newsletter.audience import subscribers as subscriber_ops
+    from newsletter.send import trial
+
     for address in to:
         try:
             subscriber_ops.normalize_email(address)
@@ -213,6 +222,8 @@ def close(state: State, campaign_id: int, as_json: bool) -> None:
     is marked given up and counted as such; nothing resends it afterwards, neither
     `resume` nor `run-due`. A campaign that is sending now is refused.
     """
+    from newsletter.ledger import lifecycle
+
     closed = lifecycle.close(open_store(state), campaign_id)
     if as_json:
         click.echo(json.dumps({**dataclasses.asdict(closed), "given_up": closed.given_up}))
@@ -224,6 +235,10 @@ def close(state: State, campaign_id: int, as_json: bool) -> None:
 
 
 def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -> None:
+    from newsletter.ledger import delivery_rows
+    from newsletter.ledger.tables import DONE
+    from newsletter.send import campaign
+
     config = state.config
     show_bar = not as_json and sys.stderr.isatty()
     total = delivery_rows.counts(store, campaign_id)
@@ -286,6 +301,9 @@ def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -
 @pass_state
 def status(state: State, campaign_id: int | None, as_json: bool) -> None:
     """Show campaigns (or CAMPAIGN_ID): counts per status and recent errors."""
+    from newsletter.ledger import campaign_status
+    from newsletter.ledger.tables import INCOMPLETE
+
     rows = campaign_status.status(open_store(state), campaign_id)
     if as_json:
         click.echo(json.dumps({"campaigns": [row.as_dict() for row in rows]}, indent=2))
@@ -335,6 +353,8 @@ def status(state: State, campaign_id: int | None, as_json: bool) -> None:
 )
 def smtpd(host: str, port: int, outbox: Path) -> None:
     """Run a local SMTP server that stores every message it gets as a .eml file."""
+    from newsletter.mail import capture as smtpd_mod
+
     controller = smtpd_mod.start(outbox, host, port)
     click.echo(f"capturing mail on {host}:{port} into {outbox}/ (Ctrl-C to stop)", err=True)
     stop = threading.Event()

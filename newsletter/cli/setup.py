@@ -13,8 +13,7 @@ from newsletter.cli.root import (
     cli,
     pass_state,
 )
-from newsletter.ledger.store import Store
-from newsletter.mail import dkim as dkim_keys
+from newsletter.config import DKIM_ALGORITHMS
 
 
 def _stdin_is_terminal() -> bool:
@@ -205,7 +204,7 @@ def dkim() -> None:
 @click.option("--selector", help="Selector (default: [dkim] selector, else 'newsletter').")
 @click.option(
     "--algorithm",
-    type=click.Choice(dkim_keys.ALGORITHMS),
+    type=click.Choice(DKIM_ALGORITHMS),
     default="rsa-sha256",
     show_default=True,
     help="rsa-sha256 is what every receiver checks; ed25519-sha256 as a second key.",
@@ -227,6 +226,8 @@ def dkim_keygen(
     output: Path | None,
 ) -> None:
     """Make a DKIM key pair and print the DNS TXT record to publish."""
+    from newsletter.mail import dkim as dkim_keys
+
     config = state.config
     domain = domain or config.dkim.domain or config.publication.from_addr.rpartition("@")[2]
     domain = domain.strip(" >")
@@ -260,6 +261,8 @@ def _revision_name(revision: str, before_migrations: bool) -> str:
 @pass_state
 def db_upgrade(state: State) -> None:
     """Upgrade the database to this release's schema, keeping its data (creates a new one)."""
+    from newsletter.ledger.store import Store
+
     change = Store.upgrade(state.config.database_url)
     if change.before is None:
         click.echo(f"created the tables at {change.after} (the newest)")
@@ -274,6 +277,8 @@ def db_upgrade(state: State) -> None:
 @pass_state
 def db_current(state: State) -> None:
     """Print the database's schema revision and whether it is the newest (changes nothing)."""
+    from newsletter.ledger.store import Store
+
     current = Store.schema_state(state.config.database_url)
     if current.revision is None:
         click.echo("no tables yet: the first command that uses the database creates them")

@@ -13,8 +13,6 @@ from newsletter.cli.root import (
     open_store,
     pass_state,
 )
-from newsletter.fileio import write_files
-from newsletter.ledger import sponsorship
 
 
 @cli.command()
@@ -78,6 +76,8 @@ def sponsors() -> None:
 @pass_state
 def sponsors_list(state: State, as_json: bool) -> None:
     """Show each sponsor's booking (dates, weight) and the issues it appeared in."""
+    from newsletter.ledger import sponsorship
+
     rows = sponsorship.bookings(state.config, open_store(state))
     if as_json:
         click.echo(json.dumps({"sponsors": [b.as_dict() for b in rows]}, indent=2))
@@ -112,6 +112,9 @@ def sponsors_report(
     [tracking] dedupe_window count once. Bot clicks (crawlers, mail scanners, HEAD
     requests, clicks right after delivery) are shown apart, and raw is every request.
     """
+    from newsletter.fileio import write_files
+    from newsletter.ledger import sponsorship
+
     if sum((as_json, as_csv, html_file is not None)) > 1:
         raise click.UsageError("choose one of --json, --csv and --html")
     rep = sponsorship.report(state.config, open_store(state), sponsor_id)

@@ -8,38 +8,52 @@ Any key can be overridden from the environment as NEWSLETTER_<SECTION>_<KEY>
 
 The package: sections.py (the dataclasses), reading.py (the file and the
 environment), rules.py (validation beyond types). Import from here.
+
+The names load when first used (PEP 562), so that `import newsletter.config` costs
+nothing until a command reads the file: `newsletter --help` and shell completion
+never do.
 """
 
-from newsletter.config.reading import SECTIONS, find_config, load
-from newsletter.config.rules import HEADER_FORBIDDEN, header_value_problem
-from newsletter.config.sections import (
-    CONFIG_NAME,
-    ENV_CONFIG,
-    ENV_PREFIX,
-    MAX_SECONDS,
-    SMTP_TIMEOUTS,
-    Bounces,
-    Check,
-    Config,
-    Database,
-    Dkim,
-    Paths,
-    Preview,
-    Publication,
-    Sample,
-    Schedule,
-    Signup,
-    Smtp,
-    Sponsor,
-    Tracking,
-    Utm,
-    Workers,
-    did_you_mean,
-    parse_duration,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from newsletter.config.constants import (
+        CONFIG_NAME,
+        DKIM_ALGORITHMS,
+        ENV_CONFIG,
+        ENV_PREFIX,
+    )
+    from newsletter.config.reading import SECTIONS, find_config, load
+    from newsletter.config.rules import HEADER_FORBIDDEN, header_value_problem
+    from newsletter.config.sections import (
+        MAX_SECONDS,
+        SMTP_TIMEOUTS,
+        Bounces,
+        Check,
+        Config,
+        Database,
+        Dkim,
+        Paths,
+        Preview,
+        Publication,
+        Sample,
+        Schedule,
+        Signup,
+        Smtp,
+        Sponsor,
+        Tracking,
+        Utm,
+        Workers,
+        did_you_mean,
+        parse_duration,
+    )
 
 __all__ = [
     "CONFIG_NAME",
+    "DKIM_ALGORITHMS",
     "ENV_CONFIG",
     "ENV_PREFIX",
     "HEADER_FORBIDDEN",
@@ -68,3 +82,25 @@ __all__ = [
     "load",
     "parse_duration",
 ]
+
+# Where each name lives; the rest are in sections.py.
+_HOMES = {
+    "CONFIG_NAME": "constants",
+    "DKIM_ALGORITHMS": "constants",
+    "ENV_CONFIG": "constants",
+    "ENV_PREFIX": "constants",
+    "SECTIONS": "reading",
+    "find_config": "reading",
+    "load": "reading",
+    "HEADER_FORBIDDEN": "rules",
+    "header_value_problem": "rules",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_HOMES.get(name, 'sections')}")
+    value = getattr(module, name)
+    globals()[name] = value  # once: later look-ups do not come here
+    return value

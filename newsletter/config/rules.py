@@ -13,6 +13,7 @@ from email.utils import parseaddr
 from pathlib import Path
 
 from newsletter.config.sections import (
+    DKIM_ALGORITHMS,
     MAX_SECONDS,
     MAX_SECONDS_TEXT,
     SMTP_TIMEOUTS,
@@ -140,7 +141,7 @@ def validate(config: Config) -> None:
     if dkim.domain:
         if not dkim.selector:
             raise ConfigError(f"{path}: [dkim] selector: required when [dkim] domain is set")
-        if dkim.algorithm not in ("rsa-sha256", "ed25519-sha256"):
+        if dkim.algorithm not in DKIM_ALGORITHMS:
             raise ConfigError(
                 f"{path}: [dkim] algorithm: expected rsa-sha256 or ed25519-sha256,"
                 f" got {dkim.algorithm!r}"

@@ -10,17 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from newsletter.config.constants import (  # noqa: F401 (re-exported)
+    CONFIG_NAME,
+    DKIM_ALGORITHMS,
+    ENV_CONFIG,
+    ENV_PREFIX,
+)
 from newsletter.errors import ConfigError
 from newsletter.segments import Segment
 from newsletter.segments import resolve as resolve_segment
-
-CONFIG_NAME = "newsletter.toml"
-
-
-ENV_CONFIG = "NEWSLETTER_CONFIG"
-
-
-ENV_PREFIX = "NEWSLETTER_"
 
 
 def _key(name: str, **kw: Any) -> Any:

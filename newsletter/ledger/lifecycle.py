@@ -13,13 +13,12 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
-from newsletter.issue.publish import BuiltIssue
 from newsletter.ledger import tags
 from newsletter.ledger.delivery_rows import Item, claimable, counts, item_query, lease_free
 from newsletter.ledger.once import EVERYONE, NEWCOMERS, Repeat, history_in, recipients
@@ -42,6 +41,10 @@ from newsletter.ledger.tables import (
     utcnow,
 )
 from newsletter.segments import Segment
+
+if TYPE_CHECKING:
+    # A type only: run-due with nothing due must not load premailer and jinja2.
+    from newsletter.issue.publish import BuiltIssue
 
 log = logging.getLogger("newsletter.campaign")
 

@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from newsletter.config import Config
+from newsletter.config import DKIM_ALGORITHMS, Config
 from newsletter.errors import ConfigError, NewsletterError
 
 # What the signature covers (issue 6, and what Gmail and Yahoo look at): what a
@@ -54,7 +54,7 @@ SIGNED_HEADERS = (
     "mime-version",
     "content-type",
 )
-ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+ALGORITHMS = DKIM_ALGORITHMS
 
 _WSP = re.compile(rb"[ \t]+")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")

@@ -16,18 +16,20 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
-from newsletter.issue import publish
-from newsletter.issue.content import read_issue
-from newsletter.ledger import lifecycle, schedules
-from newsletter.ledger.store import Store
+from newsletter.ledger import schedules
 from newsletter.ledger.tables import INCOMPLETE, READY, RUNNING, SCHEDULED, utcnow
-from newsletter.schedule.cron import next_tick
 from newsletter.schedule.timing import describe, human, zone
-from newsletter.send import campaign
+
+if TYPE_CHECKING:
+    from newsletter.ledger.store import Store
+
+# cron runs run-due every minute and mostly nothing is due: the send engine, the issue
+# build (premailer, jinja2), the campaign's transitions and the cron parser (APScheduler)
+# load when something is.
 
 log = logging.getLogger("newsletter.schedule")
 
@@ -83,6 +85,8 @@ def run_due(
 
     give_up = dt.timedelta(seconds=config.schedule.give_up_after_seconds)
     for stopped in interrupted:
+        from newsletter.ledger import lifecycle
+
         if stopped.status == RUNNING and lifecycle.owner_alive(
             stopped.owner, stopped.heartbeat_at, utcnow()
         ):
@@ -112,6 +116,9 @@ def _send(
     stop: threading.Event | None,
     automatic: bool = False,
 ) -> None:
+    from newsletter.ledger import lifecycle
+    from newsletter.send import campaign
+
     try:
         # With [workers] broker set, this queues the campaign's batches and returns.
         result = campaign.run(
@@ -148,6 +155,11 @@ def _tick_recurring(
     store: Store, config: Config, now: dt.datetime, max_late: dt.timedelta, report: DueReport
 ) -> None:
     for rule in schedules.due_rules(store, now):
+        from newsletter.issue import publish
+        from newsletter.issue.content import read_issue
+        from newsletter.ledger import lifecycle
+        from newsletter.schedule.cron import next_tick
+
         following = next_tick(rule.cron, rule.timezone, now)
         if not schedules.claim_tick(store, rule, following, now):
             continue  # another runner took this tick
@@ -194,6 +206,8 @@ def _tick_recurring(
 
 def oldest_unsent_issue(store: Store, config: Config, today: dt.date) -> Path | None:
     """The oldest issue in issues/ dated on or before `today` that no campaign has taken."""
+    from newsletter.issue.content import read_issue
+
     taken = schedules.taken_issues(store)
     candidates = []
     for path in sorted(config.issues_dir.glob("*.md")):
