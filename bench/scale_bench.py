@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -88,9 +87,7 @@ class Bench:
             fh.write("email,name\n")
             for i in range(args.subscribers):
                 fh.write(f"reader{i:07d}@example.com,Reader {i}\n")
-        self.base = {
-            k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")
-        } | {
+        self.base = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")} | {
             "NEWSLETTER_CONFIG": str(self.config_path),
             "NEWSLETTER_SMTP_HOST": "127.0.0.1",
             "NEWSLETTER_SMTP_PORT": str(sink_port),
@@ -214,9 +211,7 @@ def main() -> None:
             for n in [int(w) for w in args.workers.split(",") if w]:
                 fresh_pg(args.pg_database)
                 rate = bench.send(f"{n} workers", pg, n)
-                show(
-                    f"{n} worker(s), PostgreSQL", rate, f"{rate / inproc:.2f}x in-process PG"
-                )
+                show(f"{n} worker(s), PostgreSQL", rate, f"{rate / inproc:.2f}x in-process PG")
             if not args.no_reference:
                 assert source
                 message = bench.message()

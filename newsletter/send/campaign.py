@@ -35,7 +35,7 @@ from newsletter.errors import NewsletterError
 from newsletter.issue.publish import envelope_template
 from newsletter.issue.render import html_slots, text_slots
 from newsletter.ledger import lifecycle
-from newsletter.ledger.delivery_rows import Rows, counts
+from newsletter.ledger.delivery_rows import ASYNC_RISK, Rows, counts
 from newsletter.ledger.lifecycle import (
     LEASE,
     WORKERS,
@@ -115,6 +115,8 @@ def run(
     `automatic`: run-due's retry of an incomplete campaign, not a person's resume.
     """
     stop = stop or threading.Event()
+    if not config.database.synchronous_commit and not store.is_sqlite:
+        log.warning("%s", ASYNC_RISK)
     if config.workers.broker:
         return _run_on_workers(
             store, config, campaign_id, allowed, progress, stop, sleep, wait, automatic

@@ -1,0 +1,151 @@
+"""The per-message ledger writes (`delivery_rows.Ledger`) and the workers' batch claim
+(`lifecycle.first_claimable`), on a SQLite file and on the local PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from campaign_support import Publication, add_subscribers, make_publication
+from smtp_fixtures import SmtpServer
+
+from newsletter.issue import publish
+from newsletter.ledger import lifecycle
+from newsletter.ledger.delivery_rows import ASYNC_RISK, LeasedRows, Ledger, Rows
+from newsletter.ledger.store import Store
+from newsletter.ledger.tables import (
+    DONE,
+    PENDING,
+    SENDING,
+    SENT,
+    deliveries,
+    subscribers,
+    utcnow,
+)
+from newsletter.send import campaign
+
+
+@pytest.fixture
+def pub(tmp_path: Path, database_url: str, smtp_server: SmtpServer) -> Publication:
+    return make_publication(tmp_path, database_url, smtp_server.port)
+
+
+def new_campaign(pub: Publication, store: Store, n: int) -> tuple[int, list[int]]:
+    add_subscribers(store, n)
+    cfg = pub.config()
+    built = publish.build_issue(cfg, publish.load_issue(pub.issue))
+    campaign_id = lifecycle.create(store, built)
+    with store.engine.connect() as conn:
+        ids = conn.execute(
+            sa.select(deliveries.c.id)
+            .where(deliveries.c.campaign_id == campaign_id)
+            .order_by(deliveries.c.id)
+        ).scalars()
+        return campaign_id, list(ids)
+
+
+def statuses(store: Store, ids: list[int]) -> list[tuple[str, int]]:
+    with store.engine.connect() as conn:
+        return [
+            (r.status, r.attempts)
+            for r in conn.execute(
+                sa.select(deliveries.c.status, deliveries.c.attempts)
+                .where(deliveries.c.id.in_(ids))
+                .order_by(deliveries.c.id)
+            )
+        ]
+
+
+# --- the Ledger's one transaction a message ------------------------------------------------
+
+
+def record(ledger: Ledger, did: int) -> dict[str, Any]:
+    return {
+        "did": did,
+        "new_status": SENT,
+        "code": 250,
+        "error": None,
+        "when_sent": ledger.time(utcnow()),
+        "retry_at": None,
+    }
+
+
+def test_a_reply_is_recorded_with_the_next_row_marked_or_refused(pub: Publication) -> None:
+    store = pub.store()
+    campaign_id, ids = new_campaign(pub, store, 3)
+    rows = LeasedRows(store, campaign_id, "worker-a", [], 60)
+    with store.begin() as conn:  # the third row is leased to another worker
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id == ids[2])
+            .values(lease_owner="worker-b", lease_until=utcnow() + dt.timedelta(minutes=1))
+        )
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id.in_(ids[:2]))
+            .values(lease_owner="worker-a", status=SENDING)
+        )
+    with store.writer() as db:
+        ledger = Ledger(db, rows.MARK, threading.Lock())
+        try:
+            now = utcnow()
+            mark = rows.mark_params(ledger.time, now) | {"did": ids[1]}
+            assert ledger.commit(record(ledger, ids[0]), mark) is True
+            assert statuses(store, ids) == [(SENT, 1), (SENDING, 0), (PENDING, 0)]
+            # Refused (another worker's row): the reply is recorded all the same.
+            mark = rows.mark_params(ledger.time, now) | {"did": ids[2]}
+            assert ledger.commit(record(ledger, ids[1]), mark) is False
+            assert statuses(store, ids) == [(SENT, 1), (SENT, 1), (PENDING, 0)]
+        finally:
+            ledger.close()
+
+
+@pytest.mark.postgres
+def test_synchronous_commit_off_is_the_senders_alone_and_given_back(tmp_path: Path) -> None:
+    from services import postgres_url
+
+    store = Store.open(postgres_url())
+    show = "SHOW synchronous_commit"
+    with store.writer() as db:
+        ledger = Ledger(db, Rows.MARK, threading.Lock(), synchronous=False)
+        raw = db.connection.dbapi_connection
+        assert raw is not None
+        assert raw.cursor().execute(show).fetchone() == ("off",)
+        with store.engine.connect() as other:
+            assert other.exec_driver_sql(show).scalar() == "on"
+        ledger.close()
+        assert raw.cursor().execute(show).fetchone() == ("on",)
+        assert raw.autocommit is False
+    with store.writer() as db:  # the pool's next user gets it as it was
+        assert db.exec_driver_sql(show).scalar() == "on"
+
+
+@pytest.mark.postgres
+def test_a_campaign_with_synchronous_commit_off_says_what_it_risks(
+    tmp_path: Path, smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from services import postgres_url
+
+    pub = make_publication(tmp_path, postgres_url(), smtp_server.port)
+    store = pub.store()
+    with store.begin() as conn:  # the tables of an earlier test
+        conn.execute(deliveries.delete())
+        conn.execute(subscribers.delete())
+    campaign_id, ids = new_campaign(pub, store, 5)
+    cfg = pub.config(NEWSLETTER_DATABASE_SYNCHRONOUS_COMMIT="false")
+    assert cfg.database.synchronous_commit is False
+    with caplog.at_level(logging.WARNING, "newsletter.campaign"):
+        result = campaign.run(store, cfg, campaign_id)
+    assert result.status == DONE and result.sent == 5
+    assert ASYNC_RISK in caplog.text
+    assert len(smtp_server.received) == 5
+    assert statuses(store, ids) == [(SENT, 1)] * 5
+
+
+def test_synchronous_commit_is_the_default(pub: Publication) -> None:
+    assert pub.config().database.synchronous_commit is True
