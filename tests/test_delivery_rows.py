@@ -24,6 +24,7 @@ from newsletter.ledger.tables import (
     SENDING,
     SENT,
     deliveries,
+    metadata,
     subscribers,
     utcnow,
 )
@@ -149,3 +150,33 @@ def test_a_campaign_with_synchronous_commit_off_says_what_it_risks(
 
 def test_synchronous_commit_is_the_default(pub: Publication) -> None:
     assert pub.config().database.synchronous_commit is True
+
+
+@pytest.mark.postgres
+def test_a_new_campaign_gives_the_planner_its_rows(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """Without statistics PostgreSQL took a new campaign's 2,000 rows for one and joined
+    each to every active subscriber: 0.2-0.7 s a fetch of 500 rows."""
+    from services import postgres_url
+
+    pub = make_publication(tmp_path, postgres_url(), smtp_server.port)
+    store = pub.store()
+    with store.begin() as conn:  # fresh tables: nothing analyzed yet
+        conn.execute(deliveries.delete())
+        conn.execute(subscribers.delete())
+    store.close()
+    engine = sa.create_engine(postgres_url())
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE deliveries CASCADE")
+    engine.dispose()
+    store = pub.store()
+    with store.begin() as conn:
+        metadata.create_all(conn)
+        reltuples = "SELECT reltuples FROM pg_class WHERE relname = 'deliveries'"
+        assert conn.exec_driver_sql(reltuples).scalar_one() < 0  # never analyzed
+    campaign_id, ids = new_campaign(pub, store, 2000)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql(reltuples).scalar_one() == 2000
+    rows = Rows(store, campaign_id)
+    assert [i.delivery_id for i in rows.fetch(0)] == ids[: Rows.BATCH]

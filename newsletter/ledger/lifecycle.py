@@ -134,6 +134,11 @@ def add_deliveries(conn: sa.Connection, campaign_id: int) -> int:
             ).where(recipients(issue_slug, audience, but=campaign_id), in_segment),
         )
     )
+    if conn.dialect.name == "postgresql":
+        # The planner's figures for the rows just made (ANALYZE counts this transaction's
+        # own): without them PostgreSQL took a new campaign for a few rows and joined each
+        # delivery to every active subscriber, 0.2-0.7 s a fetch of 500 on a list of 3,000.
+        conn.exec_driver_sql("ANALYZE deliveries, subscribers")
     total = conn.execute(
         sa.select(sa.func.count())
         .select_from(deliveries)
