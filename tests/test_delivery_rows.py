@@ -16,9 +16,10 @@ from smtp_fixtures import SmtpServer
 
 from newsletter.issue import publish
 from newsletter.ledger import lifecycle
-from newsletter.ledger.delivery_rows import ASYNC_RISK, LeasedRows, Ledger, Rows
+from newsletter.ledger.delivery_rows import ASYNC_RISK, LeasedRows, Ledger, Rows, claimable
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
+    DEFERRED,
     DONE,
     PENDING,
     SENDING,
@@ -180,3 +181,85 @@ def test_a_new_campaign_gives_the_planner_its_rows(
         assert conn.exec_driver_sql(reltuples).scalar_one() == 2000
     rows = Rows(store, campaign_id)
     assert [i.delivery_id for i in rows.fetch(0)] == ids[: Rows.BATCH]
+
+
+# --- the workers' claim: a batch from the front, whatever was sent before ------------------
+
+
+def test_the_claim_takes_the_first_claimable_rows_by_id(pub: Publication) -> None:
+    store = pub.store()
+    campaign_id, ids = new_campaign(pub, store, 40)
+    now = utcnow()
+    later, earlier = now + dt.timedelta(minutes=5), now - dt.timedelta(minutes=5)
+    changes: list[tuple[list[int], dict[str, Any]]] = [
+        (ids[0:10], {"status": SENT}),
+        (ids[10:13], {"lease_owner": "w", "lease_until": later}),  # held by a live worker
+        (ids[13:14], {"status": SENDING, "lease_owner": "w", "lease_until": earlier}),  # died
+        (ids[14:15], {"status": SENDING}),  # in doubt after a batch: parked
+        (ids[15:16], {"status": DEFERRED, "next_attempt_at": later}),  # not yet due
+        (ids[16:17], {"status": DEFERRED, "next_attempt_at": earlier}),  # due
+        (ids[17:18], {"status": DEFERRED}),  # retries used up: parked
+        (ids[30:31], {"status": DEFERRED, "next_attempt_at": earlier}),
+    ]
+    with store.begin() as conn:
+        for which, values in changes:
+            conn.execute(deliveries.update().where(deliveries.c.id.in_(which)).values(values))
+    with store.engine.connect() as conn:
+        for n in (1, 3, 8, 100):
+            expected = (
+                conn.execute(
+                    sa.select(deliveries.c.id)
+                    .where(deliveries.c.campaign_id == campaign_id, claimable(now))
+                    .order_by(deliveries.c.id)
+                    .limit(n)
+                )
+                .scalars()
+                .all()
+            )
+            got = conn.execute(lifecycle.first_claimable(campaign_id, now, n)).scalars().all()
+            assert got == expected
+    assert expected[:3] == [ids[13], ids[16], ids[18]]
+    assert len(expected) == 40 - 10 - 3 - 1 - 1 - 1
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in plan_nodes(child))]
+
+
+@pytest.mark.postgres
+def test_a_claim_deep_in_a_large_campaign_looks_at_a_batch_not_the_list(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """20,000 rows, the first 19,000 sent and 300 leased to a live worker: the claim of 100
+    reads about the leased rows and the batch, through the index, with no sort of the list."""
+    from services import postgres_url
+
+    pub = make_publication(tmp_path, postgres_url(), smtp_server.port)
+    store = pub.store()
+    with store.begin() as conn:
+        conn.execute(deliveries.delete())
+        conn.execute(subscribers.delete())
+    campaign_id, ids = new_campaign(pub, store, 20_000)
+    now = utcnow()
+    with store.begin() as conn:
+        conn.execute(deliveries.update().where(deliveries.c.id <= ids[18_999]).values(status=SENT))
+        conn.execute(
+            deliveries.update()
+            .where(deliveries.c.id.between(ids[19_000], ids[19_299]))
+            .values(lease_owner="w", lease_until=now + dt.timedelta(minutes=5))
+        )
+        conn.exec_driver_sql("ANALYZE deliveries")
+    query = lifecycle.first_claimable(campaign_id, now, 100)
+    compiled = query.compile(store.engine, compile_kwargs={"render_postcompile": True})
+    with store.engine.connect() as conn:
+        got = conn.execute(query).scalars().all()
+        explained = conn.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}", compiled.params
+        ).scalar_one()
+    assert got == ids[19_300:19_400]
+    nodes = plan_nodes(explained[0]["Plan"])
+    on_deliveries = [n for n in nodes if n.get("Relation Name") == "deliveries"]
+    assert on_deliveries and all("Index" in n["Node Type"] for n in on_deliveries), nodes
+    read = sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in on_deliveries)
+    assert read <= 300 + 100 + 10, read
+    assert all(n["Actual Rows"] <= 300 for n in nodes if n["Node Type"] == "Sort")

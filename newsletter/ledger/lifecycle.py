@@ -445,6 +445,41 @@ def new_round(store: Store, campaign_id: int) -> tuple[int, int]:
     return int(in_doubt), int(due)
 
 
+def first_claimable(campaign_id: int, now: dt.datetime, n: int) -> sa.Select[Any]:
+    """The ids of the campaign's first `n` claimable rows, found at the same cost at row 1
+    and at row 1,000,000: what is sent is never looked at.
+
+    One id-ordered range of the index (campaign_id, status, id) per unsent status, each
+    cut at `n`: pending rows from the lowest (the leased ones, at most a batch per live
+    worker, are passed over), rows in flight on a worker that stopped, deferred rows.
+    A single query over the three statuses sorted every claimable row of the campaign
+    for each batch. The rows are locked by the caller (FOR UPDATE is not allowed with
+    UNION)."""
+
+    def first(status: str, *due: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        # Each range a subquery of its own: SQLite allows no LIMIT in a part of a UNION.
+        part = (
+            sa.select(deliveries.c.id)
+            .where(
+                deliveries.c.campaign_id == campaign_id,
+                deliveries.c.status == status,
+                lease_free(now),
+                *due,
+            )
+            .order_by(deliveries.c.id)
+            .limit(n)
+            .subquery()
+        )
+        return sa.select(part.c.id)
+
+    parts = sa.union_all(
+        first(PENDING),
+        first(SENDING, deliveries.c.lease_until.is_not(None)),
+        first(DEFERRED, deliveries.c.next_attempt_at <= now),
+    ).subquery()
+    return sa.select(parts.c.id).order_by(parts.c.id).limit(n)
+
+
 def claim_batch(
     store: Store, config: Config, campaign_id: int, owner: str, sweep: bool
 ) -> tuple[Any, list[Item], int] | None:
@@ -462,9 +497,11 @@ def claim_batch(
             )
         taken = conn.execute(
             sa.select(deliveries.c.id, deliveries.c.status)
-            .where(deliveries.c.campaign_id == campaign_id, claimable(now))
+            .where(
+                deliveries.c.id.in_(first_claimable(campaign_id, now, config.workers.batch_size)),
+                claimable(now),
+            )
             .order_by(deliveries.c.id)
-            .limit(config.workers.batch_size)
             .with_for_update(skip_locked=True)
         ).all()
         if not taken:
