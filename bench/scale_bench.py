@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every run")
     parser.add_argument("--no-reference", action="store_true", help="skip smtp-source")
+    parser.add_argument("--logs", type=Path, help="keep the commands' and workers' logs here")
     args = parser.parse_args()
 
     sink, source = find_tool("smtp-sink"), find_tool("smtp-source")
@@ -218,6 +220,13 @@ def main() -> None:
                 for sessions in (1, 20):
                     rate = run_smtp_source(source, relay.port, message, args.subscribers, sessions)
                     show(f"smtp-source, {sessions} connection(s)", rate)
+            if args.logs:
+                shutil.copytree(
+                    tmp,
+                    args.logs,
+                    dirs_exist_ok=True,
+                    ignore=lambda d, n: [f for f in n if not f.endswith(".log")],
+                )
         finally:
             relay.stop()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
