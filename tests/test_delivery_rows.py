@@ -263,3 +263,24 @@ def test_a_claim_deep_in_a_large_campaign_looks_at_a_batch_not_the_list(
     read = sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in on_deliveries)
     assert read <= 300 + 100 + 10, read
     assert all(n["Actual Rows"] <= 300 for n in nodes if n["Node Type"] == "Sort")
+
+
+def test_a_batch_claimed_is_leased_with_its_addresses(pub: Publication) -> None:
+    store = pub.store()
+    campaign_id, ids = new_campaign(pub, store, 5)
+    lifecycle.claim(store, campaign_id, lifecycle.WORKERS, ("ready",))
+    cfg = pub.config(NEWSLETTER_WORKERS_BATCH_SIZE="3")
+    claimed = lifecycle.claim_batch(store, cfg, campaign_id, "worker-a", sweep=False)
+    assert claimed is not None
+    _, items, number = claimed
+    assert [(i.delivery_id, i.email) for i in items] == [
+        (ids[n], f"reader{n:05d}@example.com") for n in range(3)
+    ]
+    with store.engine.connect() as conn:
+        owners = conn.execute(
+            sa.select(deliveries.c.lease_owner).order_by(deliveries.c.id)
+        ).scalars()
+        assert list(owners) == ["worker-a"] * 3 + [None] * 2
+    claimed = lifecycle.claim_batch(store, cfg, campaign_id, "worker-b", sweep=False)
+    assert claimed is not None
+    assert [i.delivery_id for i in claimed[1]] == ids[3:]

