@@ -6,7 +6,7 @@ Run from the repository root:
 
     .venv/bin/python bench/scale_bench.py [--subscribers 8000] [--workers 1,2,4]
                                           [--pg-database newsletter_scale] [--broker URL]
-                                          [--env KEY=VALUE ...]
+                                          [--env KEY=VALUE ...] [--repeat N] [--logs DIR]
 
 Each run gets fresh tables (a SQLite file in a temporary folder, or the tables of the
 PostgreSQL database `--pg-database`, created if missing and emptied: never point it at a
@@ -14,8 +14,8 @@ database you keep), the list imported with `newsletter subscribers import`, and 
 send timed as a user runs it: the wall time of the whole command, start-up included.
 Workers (`newsletter workers start`, one process each, [smtp] concurrency 1) are started
 and ready before the send; the send hands the campaign to them and follows it to the end.
-Rate = subscribers / wall seconds. `--env` adds a NEWSLETTER_* setting to every run
-(e.g. `--env NEWSLETTER_DATABASE_SYNCHRONOUS_COMMIT=false`).
+Rate = subscribers / wall seconds (`--repeat N`: the median of N sends). `--env` adds a
+NEWSLETTER_* setting to every run (e.g. `--env NEWSLETTER_DATABASE_SYNCHRONOUS_COMMIT=false`).
 
 Needs smtp-sink and smtp-source (Debian package postfix), PostgreSQL on 127.0.0.1:5432 and
 the broker (Redis database 13 by default, flushed). Figures only; nothing is asserted.
@@ -28,6 +28,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,7 +112,19 @@ class Bench:
             raise SystemExit(f"{' '.join(cmd)}: exit {done.returncode}\n{log.read_text()[-3000:]}")
         return wall
 
-    def send(self, label: str, url: str, workers: int) -> float:
+    def send(self, label: str, database: str, workers: int) -> float:
+        """The median rate of `--repeat` sends, each on fresh tables."""
+        rates = []
+        for n in range(self.args.repeat):
+            if database == "sqlite":
+                url = f"sqlite:///{self.folder / f'{label}-{n}.db'}"
+            else:
+                fresh_pg(self.args.pg_database)
+                url = pg_url(self.args.pg_database)
+            rates.append(self.send_once(label, url, workers))
+        return statistics.median(rates)
+
+    def send_once(self, label: str, url: str, workers: int) -> float:
         env = dict(self.base, NEWSLETTER_DATABASE_URL=url)
         if workers:
             flush_broker(self.args.broker)
@@ -171,6 +184,7 @@ def main() -> None:
     parser.add_argument("--pg-database", default="newsletter_scale")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every run")
+    parser.add_argument("--repeat", type=int, default=1, help="sends per line (median)")
     parser.add_argument("--no-reference", action="store_true", help="skip smtp-source")
     parser.add_argument("--logs", type=Path, help="keep the commands' and workers' logs here")
     args = parser.parse_args()
@@ -191,9 +205,9 @@ def main() -> None:
     print(
         f"{platform.node()}: {os.cpu_count()} CPUs, load average {load} before the run,"
         f" Python {platform.python_version()}, {args.subscribers:,} subscribers"
+        + (f", median of {args.repeat}" if args.repeat > 1 else "")
         + (f", {' '.join(args.env)}" if args.env else "")
     )
-    pg = pg_url(args.pg_database)
     rows: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
         relay = Relay("sink", sink)
@@ -205,14 +219,12 @@ def main() -> None:
                 rows.append((label, rate))
                 print(f"{label:34} {rate:>8,.0f} {ratio:>22}", flush=True)
 
-            sqlite = bench.send("in-process SQLite", f"sqlite:///{Path(tmp) / 'l.db'}", 0)
+            sqlite = bench.send("in-process SQLite", "sqlite", 0)
             show("in-process, SQLite", sqlite)
-            fresh_pg(args.pg_database)
-            inproc = bench.send("in-process PostgreSQL", pg, 0)
+            inproc = bench.send("in-process PostgreSQL", "pg", 0)
             show("in-process, PostgreSQL", inproc, f"{inproc / sqlite:.2f}x SQLite")
             for n in [int(w) for w in args.workers.split(",") if w]:
-                fresh_pg(args.pg_database)
-                rate = bench.send(f"{n} workers", pg, n)
+                rate = bench.send(f"{n} workers", "pg", n)
                 show(f"{n} worker(s), PostgreSQL", rate, f"{rate / inproc:.2f}x in-process PG")
             if not args.no_reference:
                 assert source
