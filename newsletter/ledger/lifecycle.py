@@ -20,7 +20,14 @@ import sqlalchemy as sa
 from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.ledger import tags
-from newsletter.ledger.delivery_rows import Item, claimable, counts, item_query, lease_free
+from newsletter.ledger.delivery_rows import (
+    Item,
+    claimable,
+    counts,
+    first_claimable,
+    item_query,
+    lease_free,
+)
 from newsletter.ledger.once import EVERYONE, NEWCOMERS, Repeat, history_in, recipients
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
@@ -137,6 +144,11 @@ def add_deliveries(conn: sa.Connection, campaign_id: int) -> int:
             ).where(recipients(issue_slug, audience, but=campaign_id), in_segment),
         )
     )
+    if conn.dialect.name == "postgresql":
+        # The planner's figures for the rows just made (ANALYZE counts this transaction's
+        # own): without them PostgreSQL took a new campaign for a few rows and joined each
+        # delivery to every active subscriber, 0.2-0.7 s a fetch of 500 on a list of 3,000.
+        conn.exec_driver_sql("ANALYZE deliveries, subscribers")
     total = conn.execute(
         sa.select(sa.func.count())
         .select_from(deliveries)
@@ -460,15 +472,22 @@ def claim_batch(
             )
         taken = conn.execute(
             sa.select(deliveries.c.id, deliveries.c.status)
-            .where(deliveries.c.campaign_id == campaign_id, claimable(now))
+            .where(
+                deliveries.c.id.in_(first_claimable(campaign_id, now, config.workers.batch_size)),
+                claimable(now),
+            )
             .order_by(deliveries.c.id)
-            .limit(config.workers.batch_size)
             .with_for_update(skip_locked=True)
         ).all()
         if not taken:
             return row, [], row.batches
         ids = [r.id for r in taken]
         conn.execute(
+            campaigns.update()
+            .where(campaigns.c.id == campaign_id)
+            .values(batches=campaigns.c.batches + 1, heartbeat_at=now)
+        )
+        lease = (
             deliveries.update()
             .where(deliveries.c.id.in_(ids))
             .values(
@@ -476,17 +495,27 @@ def claim_batch(
                 lease_until=now + dt.timedelta(seconds=config.workers.lease),
             )
         )
-        conn.execute(
-            campaigns.update()
-            .where(campaigns.c.id == campaign_id)
-            .values(batches=campaigns.c.batches + 1, heartbeat_at=now)
-        )
-        items = [
-            Item(r.id, r.email, r.name, r.sid, r.attributes)
-            for r in conn.execute(
+        if conn.dialect.name == "postgresql":
+            # The lease and the batch's addresses in one statement: 8-14 ms of a batch of
+            # 500 rows was the second look-up of the rows just leased.
+            leased = lease.returning(deliveries.c.id, deliveries.c.subscriber_id).cte("leased")
+            found = conn.execute(
+                sa.select(
+                    leased.c.id,
+                    subscribers.c.email,
+                    subscribers.c.name,
+                    subscribers.c.id,
+                    subscribers.c.attributes,
+                )
+                .join(subscribers, subscribers.c.id == leased.c.subscriber_id)
+                .order_by(leased.c.id)
+            )
+        else:
+            conn.execute(lease)
+            found = conn.execute(
                 item_query().where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)
             )
-        ]
+        items = [Item(*r) for r in found]
     in_doubt = sum(r.status == SENDING for r in taken)
     if in_doubt:
         log.warning(

@@ -35,7 +35,7 @@ from newsletter.errors import NewsletterError
 from newsletter.issue.publish import envelope_template, subject_slots
 from newsletter.issue.render import html_slots, text_slots
 from newsletter.ledger import lifecycle
-from newsletter.ledger.delivery_rows import Rows, counts
+from newsletter.ledger.delivery_rows import ASYNC_RISK, Rows, counts
 from newsletter.ledger.lifecycle import (
     LEASE,
     WORKERS,
@@ -69,6 +69,10 @@ log = logging.getLogger("newsletter.campaign")
 
 
 FOLLOW_EVERY = 0.5  # seconds between looks at the ledger while the workers send
+# Between two such looks (counts per status, a scan of the campaign's rows) the end is
+# looked for more often, by the campaign's row alone: a send of 8,000 messages in ~5 s
+# ended on average 0.25 s after the last batch, 5% of its time.
+FOLLOW_END_EVERY = 0.1
 
 
 def campaign_template(
@@ -117,6 +121,8 @@ def run(
     `automatic`: run-due's retry of an incomplete campaign, not a person's resume.
     """
     stop = stop or threading.Event()
+    if not config.database.synchronous_commit and not store.is_sqlite:
+        log.warning("%s", ASYNC_RISK)
     if config.workers.broker:
         return _run_on_workers(
             store, config, campaign_id, allowed, progress, stop, sleep, wait, automatic
@@ -228,7 +234,10 @@ def _run_on_workers(
                 _dispatch(store, config, campaign_id, tuple(allowed), automatic=True)
             except CampaignBusy:
                 pass  # run-due or another follower got there first
-        sleep(FOLLOW_EVERY)
+        for _ in range(round(FOLLOW_EVERY / FOLLOW_END_EVERY)):
+            sleep(FOLLOW_END_EVERY)
+            if stop.is_set() or not lifecycle.workers_have(store, campaign_id):
+                break
     result.status = row.status
     result.failed = now[FAILED]
     result.skipped = now[SKIPPED]

@@ -4,6 +4,7 @@ recording every reply, the same in-process and in a worker's batch."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import itertools
 import logging
@@ -11,7 +12,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -289,8 +290,7 @@ class Runner:
                 made = self._make(following)
 
         try:
-            with self.store.writer() as db:
-                ledger = Ledger(db, self.rows.MARK, self.turns)
+            with self.store.writer() as db, self._ledger(db) as ledger:
                 while True:
                     prepared: Made | None = None
                     if ahead is not None:
@@ -359,6 +359,14 @@ class Runner:
                         raise trouble[0]
         finally:
             smtp.close()
+
+    @contextlib.contextmanager
+    def _ledger(self, db: Any) -> Iterator[Ledger]:
+        ledger = Ledger(db, self.rows.MARK, self.turns, self.config.database.synchronous_commit)
+        try:
+            yield ledger
+        finally:
+            ledger.close()
 
     def _envelope_sender(self, item: Item) -> str:
         """MAIL FROM for one row: the VERP address, or the From address without one."""
