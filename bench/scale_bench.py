@@ -18,7 +18,8 @@ Rate = subscribers / wall seconds (`--repeat N`: the median of N sends). `--env`
 NEWSLETTER_* setting to every run (e.g. `--env NEWSLETTER_DATABASE_SYNCHRONOUS_COMMIT=false`).
 
 Needs smtp-sink and smtp-source (Debian package postfix), PostgreSQL on 127.0.0.1:5432 and
-the broker (Redis database 15 by default, flushed: never 13, the tests', nor 14, workers_bench's). Figures only; nothing is asserted.
+the broker (Redis database 15 by default, flushed: never 13, the tests', nor 14,
+workers_bench's). Figures only; nothing is asserted.
 """
 
 from __future__ import annotations
