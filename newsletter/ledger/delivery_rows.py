@@ -133,6 +133,11 @@ class Rows:
         final dot); only before the senders start, when no row is in flight."""
         self._skip(deliveries.c.campaign_id == self.campaign_id, in_doubt)
 
+    def after_pass(self) -> None:
+        """The first pass is over: rows not fetched because their subscriber left are
+        marked skipped."""
+        self.skip_unsubscribed()
+
     def _skip(self, which: sa.ColumnElement[bool], in_doubt: bool) -> None:
         gone = sa.select(subscribers.c.id).where(subscribers.c.status != ACTIVE)
         statuses = (PENDING, DEFERRED, SENDING) if in_doubt else (PENDING, DEFERRED)
@@ -160,10 +165,13 @@ class LeasedRows(Rows):
         self.lease = dt.timedelta(seconds=lease)
 
     def fetch(self, last_id: int) -> list[Item]:
-        # The batch was claimed whoever has left since: mark theirs skipped first, and
-        # MARK refuses them.
-        self.skip_unsubscribed()
+        # Whoever left since the batch was claimed had their rows skipped just before it
+        # started (workers: skip_unsubscribed(in_doubt=True)), and MARK refuses them: no
+        # update here, nor after the pass (one per batch, not three).
         return [i for i in self.items if i.delivery_id > last_id][: self.BATCH]
+
+    def after_pass(self) -> None:
+        pass
 
     # A lease that ran out (this worker stalled) may have passed the row to another;
     # the row in flight keeps a fresh lease even if a renewal skipped it (_renew).

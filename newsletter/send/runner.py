@@ -221,7 +221,7 @@ class Runner:
         self.ready.extend(batch)
         if len(batch) < self.rows.BATCH:
             self.fetched_all = True
-            self.rows.skip_unsubscribed()  # the rows not fetched because their owner left
+            self.rows.after_pass()  # the rows not fetched because their owner left
         else:
             self.last_id = batch[-1].delivery_id
 
