@@ -539,17 +539,22 @@ def settle(
         ).one_or_none()
         if row is None or row.status != RUNNING or row.owner != WORKERS:
             return row.status if row is not None else "gone"
-        unsent = deliveries.c.status.in_(UNSENT)
-        left, due_now, held_until, retry_at = conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.count().filter(claimable(now)),
-                sa.func.min(deliveries.c.lease_until).filter(deliveries.c.lease_until >= now),
-                sa.func.min(deliveries.c.next_attempt_at).filter(
-                    lease_free(now), deliveries.c.next_attempt_at > now
-                ),
-            ).where(deliveries.c.campaign_id == campaign_id, unsent)
-        ).one()
+        # While rows are claimable this is all it reads, at the same cost at any row of
+        # the list; the unsent rows are scanned only when none is (the list's end).
+        due_now = conn.execute(first_claimable(campaign_id, now, 1)).first() is not None
+        left, held_until, retry_at = (
+            (1, None, None)
+            if due_now
+            else conn.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.min(deliveries.c.lease_until).filter(deliveries.c.lease_until >= now),
+                    sa.func.min(deliveries.c.next_attempt_at).filter(
+                        lease_free(now), deliveries.c.next_attempt_at > now
+                    ),
+                ).where(deliveries.c.campaign_id == campaign_id, deliveries.c.status.in_(UNSENT))
+            ).one()
+        )
         if not left:
             _leave_running(conn, campaign_id, DONE, None, None)
             log.info("campaign %s: done", campaign_id)
