@@ -1,4 +1,5 @@
-"""The public side: serve the site, export the archive, the sponsors' bookings and reports."""
+"""The public side: serve the site, export the archive, the sponsors' bookings and reports;
+and the marketer's console."""
 
 from __future__ import annotations
 
@@ -43,6 +44,63 @@ def serve(state: State, host: str, port: int) -> None:
         click.echo(message, err=True)
 
     site.serve(state.config, host, port, announce=click.echo, log=log)
+
+
+@cli.command()
+@click.option(
+    "--port",
+    default=8030,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; keep the default unless other machines must reach it.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A Host name the console answers to (repeatable); required with a --host other"
+    " machines reach.",
+)
+@click.option(
+    "--open/--no-open",
+    "open_browser",
+    default=True,
+    show_default=True,
+    help="Open the console in a web browser.",
+)
+@pass_state
+def console(
+    state: State, port: int, host: str, allow_hosts: tuple[str, ...], open_browser: bool
+) -> None:
+    """Serve the marketer's console: the calendar, campaigns, issues, sponsors and
+    subscribers in a browser."""
+    # Imported here so that the web stack loads only for this command.
+    from newsletter.web import preview
+    from newsletter.web.console import app
+    from newsletter.web.console.context import Console
+
+    preview.check_allowed_hosts(host, allow_hosts)
+    config = state.config
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    shown = Console(config.path, config, open_store(state), log=log)
+    app.serve(
+        shown,
+        host,
+        port,
+        open_browser=open_browser,
+        announce=click.echo,
+        allow_hosts=allow_hosts,
+    )
 
 
 @cli.group()
