@@ -185,11 +185,17 @@ def run_due(state: State, as_json: bool, quiet: bool) -> None:
     Exit 0 when everything went out, 1 when anything failed or was missed,
     2 on usage or configuration errors. Quick when nothing is due.
     """
-    from newsletter.schedule import due as schedule_due
-
     if quiet or as_json:
         state.verbosity = -1
     log_to_stderr(state)
+    if not as_json:
+        from newsletter.schedule import quick
+
+        # Most minutes nothing is due: a look at a SQLite ledger without SQLAlchemy.
+        if quick.nothing_due(state.config.database_url, dt.datetime.now(dt.UTC)):
+            return
+    from newsletter.schedule import due as schedule_due
+
     report = schedule_due.run_due(open_store(state), state.config)
     if as_json:
         click.echo(json.dumps(report.as_dict()))

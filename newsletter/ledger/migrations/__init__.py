@@ -34,12 +34,14 @@ from sqlalchemy.engine import Connection
 
 from newsletter.errors import NewsletterError
 
+# HEAD: the newest revision in versions/, kept in revision.py (which imports nothing, so
+# run-due's first look knows it without SQLAlchemy); comparing against it needs no Alembic.
+from newsletter.ledger.revision import HEAD
+
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-# The newest revision in versions/: comparing against it needs no Alembic import.
-HEAD = "0006"
 # What a database made before migrations is at.
 BASELINE = "0001"
 # Not Alembic's default "alembic_version": a PostgreSQL database shared with another
