@@ -108,8 +108,12 @@ def routes(console: Console) -> list[BaseRoute]:
                 row.campaigns = [_line(c, config.publication.timezone) for c in
                                  sent.get(row.issue.slug, [])]  # fmt: skip
             out.append(row)
-        # The newest first: the one being worked on is at the top.
-        out.sort(key=lambda r: (r.issue.date if r.issue else dt.date.min, r.name), reverse=True)
+        # A file that does not read first (it needs fixing), then the newest first: the
+        # one being worked on is at the top.
+        out.sort(
+            key=lambda r: (r.issue is None, r.issue.date if r.issue else dt.date.min, r.name),
+            reverse=True,
+        )
         return out
 
     async def listing(request: Request) -> Response:

@@ -152,6 +152,12 @@ def routes(console: Console) -> list[BaseRoute]:
         return console.render(request, "subscribers.html", await console.run(overview))
 
     async def dry_run(request: Request) -> Response:
+        try:
+            return await read_and_try(request)
+        finally:
+            await request.close()  # the upload's spooled file, refused (403) or not
+
+    async def read_and_try(request: Request) -> Response:
         form = await console.form(request)
         given = form.get("file")
         fields = {k: str(form.get(k) or "") for k in ("tags", "map", "encoding")}
