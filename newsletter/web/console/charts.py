@@ -61,7 +61,7 @@ def _nice_top(value: int) -> int:
 
 def columns(title: str, labels: Sequence[str], series: Sequence[Series], desc: str = "") -> Markup:
     """Grouped vertical bars: one group per label (a week), one bar per series."""
-    width, height = 720, 260
+    width, height = 720, 220
     left, right, top, bottom = 44, 12, 28, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = _nice_top(max((v for s in series for v in s.values), default=0))
@@ -82,7 +82,8 @@ def columns(title: str, labels: Sequence[str], series: Sequence[Series], desc: s
         )
     group = plot_w / max(len(labels), 1)
     bar = max(group * 0.8 / max(len(series), 1), 1)
-    every = max(1, round(len(labels) / 8))  # at most ~8 labels under the axis
+    every = max(1, round(len(labels) / 8))  # at most ~8 labels under the axis, the last one
+    first_label = (len(labels) - 1) % every
     for n, label in enumerate(labels):
         gx = left + n * group + group * 0.1
         for k, s in enumerate(series):
@@ -93,7 +94,7 @@ def columns(title: str, labels: Sequence[str], series: Sequence[Series], desc: s
                 f' height="{h:.1f}" fill="{s.colour}"><title>{escape(label)}: {value:,}'
                 f" {escape(s.name)}</title></rect>"
             )
-        if n % every == 0:
+        if n % every == first_label:
             parts.append(
                 f'<text x="{left + n * group + group / 2:.1f}" y="{height - bottom + 16}"'
                 f' text-anchor="middle" fill="{MUTED}">{escape(label)}</text>'
