@@ -462,3 +462,18 @@ def test_pages_are_gets_that_change_nothing(pub: Publication, console: Console) 
             assert web.get(path).status_code == 200, path
             assert re.search(r"\bTraceback\b", web.get(path).text) is None
     assert snapshot() == before
+
+
+def test_an_issue_changed_on_disk_is_checked_again(pub: Publication, console: Console) -> None:
+    def warnings(web: Running) -> list[str]:
+        doc = html_of(web.get("/issues"))
+        return doc.xpath(f'//li[@id="issue-{pub.issue.stem}"]//@data-warnings')
+
+    with running(console) as web:
+        before = warnings(web)
+        text = pub.issue.read_text(encoding="utf-8")
+        # An image without width or alt text: an error and a warning more.
+        pub.issue.write_text(text + "\n![](http://example.com/x.png)\n", encoding="utf-8")
+        after = warnings(web)
+    findings = publish.check_issue(pub.config(), pub.issue)
+    assert after == [str(sum(f.level == "warning" for f in findings))] != before

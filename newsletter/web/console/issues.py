@@ -14,8 +14,11 @@ publish.sample), the test send the preview's button (send/trial.test_sender).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -25,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from newsletter.config import Config
 from newsletter.errors import NewsletterError
 from newsletter.issue import publish
 from newsletter.issue.check import Finding
@@ -79,8 +83,56 @@ class CampaignLine:
     total: int
 
 
+class CheckCache:
+    """Each file's check, kept while nothing it depends on changed: the issue files (a
+    booking's rotation reads them all), newsletter.toml and the templates, by their
+    sizes and times; and for at most FRESH_S, because the merge fields' warnings count
+    the list, which changes without a file changing. A check costs a build (~0.15 s):
+    a page of a hundred issues is not a hundred builds at every visit."""
+
+    FRESH_S = 60.0
+
+    def __init__(self) -> None:
+        self._kept: dict[Path, tuple[tuple[object, ...], float, list[Finding] | str]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def state(config: Config) -> tuple[object, ...]:
+        def stats(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+            out = []
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    st = path.stat()
+                    out.append((str(path), st.st_mtime_ns, st.st_size))
+            return tuple(out)
+
+        templates = sorted(p for p in config.templates_dir.rglob("*") if p.is_file())
+        return (stats(issue_files(config.issues_dir)), stats([config.path, *templates]))
+
+    def findings(
+        self, path: Path, state: tuple[object, ...], check: Callable[[], list[Finding]]
+    ) -> list[Finding]:
+        """The file's findings; a NewsletterError (the file does not read or build) again
+        as it was raised."""
+        now = time.monotonic()
+        with self._lock:
+            kept = self._kept.get(path)
+        if kept is None or kept[0] != state or now - kept[1] > self.FRESH_S:
+            try:
+                found: list[Finding] | str = check()
+            except NewsletterError as exc:
+                found = str(exc)
+            kept = (state, now, found)
+            with self._lock:
+                self._kept[path] = kept
+        if isinstance(kept[2], str):
+            raise NewsletterError(kept[2])
+        return kept[2]
+
+
 def routes(console: Console) -> list[BaseRoute]:
     sending = threading.Lock()
+    checks = CheckCache()
 
     def files() -> dict[str, Path]:
         return {path.stem: path for path in issue_files(console.config.issues_dir)}
@@ -94,14 +146,19 @@ def routes(console: Console) -> list[BaseRoute]:
     def rows() -> list[IssueRow]:
         config = console.config
         sent = issue_campaigns.by_issue(console.store)
+        state = checks.state(config)
         out = []
         for name, path in files().items():
             row = IssueRow(name, path)
-            try:
-                row.issue = read_issue(path)
-                row.findings = publish.check_issue(
+
+            def check(path: Path = path) -> list[Finding]:
+                return publish.check_issue(
                     config, path, audience=lambda: console.store.iter_subscribers(ACTIVE)
                 )
+
+            try:
+                row.issue = read_issue(path)
+                row.findings = checks.findings(path, state, check)
             except NewsletterError as exc:
                 row.error = str(exc)
             if row.issue is not None:
