@@ -160,6 +160,14 @@ def test_send_test_sends_the_issue_to_the_test_recipients(
     assert notice == [f"test send of {pub.issue.name}: {outcome}"]
     got = sorted(r.rcpt_tos[0] for r in smtp_server.received)
     assert got == sorted(TEST_RECIPIENTS)
+    # The issue's own page has the button too, and comes back to itself.
+    with running(console) as web:
+        view = f"/issues/{pub.issue.stem}/view"
+        [button] = html_of(web.get(view)).xpath(f'//form[@action="{action}"]//button')
+        assert button.text_content() == "Send test"
+        again = web.post(action, {"from": "view"}, follow_redirects=False)
+        assert again.headers["location"].startswith(view + "?notice=test+send")
+    assert len(smtp_server.received) == 2 * len(TEST_RECIPIENTS)
     message = smtp_server.received[0].parse()
     assert message["Subject"].startswith("[TEST] ")
     assert pub.store().count_subscribers() == 0  # nothing recorded: a test send

@@ -202,6 +202,7 @@ def routes(console: Console) -> list[BaseRoute]:
                 "file": _shown(path, console.config.root),
                 "issue": issue,
                 "problem": problem,
+                "recipients": console.config.preview.test_recipients,
             },
         )
 
@@ -226,9 +227,12 @@ def routes(console: Console) -> list[BaseRoute]:
         )
 
     async def send_test(request: Request) -> Response:
-        await console.form(request)
+        form = await console.form(request)
         path = lookup(request.path_params["name"])
+        # Back to the page the button was on: the list, or the issue's own page.
         back = f"/issues#issue-{quote(path.stem)}"
+        if form.get("from") == "view":
+            back = f"/issues/{quote(path.stem)}/view"
         sender = trial.test_sender(console.config_path, path)
         if sender is None:
             return _back(back, error="no test recipients: set [preview] test_recipients")
