@@ -4,7 +4,7 @@ Chromium (Debian's `chromium`) driven by Playwright, at 1280 px and on a phone (
 Each page fits its width (the body never scrolls sideways), every control on it is
 reached with the Tab key, and the import goes through its dry run and confirmation as a
 marketer does it. Screenshots of every page at both widths go to test-output/console/
-(or to $NEWSLETTER_CONSOLE_SHOTS), to look at.
+(or to $CONSOLE_SCREENSHOTS), to look at.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 WIDTHS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 375, "height": 800}}
 TIMEOUT_MS = 10_000
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36"
-SHOTS = Path(os.environ.get("NEWSLETTER_CONSOLE_SHOTS", REPO / "test-output" / "console"))
+SHOTS = Path(os.environ.get("CONSOLE_SCREENSHOTS", REPO / "test-output" / "console"))
 
 # What the Tab key should reach: every visible control that is not disabled.
 CONTROLS = """() => {
