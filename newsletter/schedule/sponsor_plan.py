@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from newsletter.config import Config
+from newsletter.config import Config, Sponsor
 from newsletter.errors import NewsletterError
 from newsletter.issue import sponsor
 from newsletter.issue.content import Issue, issue_files, read_issue
@@ -54,14 +55,14 @@ def plan(store: Store, config: Config, now: dt.datetime, until: dt.datetime) -> 
     for row in rows:
         if row.status != SCHEDULED:
             continue
-        chosen = config.sponsors.get(row.sponsor_id) if row.sponsor_id else None
+        made_with = config.sponsors.get(row.sponsor_id) if row.sponsor_id else None
         out.append(
             Planned(
                 row.issue_slug,
                 row.subject,
                 None,
                 row.sponsor_id,
-                chosen.name if chosen else (row.sponsor_id or ""),
+                made_with.name if made_with else (row.sponsor_id or ""),
                 row.scheduled_at,
                 SCHEDULED_BY,
                 campaign=row.id,
@@ -77,14 +78,15 @@ def plan(store: Store, config: Config, now: dt.datetime, until: dt.datetime) -> 
         if issue.slug in dated:  # a scheduled campaign: its file gives its date
             planned = dated[issue.slug]
             out[out.index(planned)] = dataclasses.replace(planned, issue_date=issue.date)
+    chosen = sponsor.choices(config, unsent)  # the rotation worked out once, for all
     for rule_id, tick, tz_name in _ticks(rules, now, until):
         today = tick.astimezone(zone(tz_name)).date()
         taken_now = next((i for i in unsent if i.date <= today), None)
         if taken_now is not None:
             unsent.remove(taken_now)
-            out.append(_planned(config, taken_now, tick, RECURRING_BY, rule=rule_id))
+            out.append(_planned(chosen, taken_now, tick, RECURRING_BY, rule=rule_id))
     out.sort(key=lambda p: p.when or until)
-    out += [_planned(config, issue, None, UNSCHEDULED) for issue in unsent]
+    out += [_planned(chosen, issue, None, UNSCHEDULED) for issue in unsent]
     return out
 
 
@@ -99,18 +101,20 @@ def _readable(config: Config) -> list[Issue]:
 
 
 def _planned(
-    config: Config, issue: Issue, when: dt.datetime | None, by: str, rule: int | None = None
+    chosen: dict[Path, Sponsor | None],
+    issue: Issue,
+    when: dt.datetime | None,
+    by: str,
+    rule: int | None = None,
 ) -> Planned:
-    try:
-        chosen = sponsor.choose(config, issue)
-    except NewsletterError:
-        chosen = None  # an unknown sponsor in front matter: `check` reports it
+    # Left out of `chosen`: an unknown sponsor in front matter, which `check` reports.
+    carried = chosen.get(issue.path)
     return Planned(
         issue.slug,
         issue.subject,
         issue.date,
-        chosen.id if chosen else None,
-        chosen.name if chosen else "",
+        carried.id if carried else None,
+        carried.name if carried else "",
         when,
         by,
         rule=rule,
