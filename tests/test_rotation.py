@@ -210,3 +210,20 @@ def test_the_readmes_sponsor_bookings_load_and_rotate_as_it_shows(tmp_path: Path
     assert (acme.start, acme.end, acme.weight) == (dt.date(2027, 1, 1), dt.date(2027, 3, 31), 2)
     assert (globex.start, globex.end, globex.weight) == (acme.start, acme.end, 1)
     assert run.stdout.endswith(outputs[0])
+
+
+def test_choices_for_many_issues_are_choose_for_each(pub: Publication) -> None:
+    """The console's plan and `sponsors list` work the rotation out once for every issue:
+    the same sponsors as `choose` one issue at a time; an unknown pinned one left out."""
+    paths = daily(pub, dt.date(2026, 11, 28), 40)
+    paths.append(write_issue(pub, dt.date(2026, 12, 9), "pinned", "sponsor: bolt\n"))
+    paths.append(write_issue(pub, dt.date(2026, 12, 10), "bare", "sponsor: none\n"))
+    unknown = write_issue(pub, dt.date(2026, 12, 11), "typo", "sponsor: acmee\n")
+    config = pub.config()
+    issues = [read_issue(p) for p in [*paths, unknown]]
+    picked = sponsor.choices(config, issues)
+    assert {p: (s.id if s else None) for p, s in picked.items()} == {
+        p: chosen(pub, p) for p in paths
+    }
+    assert unknown not in picked
+    assert {s.id if s else None for s in picked.values()} == {"helloshuttle", "acme", "bolt", None}

@@ -12,13 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from newsletter import addresses
 from newsletter.audience import exports
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, UsageError
 from newsletter.ledger.store import Store, SubscriberRow
 from newsletter.ledger.tables import ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED
 from newsletter.ledger.tags import tag_addresses
@@ -78,6 +78,18 @@ def erased_reason(email: str, erased_at: dt.datetime) -> str:
         f"{email}: erased on {erased_at.date().isoformat()} at the person's request;"
         f" `newsletter subscribers add --again-after-erasure {email}` adds it anyway"
     )
+
+
+def parse_mapping(values: Iterable[str]) -> dict[str, str]:
+    """`--map FIELD=COLUMN` values (the console's "map" field too) as {field: column}:
+    read FIELD (email, name, status) from COLUMN. A UsageError for one without "="."""
+    mapping: dict[str, str] = {}
+    for value in values:
+        key, eq, column = value.partition("=")
+        if not eq:
+            raise UsageError(f"--map {value}: expected FIELD=COLUMN, e.g. email='E-Mail'")
+        mapping[key.strip().lower()] = column
+    return mapping
 
 
 def import_csv(

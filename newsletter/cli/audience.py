@@ -35,16 +35,6 @@ def _stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def _mapping(values: tuple[str, ...]) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for value in values:
-        key, eq, column = value.partition("=")
-        if not eq:
-            raise click.UsageError(f"--map {value}: expected FIELD=COLUMN, e.g. email='E-Mail'")
-        mapping[key.strip().lower()] = column
-    return mapping
-
-
 def _tags(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
     """--tag/--add/--remove: each a tag, as stored (lower case); a bad one exits 2."""
     from newsletter import segments
@@ -120,7 +110,7 @@ def subscribers_import(
     """
     from newsletter.audience import subscribers as subscriber_ops
 
-    mapping = _mapping(maps)
+    mapping = subscriber_ops.parse_mapping(maps)
     store = open_store(state)
     if _stderr_is_terminal():
         with click.progressbar(length=1, label="importing", file=sys.stderr) as bar:

@@ -93,12 +93,18 @@ def read_issue(path: Path) -> Issue:
     )
 
 
+def issue_files(folder: Path) -> list[Path]:
+    """The issue files in `folder` (its *.md files), by name: for a dated name
+    (YYYY-MM-DD-slug.md) that is by date. None when the folder is not there."""
+    return sorted(folder.glob("*.md")) if folder.is_dir() else []
+
+
 def newest_issue(folder: Path) -> Path | None:
     """The issue in `folder` with the latest date: the one in its name
     (YYYY-MM-DD-slug.md), else its front matter's; on a tie, the last name. A file
     whose date cannot be read is passed over (`check` names its problem)."""
     dated: list[tuple[dt.date, str, Path]] = []
-    for path in folder.glob("*.md") if folder.is_dir() else ():
+    for path in issue_files(folder):
         match = _DATED_NAME.match(path.stem)
         try:
             day = parse_date(match.group(1)) if match else read_issue(path).date

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -30,8 +30,37 @@ def choose(config: Config, issue: Issue) -> Sponsor | None:
     for the issue's date take turns by weight over the issues of their period
     (see `rotation`), and without a booking the configured default appears.
     """
+    return _chosen(config, issue, lambda: rotation(config, [issue]))
+
+
+def choices(config: Config, issues: Iterable[Issue]) -> dict[Path, Sponsor | None]:
+    """`choose` for each of `issues` (by its path), the rotation worked out once for all
+    of them: listing every issue costs one reading of issues/, not one per issue. An
+    issue whose front matter names an unknown sponsor is left out (`choose` raises the
+    ContentError that `check` reports)."""
+    listed = list(issues)
+    booked: dict[Path, Sponsor] | None = None
+
+    def rotated() -> dict[Path, Sponsor]:
+        nonlocal booked
+        if booked is None:
+            booked = rotation(config, listed)
+        return booked
+
+    out: dict[Path, Sponsor | None] = {}
+    for issue in listed:
+        try:
+            out[issue.path] = _chosen(config, issue, rotated)
+        except ContentError:
+            continue
+    return out
+
+
+def _chosen(
+    config: Config, issue: Issue, rotated: Callable[[], Mapping[Path, Sponsor]]
+) -> Sponsor | None:
     if issue.sponsor is None:
-        booked = rotation(config, [issue]).get(issue.path)
+        booked = rotated().get(issue.path)
         if booked is not None:
             return booked
         return config.sponsors[config.default_sponsor] if config.default_sponsor else None

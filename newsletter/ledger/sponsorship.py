@@ -67,14 +67,17 @@ def bookings(config: Config, store: Store) -> list[Booking]:
                 out[row.sponsor_id].sent_in.append(
                     {"campaign": row.id, "issue": row.issue_slug, "status": row.status}
                 )
+    issues = []
     for path in sorted(config.issues_dir.glob("*.md")):
         try:
-            issue = read_issue(path)
-            chosen = sponsor.choose(config, issue)
+            issues.append(read_issue(path))
         except ContentError:
             continue
-        if chosen is not None and issue.slug not in sent_slugs:
-            out[chosen.id].planned.append(issue.slug)
+    chosen = sponsor.choices(config, issues)  # the rotation worked out once, for all
+    for issue in issues:
+        carried = chosen.get(issue.path)
+        if carried is not None and issue.slug not in sent_slugs:
+            out[carried.id].planned.append(issue.slug)
     return list(out.values())
 
 

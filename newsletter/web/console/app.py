@@ -22,7 +22,7 @@ from newsletter.web import serving
 from newsletter.web.console.context import Console, asset
 
 # The page modules of this package, each with `routes(console) -> list[BaseRoute]`.
-PAGES: tuple[str, ...] = ()
+PAGES: tuple[str, ...] = ("issues", "sponsors", "subscribers")
 
 ASSETS = {"console.css": "text/css", "console.js": "text/javascript"}
 
