@@ -10,7 +10,8 @@ with headless Chromium (Debian's `chromium`, driven by Playwright).
     .venv/bin/python docs/console_screenshots.py /calendar /issues
 
 A page the console does not have (a 404) is skipped with a line saying so.
-/campaigns/<id> stands for the demo's sent campaign.
+/campaigns/<id> stands for the demo's sent campaign; a query does not change the name
+(/calendar?view=month is docs/console-calendar.png).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 DEFAULT_PATHS = (
-    "/calendar",
+    "/calendar?view=month",
     "/campaigns",
     "/campaigns/<id>",
     "/issues",
@@ -40,6 +41,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 MORE_ISSUES = (
     # (days from today, slug, subject)
+    (-22, "shuttles-to-the-harbor-lights", "Shuttles to the harbor lights"),
+    (-15, "how-we-plan-a-thanksgiving-rush", "How we plan a Thanksgiving rush"),
     (-6, "airport-rides-before-the-holidays", "Airport rides before the holidays"),
     (-1, "winter-schedules-at-lax", "Winter schedules at LAX, terminal by terminal"),
     (2, "cruise-season-opens-in-long-beach", "Cruise season opens in Long Beach"),
@@ -53,7 +56,7 @@ def build_demo(root: Path, smtp_port: int) -> tuple[object, int]:
     from newsletter.issue import publish
     from newsletter.ledger import schedules
     from newsletter.ledger.store import Store, SubscriberRow
-    from newsletter.schedule import plans, timing
+    from newsletter.schedule import due, plans, timing
     from newsletter.send import campaign, whole_list
 
     shutil.copy(REPO / "newsletter.toml", root / "newsletter.toml")
@@ -99,6 +102,13 @@ def build_demo(root: Path, smtp_port: int) -> tuple[object, int]:
     def local(days: int, hour: int, minute: int = 0) -> str:
         day = today + dt.timedelta(days=days)
         return f"{day} {hour:02d}:{minute:02d}"
+
+    # Two issues scheduled weeks ago and sent when they were due (run-due at that time).
+    for days, slug in ((-22, "shuttles-to-the-harbor-lights"), (-15, "how-we-plan-a-thanksgiving-rush")):
+        _, when, _ = plans.schedule_issue(
+            store, config, paths[slug], local(days, 9), now=now - dt.timedelta(days=40)
+        )
+        due.run_due(store, config, now=when + dt.timedelta(seconds=30))
 
     plans.schedule_issue(
         store, config, paths["cruise-season-opens-in-long-beach"], local(2, 9), now=now

@@ -55,7 +55,7 @@ class Row:
     status: campaign_status.CampaignStatus
     label: str
     css: str
-    when: str  # local time it started, or was scheduled for, or was made
+    when: str  # local time it was scheduled for, or started, or was made
 
 
 def _rows(console: Console, campaign_id: int | None = None, limit: int = 50) -> list[Row]:
@@ -63,7 +63,7 @@ def _rows(console: Console, campaign_id: int | None = None, limit: int = 50) -> 
     out = []
     for s in campaign_status.status(console.store, campaign_id, limit):
         label, css = STATUS_LABELS.get(s.status, (s.status.title(), "scheduled"))
-        stamp = s.started_at or s.scheduled_at or s.created_at
+        stamp = s.scheduled_at or s.started_at or s.created_at  # as the calendar places it
         when = f"{dt.datetime.fromisoformat(stamp).astimezone(tz):%Y-%m-%d %H:%M}" if stamp else ""
         out.append(Row(s, label, css, when))
     return out
@@ -119,7 +119,7 @@ def progress(console: Console, campaign_id: int, rate: Rate) -> dict[str, Any]:
         "in_flight": s.in_flight,
         "pending": s.pending,
         "skipped": s.skipped,
-        "rate": f"{per_second:.1f}/s",
+        "rate": f"{per_second:.1f}/s" if per_second > 0 else "—",
         "left": _time_left(left / per_second if per_second > 0 else None),
         "errors": [[e.email, e.status, e.error] for e in s.recent_errors],
         "last_error": s.last_error or "",
