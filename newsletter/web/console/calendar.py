@@ -81,10 +81,12 @@ class Entry:
     rule: str = ""  # "r3" for a recurring rule's tick
     segment: str | None = None
     note: str = ""
+    status: str = ""  # the campaign's (tables.py); "" for a tick
 
     @property
     def movable(self) -> bool:
-        return self.css == "scheduled" and self.campaign_id is not None and self.label != "Ready"
+        """A campaign still waiting for its time: `schedule move` and `cancel` take it."""
+        return self.status == SCHEDULED
 
 
 @dataclass
@@ -229,6 +231,7 @@ def entries(console: Console, start: dt.datetime, end: dt.datetime) -> list[Entr
                 campaign_id=row.id,
                 segment=row.segment,
                 note=row.last_error or "",
+                status=row.status,
             )
         )
     active = console.store.count_subscribers()
