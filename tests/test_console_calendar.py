@@ -231,3 +231,21 @@ def test_a_get_never_changes_anything_and_actions_need_the_token(
             assert web.post(path, {**form, "token": ""}).status_code == 403
     [row] = scheduled(run_cli)
     assert (row["status"], row["local_time"]) == ("scheduled", "2026-12-01T09:00:00-08:00")
+
+
+def test_a_move_to_a_time_that_happens_twice_offers_both_readings(
+    console: Console, run_cli: Callable[..., Result]
+) -> None:
+    with running(console) as web:
+        schedule(web, "2026-12-01T09:00")
+        asked = web.post("/calendar/move", {"campaign": "1", "at": "2027-11-07T01:30"})
+        assert asked.status_code == 400
+        assert "happens twice in America/Los_Angeles" in error_line(asked.text)
+        assert 'action="/calendar/move"' in asked.text
+        assert 'name="fold" value="0">The first (PDT, UTC-0700)' in asked.text
+        assert scheduled(run_cli)[0]["utc"] == "2026-12-01T17:00:00+00:00"
+        moved = web.post(
+            "/calendar/move", {"campaign": "1", "at": "2027-11-07T01:30", "fold": "0"}
+        )
+        assert moved.status_code == 303
+    assert scheduled(run_cli)[0]["utc"] == "2027-11-07T08:30:00+00:00"  # 01:30 PDT

@@ -274,3 +274,15 @@ def test_hash_password_prints_the_line_to_paste(
     bad = run_cli("schedule", "list")
     assert bad.exit_code == 2 and "[console] password_hash: expected an argon2 hash" in bad.stderr
     assert "hunter2" not in bad.stderr
+
+
+def test_a_session_ends_after_its_hours_and_at_logout() -> None:
+    now = [1000.0]
+    sessions = auth.Sessions(clock=lambda: now[0])
+    first, second = sessions.start(), sessions.start()
+    assert first != second and sessions.valid(first) and sessions.valid(second)
+    assert not sessions.valid("") and not sessions.valid("made-up")
+    sessions.end(second)
+    assert not sessions.valid(second)
+    now[0] += auth.SESSION_HOURS * 3600 + 1
+    assert not sessions.valid(first)
