@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -286,3 +287,29 @@ def test_a_session_ends_after_its_hours_and_at_logout() -> None:
     assert not sessions.valid(second)
     now[0] += auth.SESSION_HOURS * 3600 + 1
     assert not sessions.valid(first)
+
+
+def test_a_send_stops_with_the_console_and_resume_sends_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with gated_smtp_server(hold_after=1) as smtp:
+        setup = sending_console(tmp_path, monkeypatch, smtp)
+        console = setup.console
+
+        def open_gate_when_stopping() -> None:
+            # The reply to the message in flight comes once the console is stopping.
+            console.stopping.wait(20)
+            setup.handler.gate.set()
+
+        opener = threading.Thread(target=open_gate_when_stopping, daemon=True)
+        with running(console) as web:
+            web.post("/send", {"issue": ISSUE, "count": "3"})
+            assert setup.handler.held.wait(10)
+            opener.start()
+        opener.join(20)
+        assert not any(t.is_alive() for t in console.senders)  # joined by the shutdown
+        [row] = status(setup)
+        assert row["status"] == "incomplete" and row["sent"] == 2 and row["pending"] == 1
+        resumed = newsletter(setup, "resume", "1")
+        assert resumed.exit_code == 0, resumed.output
+    assert sorted(setup.handler.count_by_recipient().values()) == [1, 1, 1]
