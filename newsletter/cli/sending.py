@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from newsletter.issue import publish
     from newsletter.ledger import once
     from newsletter.ledger.store import Store
-    from newsletter.segments import Segment
     from newsletter.send import runner
 
 
@@ -70,8 +69,8 @@ def send(
     over), and for --new-only when nobody is left to send to (no campaign is made).
     """
     from newsletter.issue import publish
-    from newsletter.ledger import lifecycle, once
-    from newsletter.send import trial
+    from newsletter.ledger import once
+    from newsletter.send import trial, whole_list
 
     repeat = repeat_choice(again, new_only)
     if bool(to) == to_all:
@@ -90,17 +89,11 @@ def send(
         return
 
     store = open_store(state)
-    publish.refuse_on_check_errors(config, built, "sending")
-    history = once.issue_history(store, built.issue.slug)
     try:
-        history.check(built.issue.path, repeat, at_once=True)
+        plan = whole_list.plan(store, config, built, repeat, chosen)
     except once.NobodyLeft as exc:
         _nobody_left(exc, as_json)
         return
-    if chosen is None:
-        count = history.audience(repeat)
-    else:
-        count = once.audience_size(store, built.issue.slug, repeat, chosen)
     if dry_run:
         report = trial.dry_run(store, config, built, repeat, chosen)
         if as_json:
@@ -113,50 +106,15 @@ def send(
                 f" ({report.bytes / max(report.messages, 1) / 1024:.1f} KB each), nothing sent"
             )
         return
-    if count == 0 and chosen is not None:
-        raise click.ClickException(
-            f"segment {chosen.describe()}: no active subscriber in it"
-            + (" who has not had this issue" if repeat is once.Repeat.NEW_ONLY else "")
-            + "; no campaign made"
-        )
-    if count == 0:
-        raise click.ClickException(
-            "no active subscribers: import some with `newsletter subscribers import`"
-        )
+    plan.refuse_empty()
     if not yes:
-        question = _send_question(built, history, repeat)
-        if chosen is not None:
-            question = _segment_question(built, history, chosen, count)
-        click.confirm(question, abort=True, err=True)
+        click.confirm(plan.question(), abort=True, err=True)
     try:
-        # Checked again in the transaction that makes it: the answer may have taken a while.
-        campaign_id = lifecycle.create(store, built, repeat=repeat, segment=chosen)
+        campaign_id = whole_list.create(store, plan)
     except once.NobodyLeft as exc:
         _nobody_left(exc, as_json)
         return
     _run_campaign(state, store, campaign_id, as_json)
-
-
-def _send_question(
-    built: publish.BuiltIssue, history: once.IssueHistory, repeat: once.Repeat
-) -> str:
-    from newsletter.ledger import once
-
-    if not history.earlier:
-        return f"Send {built.issue.subject!r} to {history.active:,} subscriber(s)?"
-    if repeat is once.Repeat.NEW_ONLY:
-        return f"{history.summary()}; send to {history.newcomers:,} who have not had it?"
-    return f"{history.summary()}; send it again to all {history.active:,}?"
-
-
-def _segment_question(
-    built: publish.BuiltIssue, history: once.IssueHistory, chosen: Segment, count: int
-) -> str:
-    before = f"{history.summary()}; s" if history.earlier else "S"
-    return (
-        f"{before}end {built.issue.subject!r} to the {count:,} subscriber(s)"
-        f" of segment {chosen.describe()}?"
-    )
 
 
 def _nobody_left(exc: once.NobodyLeft, as_json: bool) -> None:

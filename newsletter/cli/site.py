@@ -75,24 +75,56 @@ def serve(state: State, host: str, port: int) -> None:
     show_default=True,
     help="Open the console in a web browser.",
 )
+@click.option(
+    "--hash-password",
+    is_flag=True,
+    help="Ask for a password (twice) and print the [console] password_hash line for"
+    " newsletter.toml, which a --host other machines reach requires; serve nothing.",
+)
 @pass_state
 def console(
-    state: State, port: int, host: str, allow_hosts: tuple[str, ...], open_browser: bool
+    state: State,
+    port: int,
+    host: str,
+    allow_hosts: tuple[str, ...],
+    open_browser: bool,
+    hash_password: bool,
 ) -> None:
     """Serve the marketer's console: the calendar, campaigns, issues, sponsors and
-    subscribers in a browser."""
+    subscribers in a browser.
+
+    It listens on 127.0.0.1. A --host other machines reach needs --allow-host NAME and
+    a password: `newsletter console --hash-password` prints the line to put in
+    newsletter.toml's [console] section; with it set, the console asks for a login.
+    """
+    if hash_password:
+        from newsletter.web.console import auth
+
+        password = click.prompt(
+            "Console password", hide_input=True, confirmation_prompt=True, err=True
+        )
+        if len(password) < 8:
+            raise click.UsageError("the password needs at least 8 characters")
+        click.echo(f'[console]\npassword_hash = "{auth.hash_password(password)}"')
+        return
     # Imported here so that the web stack loads only for this command.
-    from newsletter.web import preview
     from newsletter.web.console import app
     from newsletter.web.console.context import Console
 
-    preview.check_allowed_hosts(host, allow_hosts)
     config = state.config
+    # Refused before the ledger is opened or anything is bound: --allow-host and a password.
+    app.check_host(config.console.password_hash, host, allow_hosts)
 
     def log(message: str) -> None:
         click.echo(message, err=True)
 
-    shown = Console(config.path, config, open_store(state), log=log)
+    shown = Console(
+        config.path,
+        config,
+        open_store(state),
+        log=log,
+        password_hash=config.console.password_hash,
+    )
     app.serve(
         shown,
         host,

@@ -25,6 +25,7 @@ from newsletter.config.sections import (
     Bounces,
     Check,
     Config,
+    ConsoleSettings,
     Database,
     Dkim,
     Paths,
@@ -58,6 +59,7 @@ SECTIONS: dict[str, type] = {
     "workers": Workers,
     "bounces": Bounces,
     "check": Check,
+    "console": ConsoleSettings,
 }
 
 

@@ -19,6 +19,7 @@ from newsletter.config.sections import (
     SMTP_TIMEOUTS,
     Bounces,
     Config,
+    ConsoleSettings,
     Signup,
     Smtp,
     Workers,
@@ -130,6 +131,7 @@ def validate(config: Config) -> None:
     _validate_bounces(path, config.bounces)
     _validate_signup(path, config.signup)
     _validate_segments(path, config.segments)
+    _validate_console(path, config.console)
     if config.check.spam_max < 0:
         raise ConfigError(f"{path}: [check] spam_max: must not be negative")
     if config.tracking.clicks not in ("sponsor", "all", "off"):
@@ -174,6 +176,24 @@ def validate(config: Config) -> None:
                 f"{path}: [sponsors.{sponsor.id}] phone_country_code: expected a calling code"
                 f' such as "1" or "+44", got {sponsor.phone_country_code!r}'
             )
+
+
+# An argon2 hash in its PHC string form, as argon2-cffi writes it:
+# $argon2id$v=19$m=65536,t=3,p=4$<salt>$<hash>
+_ARGON2_HASH = re.compile(
+    r"\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
+)
+
+
+def _validate_console(path: Path, console: ConsoleSettings) -> None:
+    value = console.password_hash
+    if value and not _ARGON2_HASH.fullmatch(value):
+        shown = value if value.startswith("$") else "(not shown: it may be a password)"
+        raise ConfigError(
+            f"{path}: [console] password_hash: expected an argon2 hash such as"
+            f" '$argon2id$v=19$m=65536,t=3,p=4$...' (make one with `newsletter console"
+            f" --hash-password`), got {shown}"
+        )
 
 
 def _validate_smtp(path: Path, where: str, smtp: Smtp) -> None:

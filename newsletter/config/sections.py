@@ -242,6 +242,15 @@ class Check:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """`newsletter console`: on an address other machines reach (--host), a password is
+    required, kept here as its argon2 hash (`newsletter console --hash-password` makes
+    the line). Never the password itself."""
+
+    password_hash: str = ""
+
+
+@dataclass(frozen=True)
 class Sponsor:
     id: str
     name: str
@@ -290,6 +299,7 @@ class Config:
     workers: Workers = Workers()
     bounces: Bounces = Bounces()
     check: Check = Check()
+    console: ConsoleSettings = ConsoleSettings()
     # [smtp.<name>] tables: more servers sharing the sending; unset keys are [smtp]'s.
     smtp_servers: Mapping[str, Smtp] = field(default_factory=dict)
     # [segments]: a name for a segment expression (`send --all --segment vip`).

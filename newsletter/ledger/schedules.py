@@ -188,3 +188,54 @@ def taken_issues(store: Store) -> set[str]:
                 )
             )
         }
+
+
+def on_calendar(store: Store, start: dt.datetime, end: dt.datetime) -> list[Any]:
+    """The campaigns a calendar shows from `start` to `end` (UTC): each at its scheduled
+    time, or when it started (sent at once), or when it was made; oldest first."""
+    when = sa.func.coalesce(
+        campaigns.c.scheduled_at, campaigns.c.started_at, campaigns.c.created_at
+    )
+    with store.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(
+                    campaigns.c.id,
+                    campaigns.c.issue_slug,
+                    campaigns.c.issue_path,
+                    campaigns.c.subject,
+                    campaigns.c.sponsor_id,
+                    campaigns.c.status,
+                    campaigns.c.scheduled_at,
+                    campaigns.c.started_at,
+                    campaigns.c.created_at,
+                    campaigns.c.timezone,
+                    campaigns.c.total,
+                    campaigns.c.audience,
+                    campaigns.c.segment,
+                    campaigns.c.last_error,
+                )
+                .where(
+                    sa.or_(
+                        campaigns.c.scheduled_at.between(start, end),
+                        campaigns.c.scheduled_at.is_(None)
+                        & sa.func.coalesce(campaigns.c.started_at, campaigns.c.created_at).between(
+                            start, end
+                        ),
+                    )
+                )
+                .order_by(when, campaigns.c.id)
+            ).all()
+        )
+
+
+def active_rules(store: Store) -> list[Any]:
+    """The recurring rules still running, by id."""
+    with store.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(recurring)
+                .where(recurring.c.status == ACTIVE_RULE)
+                .order_by(recurring.c.id)
+            ).all()
+        )

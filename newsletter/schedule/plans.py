@@ -6,13 +6,14 @@ The campaigns table is the schedule; the worker and cron are only triggers.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from newsletter.config import Config
-from newsletter.errors import NewsletterError, UsageError
+from newsletter.errors import ContentError, NewsletterError, UsageError
 from newsletter.issue import publish
-from newsletter.issue.content import read_issue
+from newsletter.issue.content import Issue, read_issue
 from newsletter.ledger import lifecycle, once, schedules
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import SCHEDULED, utcnow
@@ -130,4 +131,53 @@ def listing(store: Store) -> list[dict[str, Any]]:
                 "segment": None,
             }
         )
+    return out
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A coming tick of a recurring rule, and the issue it would send as things stand
+    (None: no unsent issue dated by then)."""
+
+    rule_id: int
+    cron: str
+    timezone: str
+    at: dt.datetime  # UTC
+    issue: Issue | None
+
+
+def upcoming_ticks(
+    store: Store, config: Config, until: dt.datetime, limit: int = 100
+) -> list[Tick]:
+    """The ticks of the active recurring rules up to `until`, in time order, each with the
+    issue run-due would pick (the oldest unsent one dated by the tick's day, as
+    due.oldest_unsent_issue picks it), counting the issues earlier ticks take."""
+    found: list[tuple[dt.datetime, Any]] = []
+    for rule in schedules.active_rules(store):
+        at = rule.next_run_at
+        for _ in range(limit):
+            if at > until:
+                break
+            found.append((at, rule))
+            at = next_tick(rule.cron, rule.timezone, at)
+    found.sort(key=lambda pair: (pair[0], pair[1].id))
+    taken = schedules.taken_issues(store)
+    waiting = sorted(_readable_issues(config), key=lambda i: (i.date, i.path.name))
+    ticks = []
+    for at, rule in found[:limit]:
+        day = at.astimezone(zone(rule.timezone)).date()
+        issue = next((i for i in waiting if i.date <= day and i.slug not in taken), None)
+        if issue is not None:
+            taken.add(issue.slug)
+        ticks.append(Tick(rule.id, rule.cron, rule.timezone, at, issue))
+    return ticks
+
+
+def _readable_issues(config: Config) -> list[Issue]:
+    out = []
+    for path in sorted(config.issues_dir.glob("*.md")):
+        try:
+            out.append(read_issue(path))
+        except ContentError:
+            continue  # `check` reports it; the calendar shows the others
     return out

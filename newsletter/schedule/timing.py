@@ -16,6 +16,15 @@ from newsletter.errors import UsageError
 # error, exit 2. [publication] timezone is checked when the config is read.
 
 
+class AmbiguousTime(UsageError):
+    """A wall-clock time that happens twice in its zone (the clocks go back): `choices`
+    are the two readings, (fold, "PDT, UTC-0700"), for a caller to offer."""
+
+    def __init__(self, message: str, choices: tuple[tuple[int, str], tuple[int, str]]) -> None:
+        super().__init__(message)
+        self.choices = choices
+
+
 def zone(name: str) -> zoneinfo.ZoneInfo:
     try:
         return zoneinfo.ZoneInfo(name)
@@ -68,10 +77,11 @@ def resolve_local(local: dt.datetime, tz: zoneinfo.ZoneInfo, fold: int | None) -
         if fold is None:
             first = local.replace(tzinfo=tz, fold=0)
             second = local.replace(tzinfo=tz, fold=1)
-            raise UsageError(
+            raise AmbiguousTime(
                 f"{local:%Y-%m-%d %H:%M} happens twice in {tz.key} (the clocks go back):"
                 f" --fold 0 for the first ({first:%Z}, UTC{first:%z}),"
-                f" --fold 1 for the second ({second:%Z}, UTC{second:%z})"
+                f" --fold 1 for the second ({second:%Z}, UTC{second:%z})",
+                ((0, f"{first:%Z}, UTC{first:%z}"), (1, f"{second:%Z}, UTC{second:%z}")),
             )
         local = local.replace(fold=fold)
     return local.replace(tzinfo=tz).astimezone(dt.UTC)

@@ -8,7 +8,9 @@ session's token and calls the same library function as its CLI command.
     context.py      Console: the config, the ledger, the token, page rendering
     app.py          the Starlette app: every page module's routes, assets, the server
     calendar.py     /calendar         campaigns by week and month; schedule, move, cancel
-    campaigns.py    /campaigns/ID     live progress (SSE), recent errors, resume, close
+    campaigns.py    /campaigns/ID     live progress (SSE), recent errors, resume, close;
+                    /send             send now, behind a confirmation stating the count
+    auth.py         /login, /logout   the [console] password (a non-loopback --host)
     issues.py       /issues           every issue file, its check result, send test
     sponsors.py     /sponsors         bookings, the rotation plan, each sponsor's report
     subscribers.py  /subscribers      counts by status, growth, import with a dry run

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import secrets
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,6 +19,8 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
+
+from newsletter.web.console.auth import Sessions
 
 if TYPE_CHECKING:
     from newsletter.config import Config
@@ -67,7 +70,10 @@ class Console:
     """One running console: built once by `app.console_app`, shared by every request.
 
     `clock` is the time the pages and actions use (tests inject theirs); `log` gets one
-    line per action taken, as the CLI would print it."""
+    line per action taken, as the CLI would print it. `password_hash` (the `[console]`
+    one, given by the CLI) makes every page ask for a login (auth.py). `sending` is held
+    while a campaign sends from this console (one at a time); `stopping` is set when the
+    server stops, and ends the sends and the event streams."""
 
     config_path: Path
     config: Config
@@ -76,6 +82,15 @@ class Console:
     log: Callable[[str], None] = lambda _line: None
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     templates: jinja2.Environment = field(default_factory=_environment)
+    password_hash: str = ""
+    sessions: Sessions = field(default_factory=Sessions)
+    sending: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    # The background sends started here (campaigns.py), joined when the server stops.
+    senders: list[threading.Thread] = field(default_factory=list)
+    # Why a background send of a campaign stopped before it began (it was busy elsewhere,
+    # say): shown on the campaign's page.
+    send_errors: dict[int, str] = field(default_factory=dict)
 
     def render(
         self,
@@ -95,6 +110,7 @@ class Console:
             timezone=self.config.publication.timezone,
             notice=request.query_params.get("notice", "")[:300],
             error=request.query_params.get("error", "")[:300],
+            logged_in=bool(self.password_hash),
             **(context or {}),
         )
         return HTMLResponse(
