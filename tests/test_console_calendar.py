@@ -22,6 +22,9 @@ from newsletter.ledger.store import SubscriberRow
 from newsletter.schedule import plans
 from newsletter.web.console.context import Console
 
+# A name that climbs out of the issues folder (a client may send anything).
+UP_AND_OUT = str(Path("..") / "newsletter.toml")
+
 # Monday 30 November 2026, 04:00 in Los Angeles (the sample's [publication] timezone).
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 
@@ -122,11 +125,11 @@ def test_the_clis_refusals_come_back_as_one_line_and_nothing_is_written(
 
 def test_other_refusals_are_one_line(console: Console, run_cli: Callable[..., Result]) -> None:
     with running(console) as web:
-        no_issue = schedule(web, "2026-12-01T09:00", issue="../newsletter.toml")
+        no_issue = schedule(web, "2026-12-01T09:00", issue=UP_AND_OUT)
         bad_segment = schedule(web, "2026-12-01T09:00", segment="tag:vip and and")
         schedule(web, "2026-12-01T09:00")
         again = schedule(web, "2026-12-02T09:00")
-    assert error_line(no_issue.text).startswith("issue '../newsletter.toml': not an issue file")
+    assert error_line(no_issue.text).startswith(f"issue {UP_AND_OUT!r}: not an issue file")
     assert "segment" in error_line(bad_segment.text)
     assert "already scheduled as campaign 1" in error_line(again.text)
     assert [row["id"] for row in scheduled(run_cli)] == ["1"]

@@ -23,6 +23,9 @@ from newsletter.web.console import app as console_app
 from newsletter.web.console import auth
 from newsletter.web.console.context import Console
 
+# A name that climbs out of the issues folder (a client may send anything).
+UP_AND_OUT = str(Path("..") / "newsletter.toml")
+
 ISSUE = "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
 QUESTION = "Send 'Biden authorizes Ukraine's use of ATACMS' to 3 subscriber(s)?"
 
@@ -100,7 +103,7 @@ def test_a_send_is_refused_when_the_count_moved_or_nobody_is_left(
         assert "nobody left to send it to: all 3 active subscriber(s) have had it" in (
             error_line(asked.text)
         )
-        unknown = web.get("/send?issue=../newsletter.toml")
+        unknown = web.get(f"/send?issue={UP_AND_OUT}")
         assert "not an issue file" in error_line(unknown.text)
     assert len(status(setup)) == 1
 

@@ -93,7 +93,7 @@ def test_the_sample_article_is_in_the_repository_and_named_in_the_readme() -> No
 # Imported names that are not the distribution's name on the package index.
 DISTRIBUTION = {"yaml": "pyyaml", "markdown_it": "markdown-it-py", "email_validator":
                 "email-validator", "dns": "dnspython", "psycopg": "psycopg",
-                "spf": "pyspf",
+                "spf": "pyspf", "argon2": "argon2-cffi",
                 "flufl": "flufl.bounce"}  # fmt: skip
 
 
