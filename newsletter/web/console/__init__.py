@@ -14,6 +14,7 @@ session's token and calls the same library function as its CLI command.
     issues.py       /issues           every issue file, its check result, send test
     sponsors.py     /sponsors         bookings, the rotation plan, each sponsor's report
     subscribers.py  /subscribers      counts by status, growth, import with a dry run
+    charts.py       the pages' SVG charts, drawn on the server (their numbers in a table too)
     pages/          the templates (base.html is every page's frame), console.css, console.js
 
 A page module exposes `routes(console) -> list[BaseRoute]`; app.py mounts them all.
