@@ -15,17 +15,14 @@ import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from newsletter.config import Config, Sponsor
-from newsletter.errors import NewsletterError
 from newsletter.issue import sponsor
-from newsletter.issue.content import Issue, issue_files, read_issue
+from newsletter.issue.content import Issue
 from newsletter.ledger import schedules
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import SCHEDULED
-from newsletter.schedule.cron import next_tick
-from newsletter.schedule.timing import zone
+from newsletter.schedule import plans
 
 SCHEDULED_BY = "scheduled"  # a scheduled campaign
 RECURRING_BY = "recurring"  # a recurring rule's tick, ahead
@@ -47,7 +44,7 @@ class Planned:
     rule: int | None = None  # the recurring rule whose tick takes it
 
 
-def plan(store: Store, config: Config, now: dt.datetime, until: dt.datetime) -> list[Planned]:
+def plan(store: Store, config: Config, until: dt.datetime) -> list[Planned]:
     """The issues to go out: scheduled campaigns and the recurring rules' ticks up to
     `until`, by time, then the unsent issues nothing takes yet, by date."""
     rows, rules = schedules.listed(store)
@@ -71,7 +68,7 @@ def plan(store: Store, config: Config, now: dt.datetime, until: dt.datetime) -> 
     dated = {p.issue: p for p in out}
     taken = schedules.taken_issues(store)
     unsent = sorted(
-        (issue for issue in _readable(config) if issue.slug not in taken),
+        (issue for issue in plans.readable_issues(config) if issue.slug not in taken),
         key=lambda i: (i.date, i.path.name),
     )
     for issue in list(unsent):
@@ -79,25 +76,17 @@ def plan(store: Store, config: Config, now: dt.datetime, until: dt.datetime) -> 
             planned = dated[issue.slug]
             out[out.index(planned)] = dataclasses.replace(planned, issue_date=issue.date)
     chosen = sponsor.choices(config, unsent)  # the rotation worked out once, for all
-    for rule_id, tick, tz_name in _ticks(rules, now, until):
-        today = tick.astimezone(zone(tz_name)).date()
-        taken_now = next((i for i in unsent if i.date <= today), None)
+    by_path = {issue.path: issue for issue in unsent}
+    # The ticks ahead, each with the issue run-due would pick (schedule/plans, as the
+    # calendar shows them).
+    for tick in plans.upcoming_ticks(store, config, until, limit=MAX_TICKS):
+        taken_now = by_path.pop(tick.issue.path, None) if tick.issue is not None else None
         if taken_now is not None:
             unsent.remove(taken_now)
-            out.append(_planned(chosen, taken_now, tick, RECURRING_BY, rule=rule_id))
+            out.append(_planned(chosen, taken_now, tick.at, RECURRING_BY, rule=tick.rule_id))
     out.sort(key=lambda p: p.when or until)
     out += [_planned(chosen, issue, None, UNSCHEDULED) for issue in unsent]
     return out
-
-
-def _readable(config: Config) -> list[Issue]:
-    issues = []
-    for path in issue_files(config.issues_dir):
-        try:
-            issues.append(read_issue(path))
-        except NewsletterError:
-            continue  # `check` names its problem; the plan goes on without it
-    return issues
 
 
 def _planned(
@@ -119,25 +108,3 @@ def _planned(
         by,
         rule=rule,
     )
-
-
-def _ticks(
-    rules: list[Any], now: dt.datetime, until: dt.datetime
-) -> list[tuple[int, dt.datetime, str]]:
-    """(rule id, tick, zone) of the active rules' ticks from now up to `until`, in order."""
-    ticks: list[tuple[dt.datetime, int, str]] = []
-    for rule in rules:
-        if rule.status != schedules.ACTIVE_RULE:
-            continue
-        # An overdue tick is run-due's to take at its next run: now.
-        tick = max(rule.next_run_at, now)
-        played = 0
-        while tick <= until and played < MAX_TICKS:
-            played += 1
-            ticks.append((tick, rule.id, rule.timezone))
-            try:
-                tick = next_tick(rule.cron, rule.timezone, tick)
-            except NewsletterError:
-                break
-    ticks.sort()
-    return [(rid, tick, tz) for tick, rid, tz in ticks[:MAX_TICKS]]

@@ -60,7 +60,7 @@ def routes(console: Console) -> list[BaseRoute]:
             if s.is_booking
         ]
         until = dt.datetime.combine(first + dt.timedelta(days=days), dt.time(), dt.UTC)
-        planned = sponsor_plan.plan(console.store, config, now, until)
+        planned = sponsor_plan.plan(console.store, config, until)
         return {
             "bookings": booked,
             "timeline": charts.timeline(
