@@ -1,0 +1,195 @@
+"""The ledger's reads that must not grow with the list (issue 20, "Speed at scale"): the
+status query and the workers' batch claim on a campaign of a million rows on PostgreSQL,
+a tenth, half and nine tenths of the way through.
+
+Run from the repository root (the code measured is the one on PYTHONPATH, so the same
+script measures two checkouts):
+
+    .venv/bin/python bench/ledger_bench.py [--rows 1000000] [--pg-database bench_ledger]
+                                           [--samples 7] [--at 10,50,90]
+
+It builds the list and the campaign straight in the database (subscribers by
+generate_series; the deliveries by `lifecycle.add_deliveries`, one INSERT ... SELECT and
+ANALYZE, as a send does) and moves the campaign on as workers do, without SMTP: batches
+of 20,000 claimed by `lifecycle.claim_batch`, marked `sending` and recorded (one UPDATE
+each, so every row leaves the dead versions a send leaves: the server here runs with
+autovacuum off, and nothing ANALYZEs after creation); one row in 500 is deferred (retry
+in an hour) and one in 1,000 failed, with an error. At each point it prints the median
+and max of `samples` runs of:
+- status: `campaign_status.status(store, id)` (counts, recent errors, rows held);
+- claim: `lifecycle.claim_batch` of the next 500 rows (then sent as above, untimed);
+- settle's look: `lifecycle.settle` after a batch (one claimable row looked for).
+
+Also the creation (add_deliveries) time. `--pg-database` is emptied (never a database
+you keep). Figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from scale_bench import fresh_pg, pg_url  # noqa: E402
+
+STEP = 20_000  # rows a progress batch claims
+
+
+def build(url: str, rows: int) -> tuple[Any, int, float]:
+    """The store, a running campaign of `rows` pending deliveries, and its creation time."""
+    from newsletter.ledger import lifecycle
+    from newsletter.ledger.store import Store
+    from newsletter.ledger.tables import RUNNING, campaigns, utcnow
+
+    store = Store.open(url)
+    with store.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO subscribers (email, email_key, name, attributes, status, created_at)"
+            " SELECT 'reader' || g || '@example.com', 'reader' || g || '@example.com',"
+            " 'Reader ' || g, '{}', 'active', now() FROM generate_series(1, %(n)s) g",
+            {"n": rows},
+        )
+        campaign_id = conn.execute(
+            campaigns.insert()
+            .values(
+                issue_slug="bench",
+                issue_path="issues/bench.md",
+                subject="Bench",
+                html_template="<p>hi</p>",
+                text_template="hi",
+                status=RUNNING,
+                owner=lifecycle.WORKERS,
+                heartbeat_at=utcnow(),
+                started_at=utcnow(),
+                created_at=utcnow(),
+            )
+            .returning(campaigns.c.id)
+        ).scalar_one()
+    t0 = time.perf_counter()
+    with store.begin() as conn:
+        lifecycle.add_deliveries(conn, campaign_id)
+    return store, campaign_id, time.perf_counter() - t0
+
+
+def workers_config(batch: int) -> Any:
+    """What claim_batch and settle read of a Config."""
+    return SimpleNamespace(workers=SimpleNamespace(batch_size=batch, lease=60.0))
+
+
+def send_batch(store: Any, campaign_id: int, owner: str) -> None:
+    """What a batch's runner does to its rows, in bulk: marked sending, then recorded (one
+    row in 500 deferred for an hour, one in 1,000 failed, each with its error); then the
+    batch is released."""
+    from newsletter.ledger import delivery_rows
+
+    with store.begin() as conn:
+        mine = {"o": owner}
+        conn.execute(
+            sa.text("UPDATE deliveries SET status = 'sending' WHERE lease_owner = :o"), mine
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE deliveries SET attempts = attempts + 1, sent_at = now(),"
+                " status = CASE WHEN id % 500 = 7 THEN 'deferred'"
+                "  WHEN id % 1000 = 3 THEN 'failed' ELSE 'sent' END,"
+                " last_code = CASE WHEN id % 500 = 7 THEN 451"
+                "  WHEN id % 1000 = 3 THEN 550 ELSE 250 END,"
+                " last_error = CASE WHEN id % 500 = 7 THEN '451 4.7.1 try again later'"
+                "  WHEN id % 1000 = 3 THEN '550 5.1.1 no such user' END,"
+                " next_attempt_at = CASE WHEN id % 500 = 7"
+                "  THEN now() + interval '1 hour' END"
+                " WHERE lease_owner = :o AND status = 'sending'"
+            ),
+            mine,
+        )
+    delivery_rows.release_batch(store, campaign_id, owner, [])
+
+
+def advance(store: Any, campaign_id: int, upto: int) -> None:
+    """Claim and send batches until `upto` rows are done, as workers would."""
+    from newsletter.ledger import lifecycle
+
+    config = workers_config(STEP)
+    with store.engine.connect() as conn:
+        done = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM deliveries WHERE campaign_id = :c"
+                " AND status NOT IN ('pending', 'sending')"
+            ),
+            {"c": campaign_id},
+        ).scalar_one()
+    while done < upto:
+        owner = f"bench:{done}"
+        claimed = lifecycle.claim_batch(store, config, campaign_id, owner, sweep=False)
+        assert claimed is not None and claimed[1], "nothing claimed"
+        send_batch(store, campaign_id, owner)
+        done += len(claimed[1])
+
+
+def timed(fn: Callable[[], Any], samples: int) -> tuple[float, float]:
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), max(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--pg-database", default="bench_ledger")
+    parser.add_argument("--samples", type=int, default=7)
+    parser.add_argument("--at", default="10,50,90", help="percentages sent to measure at")
+    args = parser.parse_args()
+
+    import newsletter
+    from newsletter.ledger import campaign_status, lifecycle
+
+    print(f"code: {Path(newsletter.__file__).parent}")
+    fresh_pg(args.pg_database)
+    store, campaign_id, created = build(pg_url(args.pg_database), args.rows)
+    print(f"{args.rows:,} deliveries made in {created:.2f} s (INSERT ... SELECT, ANALYZE)")
+    config = workers_config(500)
+    print(f"{'sent':>5} | {'status query':>16} | {'claim of 500':>16} | {'settle':>16}")
+    for percent in (int(p) for p in args.at.split(",")):
+        advance(store, campaign_id, args.rows * percent // 100)
+
+        # Each claim takes the next 500 rows (timed), which are then sent (not timed).
+        claims = []
+        for _ in range(args.samples):
+            owner = f"bench:probe:{percent}:{len(claims)}"
+            t0 = time.perf_counter()
+            claimed = lifecycle.claim_batch(store, config, campaign_id, owner, False)
+            claims.append(time.perf_counter() - t0)
+            assert claimed is not None and len(claimed[1]) == 500
+            send_batch(store, campaign_id, owner)
+        figures = [
+            timed(lambda: campaign_status.status(store, campaign_id), args.samples),
+            (statistics.median(claims), max(claims)),
+            timed(lambda: lifecycle.settle(store, config, campaign_id, lambda _: None), 3),
+        ]
+        cells = " | ".join(f"{m * 1000:6.1f} / {x * 1000:6.1f} ms" for m, x in figures)
+        print(f"{percent:>4}% | {cells}", flush=True)
+    [report] = campaign_status.status(store, campaign_id)
+    print(
+        f"at the end: sent {report.sent:,}, deferred {report.deferred:,},"
+        f" failed {report.failed:,}, pending {report.pending:,};"
+        f" {len(report.recent_errors)} recent errors shown ({dt.datetime.now(dt.UTC):%H:%M} UTC)"
+    )
+    store.engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
