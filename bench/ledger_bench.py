@@ -22,6 +22,12 @@ and max of `samples` runs of:
 
 Also the creation (add_deliveries) time. `--pg-database` is emptied (never a database
 you keep). Figures only.
+
+`--writes N` measures instead what the count triggers add to each message: N messages
+recorded through `delivery_rows.Ledger` (each reply recorded with the next row marked
+`sending`, as a runner does) on a SQLite file and on PostgreSQL, in rounds that take turns
+with the triggers there and dropped (same tables, same process): µs a message, median of
+the rounds. Needs a branch that has the triggers (tables.COUNT_TRIGGERS).
 """
 
 from __future__ import annotations
@@ -48,17 +54,25 @@ STEP = 20_000  # rows a progress batch claims
 
 def build(url: str, rows: int) -> tuple[Any, int, float]:
     """The store, a running campaign of `rows` pending deliveries, and its creation time."""
-    from newsletter.ledger import lifecycle
+    from newsletter.ledger import lifecycle, tables
     from newsletter.ledger.store import Store
     from newsletter.ledger.tables import RUNNING, campaigns, utcnow
 
     store = Store.open(url)
     with store.begin() as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO subscribers (email, email_key, name, attributes, status, created_at)"
-            " SELECT 'reader' || g || '@example.com', 'reader' || g || '@example.com',"
-            " 'Reader ' || g, '{}', 'active', now() FROM generate_series(1, %(n)s) g",
-            {"n": rows},
+        numbers = (
+            "generate_series(1, :n) g"
+            if not store.is_sqlite  # SQLite has no generate_series: a recursive CTE
+            else "(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < :n)"
+            " SELECT g FROM s)"
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscribers (email, email_key, name, attributes, status, created_at)"
+                " SELECT 'reader' || g || '@example.com', 'reader' || g || '@example.com',"
+                f" 'Reader ' || g, '{{}}', 'active', :now FROM {numbers}"
+            ).bindparams(sa.bindparam("now", type_=tables.UTCDateTime)),
+            {"n": rows, "now": utcnow()},
         )
         campaign_id = conn.execute(
             campaigns.insert()
@@ -137,6 +151,68 @@ def advance(store: Any, campaign_id: int, upto: int) -> None:
         done += len(claimed[1])
 
 
+def ledger_writes(url: str, n: int, rounds: int) -> dict[bool, float]:
+    """µs a message through Ledger.commit, with the count triggers (True) and without."""
+    import threading
+
+    from newsletter.ledger import tables
+    from newsletter.ledger.delivery_rows import Ledger, Rows
+    from newsletter.ledger.tables import SENT, utcnow
+
+    store, campaign_id, _ = build(url, n * rounds * 2)
+    with store.engine.connect() as conn:
+        ids = list(
+            conn.execute(
+                sa.text("SELECT id FROM deliveries WHERE campaign_id = :c ORDER BY id"),
+                {"c": campaign_id},
+            ).scalars()
+        )
+    dialect = store.engine.dialect.name
+    drop = (
+        [f"DROP TRIGGER delivery_counts_{e} ON deliveries" for e in ("insert", "update", "delete")]
+        if dialect == "postgresql"
+        else [f"DROP TRIGGER delivery_counts_{e}" for e in ("insert", "update", "delete")]
+    )
+    create = [q for q in tables.COUNT_TRIGGERS[dialect] if "TRIGGER delivery_counts" in q]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    rows = Rows(store, campaign_id)
+    for r in range(rounds * 2):
+        triggers = r % 2 == 0
+        if not triggers:
+            with store.begin() as conn:
+                for statement in drop:
+                    conn.exec_driver_sql(statement)
+        chunk = ids[r * n : (r + 1) * n]
+        with store.writer() as db:
+            ledger = Ledger(db, rows.MARK, threading.Lock())
+            try:
+                now = utcnow()
+                t0 = time.perf_counter()
+                ledger.commit(None, rows.mark_params(ledger.time, now) | {"did": chunk[0]})
+                for done, nxt in zip(chunk, [*chunk[1:], None], strict=True):
+                    reply = {
+                        "did": done,
+                        "new_status": SENT,
+                        "code": 250,
+                        "error": None,
+                        "when_sent": ledger.time(now),
+                        "retry_at": None,
+                    }
+                    mark = (
+                        None if nxt is None else rows.mark_params(ledger.time, now) | {"did": nxt}
+                    )
+                    ledger.commit(reply, mark)
+                times[triggers].append((time.perf_counter() - t0) / n * 1e6)
+            finally:
+                ledger.close()
+        if not triggers:  # back as the schema has them
+            with store.begin() as conn:
+                for statement in create:
+                    conn.exec_driver_sql(statement)
+    store.engine.dispose()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def timed(fn: Callable[[], Any], samples: int) -> tuple[float, float]:
     times = []
     for _ in range(samples):
@@ -152,7 +228,26 @@ def main() -> None:
     parser.add_argument("--pg-database", default="bench_ledger")
     parser.add_argument("--samples", type=int, default=7)
     parser.add_argument("--at", default="10,50,90", help="percentages sent to measure at")
+    parser.add_argument("--writes", type=int, default=0, help="messages a round (see above)")
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
+    if args.writes:
+        import tempfile
+
+        fresh_pg(args.pg_database)
+        with tempfile.TemporaryDirectory() as folder:
+            for name, url in (
+                ("SQLite", f"sqlite:///{folder}/ledger.db"),
+                ("PostgreSQL", pg_url(args.pg_database)),
+            ):
+                got = ledger_writes(url, args.writes, args.rounds)
+                print(
+                    f"{name}: {got[True]:.0f} µs a message with the count triggers,"
+                    f" {got[False]:.0f} µs without ({args.rounds} rounds of"
+                    f" {args.writes:,} each way, median)",
+                    flush=True,
+                )
+        return
 
     import newsletter
     from newsletter.ledger import campaign_status, lifecycle

@@ -304,16 +304,15 @@ def test_the_claim_cursor_moves_on_and_back_and_hides_no_claimable_row(
     assert claim("w5") == ids[7:9]
     set_rows(store, ids[7:10], status=SENT)
 
-    # Below the cursor, claimable rows a claim past it cannot see: a row given back by a
-    # worker that stopped before releasing its batch, and one a stopped worker had in
-    # flight. settle finds them when nothing past the cursor is claimable, and the next
-    # claim takes them.
-    assert claim("w5") == []
+    # Below the cursor, claimable rows a claim past it cannot see, from a worker killed
+    # before it released its batch: a row it had failed and put back to pending
+    # (undo_failed), and a deferred row it was retrying when it died. settle finds them
+    # when nothing past the cursor is claimable, and the next claim takes them.
+    assert claim("w5b") == []
     earlier = utcnow() - dt.timedelta(seconds=1)
     set_rows(store, ids[1:2], status=PENDING, lease_owner="w0", lease_until=earlier)
     set_rows(store, ids[4:5], status=SENDING, lease_owner="w0", lease_until=earlier)
-    with store.begin() as conn:
-        conn.execute(campaigns.update().where(campaigns.c.id == a).values(claim_from=ids[9]))
+    assert cursor(store, a) == ids[7]
     assert claim("w6") == []
     queued: list[float] = []
     assert lifecycle.settle(store, cfg, a, queued.append) == "sending"
