@@ -26,8 +26,10 @@ you keep). Figures only.
 `--writes N` measures instead what the count triggers add to each message: N messages
 recorded through `delivery_rows.Ledger` (each reply recorded with the next row marked
 `sending`, as a runner does) on a SQLite file and on PostgreSQL, in rounds that take turns
-with the triggers there and dropped (same tables, same process): µs a message, median of
-the rounds. Needs a branch that has the triggers (tables.COUNT_TRIGGERS).
+with the triggers there and not (same tables, same process): µs a message, median of the
+rounds. On PostgreSQL the schema's triggers (tables.COUNT_TRIGGERS, dropped for the rounds
+without); on SQLite, which counts with COUNT instead, the row triggers it would need
+(SQLITE_TRIGGERS, made for the rounds with). Needs a branch with revision 0007.
 """
 
 from __future__ import annotations
@@ -151,6 +153,27 @@ def advance(store: Any, campaign_id: int, upto: int) -> None:
         done += len(claimed[1])
 
 
+# Row triggers that would keep delivery_counts on SQLite (shard 0): measured by --writes,
+# not in the schema (see tables.delivery_counts).
+SQLITE_TRIGGERS = (
+    "CREATE TRIGGER delivery_counts_insert AFTER INSERT ON deliveries BEGIN"
+    " INSERT INTO delivery_counts (campaign_id, status, shard, n)"
+    " VALUES (NEW.campaign_id, NEW.status, 0, 1)"
+    " ON CONFLICT (campaign_id, status, shard) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER delivery_counts_update AFTER UPDATE OF status, campaign_id"
+    " ON deliveries WHEN OLD.status <> NEW.status OR OLD.campaign_id <> NEW.campaign_id"
+    " BEGIN"
+    " UPDATE delivery_counts SET n = n - 1"
+    " WHERE campaign_id = OLD.campaign_id AND status = OLD.status AND shard = 0;"
+    " INSERT INTO delivery_counts (campaign_id, status, shard, n)"
+    " VALUES (NEW.campaign_id, NEW.status, 0, 1)"
+    " ON CONFLICT (campaign_id, status, shard) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER delivery_counts_delete AFTER DELETE ON deliveries BEGIN"
+    " UPDATE delivery_counts SET n = n - 1"
+    " WHERE campaign_id = OLD.campaign_id AND status = OLD.status AND shard = 0; END",
+)
+
+
 def ledger_writes(url: str, n: int, rounds: int) -> dict[bool, float]:
     """µs a message through Ledger.commit, with the count triggers (True) and without."""
     import threading
@@ -168,20 +191,30 @@ def ledger_writes(url: str, n: int, rounds: int) -> dict[bool, float]:
             ).scalars()
         )
     dialect = store.engine.dialect.name
-    drop = (
-        [f"DROP TRIGGER delivery_counts_{e} ON deliveries" for e in ("insert", "update", "delete")]
+    # PostgreSQL's triggers are the schema's; SQLite's are the candidate row triggers
+    # (SQLITE_TRIGGERS), which the schema does not have.
+    create = (
+        [q for q in tables.COUNT_TRIGGERS[dialect] if "TRIGGER delivery_counts" in q]
         if dialect == "postgresql"
-        else [f"DROP TRIGGER delivery_counts_{e}" for e in ("insert", "update", "delete")]
+        else [
+            "DELETE FROM delivery_counts",  # counted as they are, as a migration would
+            "INSERT INTO delivery_counts (campaign_id, status, shard, n) SELECT campaign_id,"
+            " status, 0, count(*) FROM deliveries GROUP BY campaign_id, status",
+            *SQLITE_TRIGGERS,
+        ]
     )
-    create = [q for q in tables.COUNT_TRIGGERS[dialect] if "TRIGGER delivery_counts" in q]
+    on = " ON deliveries" if dialect == "postgresql" else ""
+    drop = [f"DROP TRIGGER delivery_counts_{e}{on}" for e in ("insert", "update", "delete")]
+    present = dialect == "postgresql"
     times: dict[bool, list[float]] = {True: [], False: []}
     rows = Rows(store, campaign_id)
     for r in range(rounds * 2):
         triggers = r % 2 == 0
-        if not triggers:
+        if triggers != present:
             with store.begin() as conn:
-                for statement in drop:
+                for statement in create if triggers else drop:
                     conn.exec_driver_sql(statement)
+            present = triggers
         chunk = ids[r * n : (r + 1) * n]
         with store.writer() as db:
             ledger = Ledger(db, rows.MARK, threading.Lock())
@@ -205,10 +238,6 @@ def ledger_writes(url: str, n: int, rounds: int) -> dict[bool, float]:
                 times[triggers].append((time.perf_counter() - t0) / n * 1e6)
             finally:
                 ledger.close()
-        if not triggers:  # back as the schema has them
-            with store.begin() as conn:
-                for statement in create:
-                    conn.exec_driver_sql(statement)
     store.engine.dispose()
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -1,5 +1,6 @@
-"""A campaign's counts per status, kept by triggers (delivery_counts, revision 0007), are
-exactly what COUNT(*) ... GROUP BY status gives after every transition the code makes; the
+"""A campaign's counts per status, kept by triggers on PostgreSQL (delivery_counts, revision
+0007), are exactly what COUNT(*) ... GROUP BY status gives after every transition the code
+makes (SQLite counts: the same transitions, through delivery_rows.counts); the
 workers' claim cursor (campaigns.claim_from) never hides a claimable row; and `status`
 reads the few rows it shows through partial indexes. On a SQLite file and on the local
 PostgreSQL."""
@@ -85,8 +86,10 @@ def kept(store: Store) -> dict[tuple[int, str], int]:
 
 
 def check(store: Store, *campaign_ids: int) -> dict[tuple[int, str], int]:
+    """delivery_counts (PostgreSQL; SQLite keeps none and counts) and counts() are exactly
+    COUNT(*); returns the counts."""
     truth = counted(store)
-    assert kept(store) == truth
+    assert kept(store) == ({} if store.is_sqlite else truth)
     for campaign_id in campaign_ids:
         mine = {s: n for (c, s), n in truth.items() if c == campaign_id}
         assert {s: n for s, n in counts(store, campaign_id).items() if n} == mine

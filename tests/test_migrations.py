@@ -125,6 +125,13 @@ def fill(url: str) -> dict[str, list[dict[str, Any]]]:
             conn.execute(t["erased"].insert(), {"email_hash": "0" * 64, "erased_at": NOW})
         if "tags" in t:  # revision 0006
             conn.execute(t["tags"].insert(), {"subscriber_id": 1, "tag": "vip"})
+        if "delivery_counts" in t and conn.dialect.name == "sqlite":  # revision 0007
+            # PostgreSQL's triggers counted the deliveries above; SQLite keeps no counts,
+            # but the table is there and its rows are kept like any other's.
+            conn.execute(
+                t["delivery_counts"].insert(),
+                [{"campaign_id": 7, "status": s, "shard": 0, "n": 1} for s in ("sent", "skipped")],
+            )
     return rows_of(url)
 
 
@@ -277,11 +284,19 @@ def test_0007_a_database_of_the_previous_release_gets_its_deliveries_counted(
     assert revision_of(database_url) == migrations.HEAD
     kept = {table: list(rows[0]) for table, rows in before.items()}
     assert rows_of(database_url, kept) == before
-    assert {
-        (r["campaign_id"], r["status"], r["n"]) for r in rows_of(database_url)["delivery_counts"]
-    } == {(7, "sent", 1), (7, "skipped", 1), (8, "pending", 1), (8, "deferred", 1)}
-    assert [c["claim_from"] for c in rows_of(database_url)["campaigns"]] == [None, None]
-    # The triggers count the old rows' changes from now on.
+    after = rows_of(database_url)
+    counted = {(r["campaign_id"], r["status"], r["n"]) for r in after["delivery_counts"]}
+    if store.is_sqlite:  # SQLite counts with COUNT: the table stays empty
+        assert counted == set()
+    else:
+        assert counted == {
+            (7, "sent", 1),
+            (7, "skipped", 1),
+            (8, "pending", 1),
+            (8, "deferred", 1),
+        }
+    assert [c["claim_from"] for c in after["campaigns"]] == [None, None]
+    # The old rows' changes are counted from now on.
     with store.begin() as conn:
         conn.execute(
             tables_mod.deliveries.update()

@@ -331,11 +331,18 @@ ASYNC_RISK = (
 
 
 def counts(store: Store, campaign_id: int, conn: sa.Connection | None = None) -> dict[str, int]:
-    """The campaign's deliveries per status: what COUNT(*) ... GROUP BY status gives, read
-    from delivery_counts (kept by triggers, tables.COUNT_TRIGGERS), a few rows whatever
-    the list's length. COUNT over a million rows took 150-290 ms on PostgreSQL."""
+    """The campaign's deliveries per status: what COUNT(*) ... GROUP BY status gives.
+
+    On PostgreSQL read from delivery_counts (kept by triggers, tables.COUNT_TRIGGERS), a
+    few rows whatever the list's length: COUNT over a million rows took 150-290 ms.
+    On SQLite counted, through the index (campaign_id, status, id): the triggers there
+    cost every message more than the count costs `status` (tables.delivery_counts)."""
     query = (
-        sa.select(delivery_counts.c.status, sa.func.sum(delivery_counts.c.n))
+        sa.select(deliveries.c.status, sa.func.count())
+        .where(deliveries.c.campaign_id == campaign_id)
+        .group_by(deliveries.c.status)
+        if store.is_sqlite
+        else sa.select(delivery_counts.c.status, sa.func.sum(delivery_counts.c.n))
         .where(delivery_counts.c.campaign_id == campaign_id)
         .group_by(delivery_counts.c.status)
     )

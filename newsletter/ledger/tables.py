@@ -227,14 +227,16 @@ held_index = sa.Index(
     sqlite_where=held_unsent,
 )
 
-# A campaign's deliveries counted per status, kept by triggers on `deliveries` in the
-# transaction of every INSERT, UPDATE and DELETE (revision 0007): `status` reads a few
-# rows here instead of counting every delivery. The sum of `n` over a campaign's shards
-# for a status is exactly COUNT(*) of its deliveries in that status. On PostgreSQL the
-# triggers are per statement (one aggregated UPSERT, so the INSERT ... SELECT of a
+# A campaign's deliveries counted per status on PostgreSQL, kept by triggers on
+# `deliveries` in the transaction of every INSERT, UPDATE and DELETE (revision 0007):
+# `status` reads a few rows here instead of counting every delivery. The sum of `n` over
+# a campaign's shards for a status is exactly COUNT(*) of its deliveries in that status.
+# The triggers are per statement (one aggregated UPSERT, so the INSERT ... SELECT of a
 # million rows adds one statement) and each connection adds to its own shard (its
 # backend's pid), so no two transactions wait for the same counter row; a shard's `n`
-# may be negative. On SQLite (one writer at a time) per row, in shard 0.
+# may be negative. SQLite has the table, empty: there row triggers cost each message a
+# third more in the ledger's writes (bench/ledger_bench.py --writes), and its one
+# process's lists are counted by COUNT (delivery_rows.counts).
 delivery_counts = sa.Table(
     "delivery_counts",
     metadata,
@@ -342,9 +344,9 @@ MISSED = "missed"
 CLOSED = "closed"  # ended by `newsletter close` with deliveries left: they were given up
 
 
-# The triggers that keep delivery_counts (revision 0007 made them; a new database gets
-# them with its tables). PostgreSQL: one function for the three statement triggers, whose
-# transition tables hold the rows the statement inserted, changed or deleted.
+# The triggers that keep delivery_counts on PostgreSQL (revision 0007 made them; a new
+# database gets them with its tables): one function for the three statement triggers,
+# whose transition tables hold the rows the statement inserted, changed or deleted.
 COUNT_TRIGGERS = {
     "postgresql": (
         """CREATE OR REPLACE FUNCTION delivery_counts_kept() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -381,23 +383,6 @@ $$""",
         "CREATE TRIGGER delivery_counts_delete AFTER DELETE ON deliveries"
         " REFERENCING OLD TABLE AS old_rows"
         " FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_kept()",
-    ),
-    "sqlite": (
-        "CREATE TRIGGER delivery_counts_insert AFTER INSERT ON deliveries BEGIN"
-        " INSERT INTO delivery_counts (campaign_id, status, shard, n)"
-        " VALUES (NEW.campaign_id, NEW.status, 0, 1)"
-        " ON CONFLICT (campaign_id, status, shard) DO UPDATE SET n = n + 1; END",
-        "CREATE TRIGGER delivery_counts_update AFTER UPDATE OF status, campaign_id"
-        " ON deliveries WHEN OLD.status <> NEW.status OR OLD.campaign_id <> NEW.campaign_id"
-        " BEGIN"
-        " UPDATE delivery_counts SET n = n - 1"
-        " WHERE campaign_id = OLD.campaign_id AND status = OLD.status AND shard = 0;"
-        " INSERT INTO delivery_counts (campaign_id, status, shard, n)"
-        " VALUES (NEW.campaign_id, NEW.status, 0, 1)"
-        " ON CONFLICT (campaign_id, status, shard) DO UPDATE SET n = n + 1; END",
-        "CREATE TRIGGER delivery_counts_delete AFTER DELETE ON deliveries BEGIN"
-        " UPDATE delivery_counts SET n = n - 1"
-        " WHERE campaign_id = OLD.campaign_id AND status = OLD.status AND shard = 0; END",
     ),
 }
 

@@ -5,13 +5,11 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-29
 
-- delivery_counts: (campaign_id, status, shard) -> n, filled here from the deliveries
-  as they are, then kept by triggers on deliveries (INSERT, UPDATE, DELETE): per
-  statement on PostgreSQL, one shard per connection; per row on SQLite, shard 0. The
-  triggers' SQL is copied here as it was at this revision (tables.COUNT_TRIGGERS is
-  today's; a test holds the two equal while this is the newest revision). A later
-  revision that rebuilds `deliveries` on SQLite (batch_alter_table) drops its triggers
-  and must make them again.
+- delivery_counts: (campaign_id, status, shard) -> n. On PostgreSQL filled here from
+  the deliveries as they are, then kept by statement triggers on deliveries (INSERT,
+  UPDATE, DELETE), one shard per connection. The triggers' SQL is copied here as it was
+  at this revision (tables.COUNT_TRIGGERS is today's; a test holds the two equal while
+  this is the newest revision). On SQLite the table stays empty: the counts are COUNT.
 - ix_deliveries_errors, ix_deliveries_held: partial indexes of the few rows `status`
   lists (recent errors) and counts (unsent rows under a lease); ix_bounces_campaign, the
   reports `status` counts.
@@ -66,23 +64,6 @@ $$""",
         " REFERENCING OLD TABLE AS old_rows"
         " FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_kept()",
     ),
-    "sqlite": (
-        "CREATE TRIGGER delivery_counts_insert AFTER INSERT ON deliveries BEGIN"
-        " INSERT INTO delivery_counts (campaign_id, status, shard, n)"
-        " VALUES (NEW.campaign_id, NEW.status, 0, 1)"
-        " ON CONFLICT (campaign_id, status, shard) DO UPDATE SET n = n + 1; END",
-        "CREATE TRIGGER delivery_counts_update AFTER UPDATE OF status, campaign_id"
-        " ON deliveries WHEN OLD.status <> NEW.status OR OLD.campaign_id <> NEW.campaign_id"
-        " BEGIN"
-        " UPDATE delivery_counts SET n = n - 1"
-        " WHERE campaign_id = OLD.campaign_id AND status = OLD.status AND shard = 0;"
-        " INSERT INTO delivery_counts (campaign_id, status, shard, n)"
-        " VALUES (NEW.campaign_id, NEW.status, 0, 1)"
-        " ON CONFLICT (campaign_id, status, shard) DO UPDATE SET n = n + 1; END",
-        "CREATE TRIGGER delivery_counts_delete AFTER DELETE ON deliveries BEGIN"
-        " UPDATE delivery_counts SET n = n - 1"
-        " WHERE campaign_id = OLD.campaign_id AND status = OLD.status AND shard = 0; END",
-    ),
 }
 SHOWN_ERRORS = "last_error IS NOT NULL AND status IN ('failed', 'deferred', 'sending')"
 HELD = (
@@ -100,13 +81,15 @@ def upgrade() -> None:
         sa.Column("n", sa.Integer, nullable=False),
         sa.PrimaryKeyConstraint("campaign_id", "status", "shard"),
     )
-    # In the upgrade's transaction, before the triggers: nothing is counted twice.
-    op.execute(
-        "INSERT INTO delivery_counts (campaign_id, status, shard, n)"
-        " SELECT campaign_id, status, 0, count(*) FROM deliveries GROUP BY campaign_id, status"
-    )
-    for statement in TRIGGERS.get(op.get_bind().dialect.name, ()):
-        op.execute(statement)
+    if op.get_bind().dialect.name == "postgresql":
+        # In the upgrade's transaction, before the triggers: nothing is counted twice.
+        op.execute(
+            "INSERT INTO delivery_counts (campaign_id, status, shard, n)"
+            " SELECT campaign_id, status, 0, count(*) FROM deliveries"
+            " GROUP BY campaign_id, status"
+        )
+        for statement in TRIGGERS["postgresql"]:
+            op.execute(statement)
     for name, columns, where in (
         ("ix_deliveries_errors", ["campaign_id", "id"], SHOWN_ERRORS),
         ("ix_deliveries_held", ["campaign_id", "lease_until"], HELD),
@@ -129,11 +112,8 @@ def downgrade() -> None:
     op.drop_index("ix_bounces_campaign", table_name="bounces")
     op.drop_index("ix_deliveries_held", table_name="deliveries")
     op.drop_index("ix_deliveries_errors", table_name="deliveries")
-    for name in ("insert", "update", "delete"):
-        op.execute(
-            f"DROP TRIGGER delivery_counts_{name}"
-            + (" ON deliveries" if op.get_bind().dialect.name == "postgresql" else "")
-        )
     if op.get_bind().dialect.name == "postgresql":
+        for name in ("insert", "update", "delete"):
+            op.execute(f"DROP TRIGGER delivery_counts_{name} ON deliveries")
         op.execute("DROP FUNCTION delivery_counts_kept()")
     op.drop_table("delivery_counts")
