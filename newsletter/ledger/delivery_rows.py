@@ -391,9 +391,9 @@ def first_claimable(
     `advance_claim_cursor`): the pending and the in-flight ranges begin there. Without
     it they begin at the campaign's first row, and late in a long send PostgreSQL passed
     over every row sent before (each left a dead entry in both ranges, and with
-    autovacuum off the planner's figures say every row is pending): 1.5 s a claim at
-    half of a million rows. The deferred range is read whole: it holds the rows ever
-    deferred, few, whatever the list's length."""
+    autovacuum off the planner's figures say every row is pending): 1-2 s a claim at
+    half of a million rows (bench/ledger_bench.py). The deferred range is read whole:
+    it holds the rows ever deferred, few, whatever the list's length."""
 
     def first(status: str, *due: sa.ColumnElement[bool]) -> sa.Select[Any]:
         # Each range a subquery of its own: SQLite allows no LIMIT in a part of a UNION.
@@ -423,10 +423,11 @@ def first_claimable(
 # The workers' claim cursor (campaigns.claim_from): no pending row of the campaign, and
 # no row in flight under a lease, has a lower id. It moves on as batches are claimed
 # (`advance_claim_cursor`, under the campaign's row lock) and back when rows become
-# claimable again below it: a batch's rows handed back (`release_batch`), a new round
-# (NULL: from the first, lifecycle.new_round). Rows a batch retried below it (deferred
-# ones) and rows given back by a worker that stopped before releasing its batch are
-# found when nothing is claimable past it (`lower_claim_cursor`, from lifecycle.settle).
+# claimable again below it: a batch's rows handed back (`release_batch`: rows it failed
+# and put back, undo_failed), a new round (NULL: from the first, lifecycle.new_round).
+# What a worker killed before releasing its batch leaves below it (such a row, or a
+# deferred row it was retrying) is found when nothing is claimable past the cursor
+# (`lower_claim_cursor`, from lifecycle.settle): later than the lease's end, never lost.
 
 
 def advance_claim_cursor(conn: sa.Connection, campaign_id: int, start: int | None) -> None:
