@@ -125,6 +125,13 @@ def fill(url: str) -> dict[str, list[dict[str, Any]]]:
             conn.execute(t["erased"].insert(), {"email_hash": "0" * 64, "erased_at": NOW})
         if "tags" in t:  # revision 0006
             conn.execute(t["tags"].insert(), {"subscriber_id": 1, "tag": "vip"})
+        if "delivery_counts" in t and conn.dialect.name == "sqlite":  # revision 0007
+            # PostgreSQL's triggers counted the deliveries above; SQLite keeps no counts,
+            # but the table is there and its rows are kept like any other's.
+            conn.execute(
+                t["delivery_counts"].insert(),
+                [{"campaign_id": 7, "status": s, "shard": 0, "n": 1} for s in ("sent", "skipped")],
+            )
     return rows_of(url)
 
 
@@ -249,6 +256,59 @@ def test_0006_a_database_of_the_previous_release_gets_tags_and_keeps_its_data(
     assert (report.segment, report.segment_size) == (None, None)
 
 
+def test_0007_a_database_of_the_previous_release_gets_its_deliveries_counted(
+    database_url: str,
+) -> None:
+    make_database_at(database_url, "0006")
+    fill(database_url)
+    with connection(database_url) as conn:  # a second campaign, under way
+        conn.execute(
+            sa.text(
+                "INSERT INTO campaigns (id, issue_slug, issue_path, subject, html_template,"
+                " text_template, status, created_at, total, batches, audience)"
+                " VALUES (8, 'second', 'issues/second.md', 'Second', '<p>Hi</p>', 'Hi',"
+                " 'incomplete', :now, 2, 0, 'all')"
+            ),
+            {"now": NOW},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO deliveries (id, campaign_id, subscriber_id, status, attempts)"
+                " VALUES (3, 8, 1, 'pending', 0), (4, 8, 2, 'deferred', 1)"
+            )
+        )
+    before = rows_of(database_url)
+
+    store = Store.open(database_url)
+
+    assert revision_of(database_url) == migrations.HEAD
+    kept = {table: list(rows[0]) for table, rows in before.items()}
+    assert rows_of(database_url, kept) == before
+    after = rows_of(database_url)
+    counted = {(r["campaign_id"], r["status"], r["n"]) for r in after["delivery_counts"]}
+    if store.is_sqlite:  # SQLite counts with COUNT: the table stays empty
+        assert counted == set()
+    else:
+        assert counted == {
+            (7, "sent", 1),
+            (7, "skipped", 1),
+            (8, "pending", 1),
+            (8, "deferred", 1),
+        }
+    assert [c["claim_from"] for c in after["campaigns"]] == [None, None]
+    # The old rows' changes are counted from now on.
+    with store.begin() as conn:
+        conn.execute(
+            tables_mod.deliveries.update()
+            .where(tables_mod.deliveries.c.campaign_id == 8)
+            .values(status="sent")
+        )
+    [report] = campaign_status.status(store, 8)
+    assert (report.sent, report.pending, report.deferred) == (2, 0, 0)
+    [report] = campaign_status.status(store, 7)
+    assert (report.sent, report.skipped) == (1, 1)
+
+
 def test_an_open_of_a_database_at_head_changes_nothing(database_url: str) -> None:
     Store.open(database_url).close()
     fill(database_url)
@@ -356,6 +416,26 @@ def schema_of(url: str) -> dict[str, Any]:
                     for f in inspector.get_foreign_keys(table)
                 ),
             }
+        # Triggers (revision 0007's counts) and partial indexes' conditions, as the
+        # database writes them back.
+        if conn.dialect.name == "sqlite":
+            query = (
+                "SELECT type, name, sql FROM sqlite_master WHERE type = 'trigger'"
+                " OR (type = 'index' AND sql LIKE '%WHERE%') ORDER BY type, name"
+            )
+            found = conn.execute(sa.text(query)).all()
+            out["triggers, partial indexes"] = [(t, n, " ".join(q.split())) for t, n, q in found]
+        else:
+            for name, query in (
+                ("triggers", "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger"
+                 " WHERE NOT tgisinternal ORDER BY tgname"),
+                ("partial indexes", "SELECT indexname, indexdef FROM pg_indexes"
+                 " WHERE indexdef LIKE '%WHERE%' AND schemaname = current_schema()"
+                 " ORDER BY indexname"),
+                ("functions", "SELECT proname, prosrc FROM pg_proc"
+                 " WHERE pronamespace = current_schema()::regnamespace ORDER BY proname"),
+            ):  # fmt: skip
+                out[name] = [tuple(r) for r in conn.execute(sa.text(query))]
         return out
 
 

@@ -24,6 +24,8 @@ from newsletter.ledger.tables import (
     bounces,
     campaigns,
     deliveries,
+    shows_an_error,
+    status_in,
     subscribers,
     utcnow,
 )
@@ -81,6 +83,10 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
 
     The ledger is shared, so this is the progress of every worker sending it; rows
     `sending` under a live lease are in flight on a worker, the others are in doubt.
+    On PostgreSQL each campaign costs the same at 1,000 rows and at 1,000,000: the
+    counts are kept per status (delivery_rows.counts), and the recent errors and the
+    rows held are read through partial indexes of those few rows (tables.errors_index,
+    held_index). SQLite counts the campaign's rows, through an index.
     """
     query = sa.select(campaigns).order_by(campaigns.c.id.desc())
     if campaign_id is not None:
@@ -96,29 +102,8 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
         for row in rows:
             c = counts(store, row.id, conn)
             reports = bounce_counts(conn, row.id)
-            errors = conn.execute(
-                sa.select(subscribers.c.email, deliveries.c.status, deliveries.c.last_error)
-                .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-                .where(
-                    deliveries.c.campaign_id == row.id,
-                    deliveries.c.last_error.is_not(None),
-                    deliveries.c.status.in_((FAILED, DEFERRED, SENDING)),
-                )
-                .order_by(deliveries.c.id.desc())
-                .limit(5)
-            ).all()
-            held = conn.execute(
-                sa.select(
-                    deliveries.c.lease_owner,
-                    sa.func.count().filter(deliveries.c.status == SENDING),
-                )
-                .where(
-                    deliveries.c.campaign_id == row.id,
-                    deliveries.c.status.in_(UNSENT),
-                    deliveries.c.lease_until >= now,
-                )
-                .group_by(deliveries.c.lease_owner)
-            ).all()
+            errors = conn.execute(recent_errors(row.id)).all()
+            held = conn.execute(held_rows(row.id, now)).all()
             in_flight = sum(int(n) for _, n in held)
             out.append(
                 CampaignStatus(
@@ -155,6 +140,38 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
                 )
             )
     return out
+
+
+def recent_errors(campaign_id: int, n: int = 5) -> sa.Select[Any]:
+    """The campaign's last `n` rows with an error to show, newest first: read backwards
+    through the partial index of those rows (tables.errors_index), never over the rows
+    without one, so it costs the same however few errors a long list has."""
+    return (
+        sa.select(subscribers.c.email, deliveries.c.status, deliveries.c.last_error)
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+        .where(deliveries.c.campaign_id == campaign_id, shows_an_error)
+        .order_by(deliveries.c.id.desc())
+        .limit(n)
+    )
+
+
+def held_rows(campaign_id: int, now: dt.datetime) -> sa.Select[Any]:
+    """Per lease owner (a batch), its unsent rows under a live lease and how many of them
+    are in flight: read through the partial index of unsent leased rows
+    (tables.held_index), a batch or so per worker, not the campaign's unsent rows."""
+    return (
+        sa.select(
+            deliveries.c.lease_owner,
+            sa.func.count().filter(deliveries.c.status == SENDING),
+        )
+        .where(
+            deliveries.c.campaign_id == campaign_id,
+            deliveries.c.lease_owner.is_not(None),
+            status_in(UNSENT),
+            deliveries.c.lease_until >= now,
+        )
+        .group_by(deliveries.c.lease_owner)
+    )
 
 
 def bounce_counts(conn: sa.Connection, campaign_id: int) -> dict[str, int]:

@@ -30,7 +30,9 @@ from newsletter.ledger.tables import (
     SENT,
     SKIPPED,
     UNSENT,
+    campaigns,
     deliveries,
+    delivery_counts,
     subscribers,
     utcnow,
 )
@@ -329,10 +331,20 @@ ASYNC_RISK = (
 
 
 def counts(store: Store, campaign_id: int, conn: sa.Connection | None = None) -> dict[str, int]:
+    """The campaign's deliveries per status: what COUNT(*) ... GROUP BY status gives.
+
+    On PostgreSQL read from delivery_counts (kept by triggers, tables.COUNT_TRIGGERS), a
+    few rows whatever the list's length: COUNT over a million rows took 150-290 ms.
+    On SQLite counted, through the index (campaign_id, status, id): the triggers there
+    cost every message more than the count costs `status` (tables.delivery_counts)."""
     query = (
         sa.select(deliveries.c.status, sa.func.count())
         .where(deliveries.c.campaign_id == campaign_id)
         .group_by(deliveries.c.status)
+        if store.is_sqlite
+        else sa.select(delivery_counts.c.status, sa.func.sum(delivery_counts.c.n))
+        .where(delivery_counts.c.campaign_id == campaign_id)
+        .group_by(delivery_counts.c.status)
     )
     if conn is None:
         with store.engine.connect() as own:
@@ -362,7 +374,9 @@ def claimable(now: dt.datetime) -> sa.ColumnElement[bool]:
     )
 
 
-def first_claimable(campaign_id: int, now: dt.datetime, n: int) -> sa.Select[Any]:
+def first_claimable(
+    campaign_id: int, now: dt.datetime, n: int, start: int | None = None
+) -> sa.Select[Any]:
     """The ids of the campaign's first `n` claimable rows, found at the same cost at row 1
     and at row 1,000,000: what is sent is never looked at.
 
@@ -371,7 +385,15 @@ def first_claimable(campaign_id: int, now: dt.datetime, n: int) -> sa.Select[Any
     worker, are passed over), rows in flight on a worker that stopped, deferred rows.
     A single query over the three statuses sorted every claimable row of the campaign
     for each batch. The rows are locked by the caller (FOR UPDATE is not allowed with
-    UNION)."""
+    UNION).
+
+    `start` is the campaign's claim cursor (campaigns.claim_from, see
+    `advance_claim_cursor`): the pending and the in-flight ranges begin there. Without
+    it they begin at the campaign's first row, and late in a long send PostgreSQL passed
+    over every row sent before (each left a dead entry in both ranges, and with
+    autovacuum off the planner's figures say every row is pending): 1-2 s a claim at
+    half of a million rows (bench/ledger_bench.py). The deferred range is read whole:
+    it holds the rows ever deferred, few, whatever the list's length."""
 
     def first(status: str, *due: sa.ColumnElement[bool]) -> sa.Select[Any]:
         # Each range a subquery of its own: SQLite allows no LIMIT in a part of a UNION.
@@ -389,16 +411,65 @@ def first_claimable(campaign_id: int, now: dt.datetime, n: int) -> sa.Select[Any
         )
         return sa.select(part.c.id)
 
+    since = [] if start is None else [deliveries.c.id >= start]
     parts = sa.union_all(
-        first(PENDING),
-        first(SENDING, deliveries.c.lease_until.is_not(None)),
+        first(PENDING, *since),
+        first(SENDING, deliveries.c.lease_until.is_not(None), *since),
         first(DEFERRED, deliveries.c.next_attempt_at <= now),
     ).subquery()
     return sa.select(parts.c.id).order_by(parts.c.id).limit(n)
 
 
+# The workers' claim cursor (campaigns.claim_from): no pending row of the campaign, and
+# no row in flight under a lease, has a lower id. It moves on as batches are claimed
+# (`advance_claim_cursor`, under the campaign's row lock) and back when rows become
+# claimable again below it: a batch's rows handed back (`release_batch`: rows it failed
+# and put back, undo_failed), a new round (NULL: from the first, lifecycle.new_round).
+# What a worker killed before releasing its batch leaves below it (such a row, or a
+# deferred row it was retrying) is found when nothing is claimable past the cursor
+# (`lower_claim_cursor`, from lifecycle.settle): later than the lease's end, never lost.
+
+
+def advance_claim_cursor(conn: sa.Connection, campaign_id: int, start: int | None) -> None:
+    """After a claim: the cursor moves to the lowest row still pending, or in flight under
+    a lease, from `start` (the rows leased just now count: they are pending). Both looks
+    read from `start` to that row: the rows claimed since the last claim, bounded by
+    the batches in flight, not by the list's length. One statement, one snapshot: a row
+    that moves from pending to sending meanwhile is seen in one state or the other."""
+
+    def lowest(*where: sa.ColumnElement[bool]) -> sa.ScalarSelect[Any]:
+        since = [] if start is None else [deliveries.c.id >= start]
+        return (
+            sa.select(sa.func.min(deliveries.c.id))
+            .where(deliveries.c.campaign_id == campaign_id, *where, *since)
+            .scalar_subquery()
+        )
+
+    found = conn.execute(
+        sa.select(
+            lowest(deliveries.c.status == PENDING),
+            lowest(deliveries.c.status == SENDING, deliveries.c.lease_until.is_not(None)),
+        )
+    ).one()
+    ids = [i for i in found if i is not None]
+    if ids and min(ids) != start:
+        conn.execute(
+            campaigns.update().where(campaigns.c.id == campaign_id).values(claim_from=min(ids))
+        )
+
+
+def lower_claim_cursor(conn: sa.Connection, campaign_id: int, lowest: int) -> None:
+    """Rows from `lowest` on may be claimable: the cursor goes back there if it is past it."""
+    conn.execute(
+        campaigns.update()
+        .where(campaigns.c.id == campaign_id, campaigns.c.claim_from > lowest)
+        .values(claim_from=lowest)
+    )
+
+
 def release_batch(store: Store, campaign_id: int, owner: str, given_up: list[int]) -> None:
-    """Hand back what the batch did not send; park what used up its retries."""
+    """Hand back what the batch did not send; park what used up its retries. Its pending
+    rows are claimable again: the claim cursor goes back to the first of them."""
     with store.begin() as conn:
         if given_up:
             conn.execute(
@@ -410,11 +481,15 @@ def release_batch(store: Store, campaign_id: int, owner: str, given_up: list[int
                 )
                 .values(next_attempt_at=None)
             )
-        conn.execute(
+        released = conn.execute(
             deliveries.update()
             .where(deliveries.c.lease_owner == owner, deliveries.c.status.in_(UNSENT))
             .values(lease_until=None)
-        )
+            .returning(deliveries.c.id, deliveries.c.status)
+        ).all()
+        pending = [r.id for r in released if r.status == PENDING]
+        if pending:
+            lower_claim_cursor(conn, campaign_id, min(pending))
 
 
 def renew_leases(store: Store, owner: str, lease: dt.timedelta) -> None:

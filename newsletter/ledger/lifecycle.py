@@ -22,11 +22,13 @@ from newsletter.errors import NewsletterError
 from newsletter.ledger import tags
 from newsletter.ledger.delivery_rows import (
     Item,
+    advance_claim_cursor,
     claimable,
     counts,
     first_claimable,
     item_query,
     lease_free,
+    lower_claim_cursor,
 )
 from newsletter.ledger.once import EVERYONE, NEWCOMERS, Repeat, history_in, recipients
 from newsletter.ledger.store import Store
@@ -445,7 +447,11 @@ def new_round(store: Store, campaign_id: int) -> tuple[int, int]:
             )
             .values(lease_until=now)
         )
-        conn.execute(campaigns.update().where(campaigns.c.id == campaign_id).values(sweep_at=None))
+        conn.execute(
+            campaigns.update()
+            .where(campaigns.c.id == campaign_id)
+            .values(sweep_at=None, claim_from=None)  # rows in doubt are anywhere
+        )
         in_doubt, due = conn.execute(
             sa.select(
                 sa.func.count().filter(deliveries.c.status == SENDING),
@@ -473,7 +479,9 @@ def claim_batch(
         taken = conn.execute(
             sa.select(deliveries.c.id, deliveries.c.status)
             .where(
-                deliveries.c.id.in_(first_claimable(campaign_id, now, config.workers.batch_size)),
+                deliveries.c.id.in_(
+                    first_claimable(campaign_id, now, config.workers.batch_size, row.claim_from)
+                ),
                 claimable(now),
             )
             .order_by(deliveries.c.id)
@@ -516,6 +524,7 @@ def claim_batch(
                 item_query().where(deliveries.c.id.in_(ids)).order_by(deliveries.c.id)
             )
         items = [Item(*r) for r in found]
+        advance_claim_cursor(conn, campaign_id, row.claim_from)
     in_doubt = sum(r.status == SENDING for r in taken)
     if in_doubt:
         log.warning(
@@ -540,10 +549,13 @@ def settle(
         if row is None or row.status != RUNNING or row.owner != WORKERS:
             return row.status if row is not None else "gone"
         # While rows are claimable this is all it reads, at the same cost at any row of
-        # the list; the unsent rows are scanned only when none is (the list's end).
-        due_now = conn.execute(first_claimable(campaign_id, now, 1)).first() is not None
-        left, held_until, retry_at = (
-            (1, None, None)
+        # the list; the unsent rows are scanned only when none is (the list's end), and
+        # any claimable below the claim cursor brings it back (delivery_rows).
+        due_now = (
+            conn.execute(first_claimable(campaign_id, now, 1, row.claim_from)).first() is not None
+        )
+        left, held_until, retry_at, lowest = (
+            (1, None, None, None)
             if due_now
             else conn.execute(
                 sa.select(
@@ -552,9 +564,13 @@ def settle(
                     sa.func.min(deliveries.c.next_attempt_at).filter(
                         lease_free(now), deliveries.c.next_attempt_at > now
                     ),
+                    sa.func.min(deliveries.c.id).filter(claimable(now)),
                 ).where(deliveries.c.campaign_id == campaign_id, deliveries.c.status.in_(UNSENT))
             ).one()
         )
+        if lowest is not None:
+            lower_claim_cursor(conn, campaign_id, lowest)
+            due_now = True
         if not left:
             _leave_running(conn, campaign_id, DONE, None, None)
             log.info("campaign %s: done", campaign_id)

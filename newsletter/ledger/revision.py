@@ -2,4 +2,4 @@
 imports nothing, so that run-due's first look (schedule/quick.py) knows it without
 loading SQLAlchemy. Move it with each new revision; tests/test_migrations.py checks it."""
 
-HEAD = "0006"
+HEAD = "0007"

@@ -143,6 +143,10 @@ campaigns = sa.Table(
     # 0006). NULL: the whole audience.
     sa.Column("segment", sa.Text),
     sa.Column("segment_size", sa.Integer),
+    # Sent by Celery workers: no pending delivery of the campaign has a lower id, so a
+    # batch's claim reads the pending rows from here, not over every row sent before
+    # (revision 0007). NULL: from the first.
+    sa.Column("claim_from", sa.Integer),
 )
 
 # A subscriber's tags (`subscribers tag`, `import --tag`), lower case; segments select
@@ -185,6 +189,61 @@ deliveries = sa.Table(
     sa.UniqueConstraint("campaign_id", "subscriber_id", name="uq_delivery_campaign_subscriber"),
     sa.Index("ix_deliveries_campaign_status", "campaign_id", "status", "id"),
     sa.Index("ix_deliveries_lease_owner", "lease_owner"),
+)
+
+
+def status_in(values: tuple[str, ...]) -> sa.ColumnElement[bool]:
+    """A delivery's status is one of `values`, written into the SQL, not bound: a partial
+    index serves a query only when the planner finds the index's condition in the
+    query's (a generic plan's parameters prove nothing), on PostgreSQL and SQLite."""
+    return deliveries.c.status.in_([sa.literal(v, literal_execute=True) for v in values])
+
+
+# The rows `status` shows as recent errors, and the unsent rows under a lease (the ones
+# a worker holds, or held when it stopped): few at any time, so each has a partial
+# index, and `status` costs the same at row 1,000 and row 1,000,000 (revision 0007).
+SHOWN_ERRORS = (FAILED, DEFERRED, SENDING)
+shows_an_error = sa.and_(deliveries.c.last_error.is_not(None), status_in(SHOWN_ERRORS))
+# The owner is in the condition so that only a query that says so (status's) reads this
+# index: the claim's looks at rows in flight (lease_until IS NOT NULL) would otherwise be
+# planned on it, from stale figures that say it is empty, and read every entry it ever had.
+held_unsent = sa.and_(
+    deliveries.c.lease_owner.is_not(None),
+    deliveries.c.lease_until.is_not(None),
+    status_in(UNSENT),
+)
+errors_index = sa.Index(
+    "ix_deliveries_errors",
+    deliveries.c.campaign_id,
+    deliveries.c.id,
+    postgresql_where=shows_an_error,
+    sqlite_where=shows_an_error,
+)
+held_index = sa.Index(
+    "ix_deliveries_held",
+    deliveries.c.campaign_id,
+    deliveries.c.lease_until,
+    postgresql_where=held_unsent,
+    sqlite_where=held_unsent,
+)
+
+# A campaign's deliveries counted per status on PostgreSQL, kept by triggers on
+# `deliveries` in the transaction of every INSERT, UPDATE and DELETE (revision 0007):
+# `status` reads a few rows here instead of counting every delivery. The sum of `n` over
+# a campaign's shards for a status is exactly COUNT(*) of its deliveries in that status.
+# The triggers are per statement (one aggregated UPSERT, so the INSERT ... SELECT of a
+# million rows adds one statement) and each connection adds to its own shard (its
+# backend's pid), so no two transactions wait for the same counter row; a shard's `n`
+# may be negative. SQLite has the table, empty: there row triggers cost each message a
+# third more in the ledger's writes (bench/ledger_bench.py --writes), and its one
+# process's lists are counted by COUNT (delivery_rows.counts).
+delivery_counts = sa.Table(
+    "delivery_counts",
+    metadata,
+    sa.Column("campaign_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("shard", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("n", sa.Integer, nullable=False),
 )
 
 # The shared token buckets of [smtp] rate when workers on several machines send and the
@@ -261,6 +320,8 @@ bounces = sa.Table(
     sa.Column("event_key", sa.String(255), nullable=False),
     sa.UniqueConstraint("event_key", name="uq_bounces_event_key"),
     sa.Index("ix_bounces_subscriber", "subscriber_id", "received_at"),
+    # A campaign's reports by kind, as `status` counts them (revision 0007).
+    sa.Index("ix_bounces_campaign", "campaign_id", "kind"),
 )
 
 # People whose data was erased (`subscribers erase`): only a hash of the address is
@@ -281,3 +342,59 @@ INCOMPLETE = "incomplete"  # stopped with deliveries left (deferred, interrupted
 CANCELLED = "cancelled"
 MISSED = "missed"
 CLOSED = "closed"  # ended by `newsletter close` with deliveries left: they were given up
+
+
+# The triggers that keep delivery_counts on PostgreSQL (revision 0007 made them; a new
+# database gets them with its tables): one function for the three statement triggers,
+# whose transition tables hold the rows the statement inserted, changed or deleted.
+COUNT_TRIGGERS = {
+    "postgresql": (
+        """CREATE OR REPLACE FUNCTION delivery_counts_kept() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO delivery_counts AS d (campaign_id, status, shard, n)
+        SELECT campaign_id, status, pg_backend_pid(), count(*) FROM new_rows
+        GROUP BY campaign_id, status ORDER BY campaign_id, status
+        ON CONFLICT (campaign_id, status, shard) DO UPDATE SET n = d.n + excluded.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO delivery_counts AS d (campaign_id, status, shard, n)
+        SELECT campaign_id, status, pg_backend_pid(), -count(*) FROM old_rows
+        GROUP BY campaign_id, status ORDER BY campaign_id, status
+        ON CONFLICT (campaign_id, status, shard) DO UPDATE SET n = d.n + excluded.n;
+    ELSE
+        INSERT INTO delivery_counts AS d (campaign_id, status, shard, n)
+        SELECT c.campaign_id, c.status, pg_backend_pid(), sum(c.n)
+        FROM old_rows o JOIN new_rows w ON w.id = o.id
+        CROSS JOIN LATERAL (VALUES (o.campaign_id, o.status, -1), (w.campaign_id, w.status, 1))
+            AS c (campaign_id, status, n)
+        WHERE o.status <> w.status OR o.campaign_id <> w.campaign_id
+        GROUP BY c.campaign_id, c.status HAVING sum(c.n) <> 0 ORDER BY c.campaign_id, c.status
+        ON CONFLICT (campaign_id, status, shard) DO UPDATE SET n = d.n + excluded.n;
+    END IF;
+    RETURN NULL;
+END
+$$""",
+        "CREATE TRIGGER delivery_counts_insert AFTER INSERT ON deliveries"
+        " REFERENCING NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_kept()",
+        "CREATE TRIGGER delivery_counts_update AFTER UPDATE ON deliveries"
+        " REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_kept()",
+        "CREATE TRIGGER delivery_counts_delete AFTER DELETE ON deliveries"
+        " REFERENCING OLD TABLE AS old_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_kept()",
+    ),
+}
+
+
+@sa.event.listens_for(metadata, "after_create")
+def _create_count_triggers(target: sa.MetaData, connection: sa.Connection, **_: Any) -> None:
+    for statement in COUNT_TRIGGERS.get(connection.dialect.name, ()):
+        connection.exec_driver_sql(statement)
+
+
+@sa.event.listens_for(metadata, "after_drop")
+def _drop_count_function(target: sa.MetaData, connection: sa.Connection, **_: Any) -> None:
+    # The triggers went with the table; PostgreSQL keeps a function until it is dropped.
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("DROP FUNCTION IF EXISTS delivery_counts_kept()")
