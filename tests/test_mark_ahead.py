@@ -23,9 +23,18 @@ from newsletter.errors import ConfigError
 from newsletter.issue import publish
 from newsletter.ledger import lifecycle
 from newsletter.ledger.delivery_rows import Ledger, counts
+from newsletter.ledger.lifecycle import WORKERS
 from newsletter.ledger.store import Store
-from newsletter.ledger.tables import DONE, INCOMPLETE, PENDING, SENDING, SENT, deliveries
-from newsletter.send import campaign
+from newsletter.ledger.tables import (
+    DONE,
+    INCOMPLETE,
+    PENDING,
+    READY,
+    SENDING,
+    SENT,
+    deliveries,
+)
+from newsletter.send import campaign, workers
 
 
 @pytest.fixture
@@ -245,6 +254,57 @@ def test_a_bad_mark_ahead_in_the_file_stops_the_command_in_one_line(pub: Publica
         f"Error: {pub.config_path}: [database] mark_ahead: expected a number of rows from"
         " 1 to 1000, got -2"
     ]
+
+
+# --- a worker's batch (the task's function, in this process) ---------------------------
+
+
+def hand_to_workers(store: Store, cid: int, status: str = READY) -> None:
+    """What `send` does with [workers] broker, less the broker: the workers own it."""
+    lifecycle.claim(store, cid, WORKERS, (status,))
+    lifecycle.new_round(store, cid)
+
+
+def test_a_workers_batches_mark_groups_and_send_each_once(
+    pub: Publication, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks = writes(monkeypatch)
+    store, cid, emails = start(pub, 50)
+    hand_to_workers(store, cid, READY)
+    config = pub.config(**ahead(4, NEWSLETTER_WORKERS_BATCH_SIZE="20"))
+    queued: list[float] = []
+    results = [workers.send_batch(store, config, cid, queued.append) for _ in range(3)]
+    assert [r.sent for r in results] == [20, 20, 10]
+    assert results[-1].status == DONE
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
+    # Groups of four within each batch: five, five and three, each batch's last
+    # replies recorded alone.
+    assert marks == [4] * 5 + [0] + [4] * 5 + [0] + [4, 4, 2, 0]
+
+
+def test_a_batch_refused_mid_group_gives_its_rows_back_and_a_resume_sends_them(
+    pub: Publication, smtp_server: SmtpServer
+) -> None:
+    store, cid, emails = start(pub, 30)
+    hand_to_workers(store, cid, READY)
+    config = pub.config(**ahead(8, NEWSLETTER_WORKERS_BATCH_SIZE="30"))
+    smtp_server.handler.rcpt_replies[emails[5]] = ["530 5.7.0 Authentication required"]
+    first = workers.send_batch(store, config, cid, [].append)
+    assert first.sent == 5 and "refused the session" in first.error
+    rows = statuses(store, cid)
+    assert [rows[e] for e in emails[:5]] == [(SENT, 1)] * 5
+    assert [rows[e] for e in emails[5:]] == [(PENDING, 0)] * 25  # none left in doubt
+    with store.engine.connect() as conn:
+        leased = conn.execute(
+            sa.select(sa.func.count()).where(
+                deliveries.c.status == PENDING, deliveries.c.lease_until.is_not(None)
+            )
+        ).scalar()
+    assert leased == 0  # the batch let go of them
+    hand_to_workers(store, cid, INCOMPLETE)  # resume
+    second = workers.send_batch(store, config, cid, [].append)
+    assert second.sent == 25 and second.status == DONE
+    assert smtp_server.handler.count_by_recipient() == {e: 1 for e in emails}
 
 
 # --- a real process, killed -------------------------------------------------------------
