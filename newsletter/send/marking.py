@@ -50,6 +50,10 @@ class _Held:
         """`item` is the next marked row."""
         return bool(self.rows) and self.rows[0] is item
 
+    def holds(self, item: Item) -> bool:
+        """`item` is marked and not yet tried (given back if the sender stops)."""
+        return any(row is item for row in self.rows)
+
 
 class GroupRunner(Runner):
     """A Runner whose senders mark up to `[database] mark_ahead` rows at once."""
@@ -139,7 +143,7 @@ class GroupRunner(Runner):
                     if self.fatal is not None or self.stop.is_set():
                         if ahead is not None:
                             smtp.abandon_ahead()
-                            if not held.first(ahead[0]):
+                            if not held.holds(ahead[0]):
                                 self._drop(ahead[0])
                             ahead = None
                         if held.rows or held.replies:
@@ -161,7 +165,7 @@ class GroupRunner(Runner):
                     try:
                         smtp.connect()
                     except transport.SmtpError as exc:
-                        if not held.first(item):
+                        if not held.holds(item):
                             self._drop(item)
                         self._halt(exc)
                         continue
