@@ -5,23 +5,26 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from campaign_support import Publication, add_subscribers, make_publication
 from click.testing import CliRunner
+from services import REDIS
 from smtp_fixtures import SmtpServer
 
 from newsletter.cli import cli
 from newsletter.errors import ConfigError
 from newsletter.issue import publish
-from newsletter.ledger import lifecycle
+from newsletter.ledger import campaign_status, lifecycle
 from newsletter.ledger.delivery_rows import Ledger, counts
 from newsletter.ledger.lifecycle import WORKERS
 from newsletter.ledger.store import Store
@@ -348,3 +351,91 @@ def test_kill_9_mid_group_leaves_at_most_n_a_connection_in_doubt_and_resume_repo
     assert set(got) == set(emails)  # nobody lost
     duplicates = sum(n - 1 for n in got.values())
     assert duplicates <= left  # only rows reported in doubt went out twice
+
+
+# --- a real worker process, killed ------------------------------------------------------
+
+REDIS_DB = 11  # this file's Redis database; the test removes only its own queue's keys
+
+
+def purge_queue(queue: str) -> None:
+    """The queue and what kombu keeps for it (its unacknowledged messages)."""
+    import redis
+
+    client = redis.Redis(host=REDIS[0], port=REDIS[1], db=REDIS_DB)
+    try:
+        for tag, payload in client.hgetall("unacked").items():
+            if json.loads(payload)[2] == queue:  # [message, exchange, routing key]
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        for key in client.scan_iter(match=f"{queue}\x06\x16*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+@pytest.mark.celery
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_worker_killed_mid_group_leaves_at_most_n_in_doubt_and_nobody_is_lost(
+    pub: Publication, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    queue = f"newsletter-test-{uuid.uuid4().hex[:10]}"
+    pub.env.update(
+        NEWSLETTER_WORKERS_BROKER=f"redis://{REDIS[0]}:{REDIS[1]}/{REDIS_DB}",
+        NEWSLETTER_WORKERS_QUEUE=queue,
+        NEWSLETTER_WORKERS_BATCH_SIZE="50",
+        NEWSLETTER_WORKERS_LEASE="3",
+        **ahead(8),
+    )
+    store, cid, emails = start(pub, 200)
+    smtp_server.handler.delay = 0.01  # each reply waits: the kill finds messages in flight
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def worker(n: int) -> Path:
+        log = tmp_path / f"worker{n}.log"
+        with log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    newsletter_cmd("workers", "start"),
+                    env=pub.subprocess_env(),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        deadline = time.monotonic() + 60
+        while b" ready." not in log.read_bytes():
+            assert procs[-1].poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        return log
+
+    try:
+        first = worker(0)
+        campaign.run(store, pub.config(), cid, wait=False)
+        deadline = time.monotonic() + 60
+        while len(smtp_server.received) < 30:
+            assert time.monotonic() < deadline, first.read_text()
+            time.sleep(0.01)
+        os.killpg(procs[0].pid, signal.SIGKILL)  # mid-batch, mid-group
+        procs[0].wait()
+        left = counts(store, cid)[SENDING]
+        assert left <= 8  # one connection: at most one group
+        smtp_server.handler.delay = 0
+        second = worker(1)
+        deadline = time.monotonic() + 90
+        while campaign_status.status(store, cid)[0].status != DONE:
+            assert time.monotonic() < deadline, second.read_text()
+            time.sleep(0.1)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        purge_queue(queue)
+    got = smtp_server.handler.count_by_recipient()
+    assert set(got) == set(emails)  # nobody lost
+    assert sum(n - 1 for n in got.values()) <= left  # only the rows left marked went twice
+    assert counts(store, cid)[SENT] == 200

@@ -100,7 +100,7 @@ class GroupRunner(Runner):
             [params for _, _, params, _ in recorded],
             self.rows.mark_params(ledger.time, now) if group else None,
             [i.delivery_id for i in group],
-            returned if give_back else [],
+            returned,
         )
         held.replies = []
         for item, res, _, retry_at in recorded:
