@@ -11,7 +11,7 @@ is recorded as by `Runner` (sent, deferred, failed, in doubt: `_record_params`,
 `_account`), a reply of one recipient does not end the group; a crash leaves at most
 the N rows of a group `sending` (the next resume reports them in doubt and sends them
 again); a sender that stops sending (a stop, SIGTERM, the server refusing the session,
-a connection it cannot open, an error) gives back the rows it marked and did not try,
+a connection it cannot open, a fetch that failed) gives back the rows it marked and did not try,
 each to its status before, in the statement that records the replies it holds.
 """
 
