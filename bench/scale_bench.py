@@ -7,6 +7,7 @@ Run from the repository root:
     .venv/bin/python bench/scale_bench.py [--subscribers 8000] [--workers 1,2,4]
                                           [--pg-database newsletter_scale] [--broker URL]
                                           [--env KEY=VALUE ...] [--repeat N] [--logs DIR]
+                                          [--mark-ahead N]
 
 Each run gets fresh tables (a SQLite file in a temporary folder, or the tables of the
 PostgreSQL database `--pg-database`, created if missing and emptied: never point it at a
@@ -16,6 +17,12 @@ Workers (`newsletter workers start`, one process each, [smtp] concurrency 1) are
 and ready before the send; the send hands the campaign to them and follows it to the end.
 Rate = subscribers / wall seconds (`--repeat N`: the median of N sends). `--env` adds a
 NEWSLETTER_* setting to every run (e.g. `--env NEWSLETTER_DATABASE_SYNCHRONOUS_COMMIT=false`).
+
+`--mark-ahead N` adds lines in the same run: in-process on SQLite and on PostgreSQL with
+`[database] mark_ahead = N`, then on PostgreSQL with `synchronous_commit = false` alone and
+with both, and each worker count with the same three; a ratio compares each line with
+its baseline of the same settings (SQLite for in-process PostgreSQL, in-process
+PostgreSQL for the workers), the issue's two 75% targets.
 
 Needs smtp-sink and smtp-source (Debian package postfix), PostgreSQL on 127.0.0.1:5432 and
 the broker (Redis database 15 by default, flushed: never 13, the tests', nor 14,
@@ -35,6 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -113,7 +121,9 @@ class Bench:
             raise SystemExit(f"{' '.join(cmd)}: exit {done.returncode}\n{log.read_text()[-3000:]}")
         return wall
 
-    def send(self, label: str, database: str, workers: int) -> float:
+    def send(
+        self, label: str, database: str, workers: int, env: dict[str, str] | None = None
+    ) -> float:
         """The median rate of `--repeat` sends, each on fresh tables."""
         rates = []
         for n in range(self.args.repeat):
@@ -122,11 +132,11 @@ class Bench:
             else:
                 fresh_pg(self.args.pg_database)
                 url = pg_url(self.args.pg_database)
-            rates.append(self.send_once(label, url, workers))
+            rates.append(self.send_once(label, url, workers, env or {}))
         return statistics.median(rates)
 
-    def send_once(self, label: str, url: str, workers: int) -> float:
-        env = dict(self.base, NEWSLETTER_DATABASE_URL=url)
+    def send_once(self, label: str, url: str, workers: int, more: dict[str, str]) -> float:
+        env = dict(self.base, NEWSLETTER_DATABASE_URL=url) | more
         if workers:
             flush_broker(self.args.broker)
             env["NEWSLETTER_WORKERS_BROKER"] = self.args.broker
@@ -188,6 +198,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="sends per line (median)")
     parser.add_argument("--no-reference", action="store_true", help="skip smtp-source")
     parser.add_argument("--logs", type=Path, help="keep the commands' and workers' logs here")
+    parser.add_argument(
+        "--mark-ahead",
+        type=int,
+        default=0,
+        help="also measure [database] mark_ahead = N (and synchronous_commit = false)",
+    )
     args = parser.parse_args()
 
     sink, source = find_tool("smtp-sink"), find_tool("smtp-source")
@@ -214,11 +230,11 @@ def main() -> None:
         relay = Relay("sink", sink)
         try:
             bench = Bench(args, Path(tmp), relay.port)
-            print(f"{'':34} {'msg/s':>8} {'ratio':>22}")
+            print(f"{'':58} {'msg/s':>8} {'ratio':>26}")
 
             def show(label: str, rate: float, ratio: str = "") -> None:
                 rows.append((label, rate))
-                print(f"{label:34} {rate:>8,.0f} {ratio:>22}", flush=True)
+                print(f"{label:58} {rate:>8,.0f} {ratio:>26}", flush=True)
 
             sqlite = bench.send("in-process SQLite", "sqlite", 0)
             show("in-process, SQLite", sqlite)
@@ -227,6 +243,8 @@ def main() -> None:
             for n in [int(w) for w in args.workers.split(",") if w]:
                 rate = bench.send(f"{n} workers", "pg", n)
                 show(f"{n} worker(s), PostgreSQL", rate, f"{rate / inproc:.2f}x in-process PG")
+            if args.mark_ahead:
+                variants(bench, args, sqlite, show)
             if not args.no_reference:
                 assert source
                 message = bench.message()
@@ -244,6 +262,34 @@ def main() -> None:
             relay.stop()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"load average {load} after the run")
+
+
+def variants(
+    bench: Bench, args: argparse.Namespace, sqlite: float, show: Callable[..., None]
+) -> None:
+    """The lines of --mark-ahead N: each setting in-process, then on the workers."""
+    n = args.mark_ahead
+    ahead = {"NEWSLETTER_DATABASE_MARK_AHEAD": str(n)}
+    unsynced = {"NEWSLETTER_DATABASE_SYNCHRONOUS_COMMIT": "false"}
+    rate = bench.send(f"in-process SQLite mark_ahead {n}", "sqlite", 0, ahead)
+    show(f"in-process, SQLite, mark_ahead {n}", rate, f"{rate / sqlite:.2f}x SQLite")
+    settings = {
+        f"mark_ahead {n}": ahead,
+        "synchronous_commit false": unsynced,
+        f"mark_ahead {n} + sync. commit false": ahead | unsynced,
+    }
+    inproc = {}
+    for name, env in settings.items():
+        inproc[name] = rate = bench.send(f"in-process PostgreSQL {name}", "pg", 0, env)
+        show(f"in-process, PostgreSQL, {name}", rate, f"{rate / sqlite:.2f}x SQLite")
+    for workers in [int(w) for w in args.workers.split(",") if w]:
+        for name, env in settings.items():
+            rate = bench.send(f"{workers} workers {name}", "pg", workers, env)
+            show(
+                f"{workers} worker(s), PG, {name}",
+                rate,
+                f"{rate / inproc[name]:.2f}x in-process, same",
+            )
 
 
 if __name__ == "__main__":

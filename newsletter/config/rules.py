@@ -81,6 +81,11 @@ def _sender_problem(value: str) -> str | None:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+# [database] mark_ahead: the rows a connection may leave in doubt after a crash. More
+# than a few hundred saves nothing more (a commit per hundred messages is cheap already).
+MAX_MARK_AHEAD = 1000
+
+
 def validate(config: Config) -> None:
     path = config.path
     pub = config.publication
@@ -123,6 +128,11 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"{path}: [publication] previous_secrets_env: names the same variable as"
             f" secret_env ({pub.secret_env}); older secrets need a variable of their own"
+        )
+    if not 1 <= config.database.mark_ahead <= MAX_MARK_AHEAD:
+        raise ConfigError(
+            f"{path}: [database] mark_ahead: expected a number of rows from 1 to"
+            f" {MAX_MARK_AHEAD}, got {config.database.mark_ahead}"
         )
     _validate_smtp(path, "smtp", config.smtp)
     for name, server in config.smtp_servers.items():

@@ -55,6 +55,9 @@ class Database:
     # PostgreSQL: false lets each sender's record return before its WAL is flushed
     # (faster; a database server crash may lose the last ~0.6 s: ASYNC_RISK).
     synchronous_commit: bool = True
+    # Rows a sender marks `sending` in one statement, sending them one by one: one commit
+    # per N messages, and up to N of a connection in doubt after a crash (mark_ahead_risk).
+    mark_ahead: int = 1
 
 
 @dataclass(frozen=True)

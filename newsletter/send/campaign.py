@@ -46,6 +46,7 @@ from newsletter.ledger.lifecycle import (
     owner_id,
     release,
 )
+from newsletter.ledger.marked_groups import mark_ahead_risk
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
     DEFERRED,
@@ -63,7 +64,8 @@ from newsletter.ledger.tables import (
 from newsletter.mail import ratelimit, transport
 from newsletter.mail.message import MessageTemplate
 from newsletter.send import broker, tracking
-from newsletter.send.runner import Runner, RunResult, RunSettings, lanes
+from newsletter.send.marking import runner_for
+from newsletter.send.runner import RunResult, RunSettings, lanes
 
 log = logging.getLogger("newsletter.campaign")
 
@@ -127,6 +129,8 @@ def run(
     stop = stop or threading.Event()
     if not config.database.synchronous_commit and not store.is_sqlite:
         log.warning("%s", ASYNC_RISK)
+    if config.database.mark_ahead > 1:
+        log.warning("%s", mark_ahead_risk(config.database.mark_ahead))
     if config.workers.broker:
         return _run_on_workers(
             store, config, campaign_id, allowed, progress, stop, sleep, wait, automatic
@@ -142,7 +146,7 @@ def run(
             name: ratelimit.RateLimiter(smtp.rate, clock=clock, sleep=sleep)
             for name, smtp in transport.servers(config)
         }
-        runner = Runner(
+        runner = runner_for(
             RunSettings(
                 store,
                 config,

@@ -29,6 +29,7 @@ from newsletter.ledger.tables import (
 )
 from newsletter.mail import ratelimit, transport
 from newsletter.send.campaign import campaign_template
+from newsletter.send.marking import runner_for
 from newsletter.send.runner import Runner, RunResult, RunSettings, lanes
 
 log = logging.getLogger("newsletter.campaign")
@@ -92,7 +93,7 @@ def _send_claimed(
         template, links = campaign_template(store, config, row)
         rows = LeasedRows(store, campaign_id, owner, items, config.workers.lease)
         rows.skip_unsubscribed(in_doubt=True)  # nothing of the batch is in flight yet
-        runner = Runner(
+        runner = runner_for(
             RunSettings(
                 store,
                 config,
