@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from services import postgres_url
 
 from newsletter import config as config_mod
+from newsletter.ledger.delivery_rows import counts
 from newsletter.ledger.store import Store, SubscriberRow
-from newsletter.ledger.tables import metadata
+from newsletter.ledger.tables import deliveries, delivery_counts, metadata
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = next((REPO / "issues").glob("*.md"))
@@ -108,3 +109,41 @@ def add_subscribers(store: Store, n: int, prefix: str = "reader") -> list[str]:
     rows = [SubscriberRow(f"{prefix}{i:05d}@example.com", f"Reader {i}") for i in range(n)]
     store.upsert_subscribers(rows)
     return [r.email for r in rows]
+
+
+# --- delivery_counts against COUNT(*) (revision 0007) ------------------------------------
+
+
+def counted_rows(store: Store) -> dict[tuple[int, str], int]:
+    """What COUNT(*) says, per campaign and status."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(deliveries.c.campaign_id, deliveries.c.status, sa.func.count()).group_by(
+                deliveries.c.campaign_id, deliveries.c.status
+            )
+        ).all()
+    return {(c, s): int(n) for c, s, n in rows}
+
+
+def kept_counts(store: Store) -> dict[tuple[int, str], int]:
+    """What delivery_counts says, per campaign and status (zeros left out)."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                delivery_counts.c.campaign_id,
+                delivery_counts.c.status,
+                sa.func.sum(delivery_counts.c.n),
+            ).group_by(delivery_counts.c.campaign_id, delivery_counts.c.status)
+        ).all()
+    return {(c, s): int(n) for c, s, n in rows if n}
+
+
+def check_counts(store: Store, *campaign_ids: int) -> dict[tuple[int, str], int]:
+    """delivery_counts (PostgreSQL; SQLite keeps none and counts) and counts() are exactly
+    COUNT(*); returns the counts."""
+    truth = counted_rows(store)
+    assert kept_counts(store) == ({} if store.is_sqlite else truth)
+    for campaign_id in campaign_ids:
+        mine = {s: n for (c, s), n in truth.items() if c == campaign_id}
+        assert {s: n for s, n in counts(store, campaign_id).items() if n} == mine
+    return truth

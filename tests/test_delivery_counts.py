@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from campaign_support import Publication, add_subscribers, make_publication
+from campaign_support import Publication, add_subscribers, check_counts, make_publication
 from smtp_fixtures import SmtpServer
 
 from newsletter.issue import publish
@@ -61,41 +61,6 @@ def ids_of(store: Store, campaign_id: int) -> list[int]:
         )
 
 
-def counted(store: Store) -> dict[tuple[int, str], int]:
-    """What COUNT(*) says, per campaign and status."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(deliveries.c.campaign_id, deliveries.c.status, sa.func.count()).group_by(
-                deliveries.c.campaign_id, deliveries.c.status
-            )
-        ).all()
-    return {(c, s): int(n) for c, s, n in rows}
-
-
-def kept(store: Store) -> dict[tuple[int, str], int]:
-    """What delivery_counts says, per campaign and status (zeros left out)."""
-    with store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(
-                delivery_counts.c.campaign_id,
-                delivery_counts.c.status,
-                sa.func.sum(delivery_counts.c.n),
-            ).group_by(delivery_counts.c.campaign_id, delivery_counts.c.status)
-        ).all()
-    return {(c, s): int(n) for c, s, n in rows if n}
-
-
-def check(store: Store, *campaign_ids: int) -> dict[tuple[int, str], int]:
-    """delivery_counts (PostgreSQL; SQLite keeps none and counts) and counts() are exactly
-    COUNT(*); returns the counts."""
-    truth = counted(store)
-    assert kept(store) == ({} if store.is_sqlite else truth)
-    for campaign_id in campaign_ids:
-        mine = {s: n for (c, s), n in truth.items() if c == campaign_id}
-        assert {s: n for s, n in counts(store, campaign_id).items() if n} == mine
-    return truth
-
-
 def reply(ledger: Ledger, did: int, status: str, code: int, error: str | None) -> dict[str, Any]:
     later = utcnow() + dt.timedelta(minutes=5)
     return {
@@ -114,9 +79,9 @@ def test_every_transition_keeps_the_counts_those_of_count(pub: Publication) -> N
     a = new_campaign(pub, store)  # creation: one INSERT ... SELECT
     later = utcnow() + dt.timedelta(days=1)
     b = new_campaign(pub, store, status=SCHEDULED, scheduled_at=later)
-    assert check(store, a, b) == {(a, PENDING): 12}
+    assert check_counts(store, a, b) == {(a, PENDING): 12}
     lifecycle.claim(store, b, "elsewhere:1:x", (SCHEDULED,))  # its deliveries made now
-    assert check(store, a, b)[(b, PENDING)] == 12
+    assert check_counts(store, a, b)[(b, PENDING)] == 12
     ids = ids_of(store, a)
 
     # The workers take campaign a: a new round, a batch leased (no status changes).
@@ -125,7 +90,7 @@ def test_every_transition_keeps_the_counts_those_of_count(pub: Publication) -> N
     cfg = pub.config(NEWSLETTER_WORKERS_BATCH_SIZE="6")
     claimed = lifecycle.claim_batch(store, cfg, a, "worker-a", sweep=False)
     assert claimed is not None and [i.delivery_id for i in claimed[1]] == ids[:6]
-    check(store, a, b)
+    check_counts(store, a, b)
 
     # The per-message writes of a worker's batch, as its runner makes them.
     rows = LeasedRows(store, a, "worker-a", claimed[1], 60)
@@ -137,36 +102,36 @@ def test_every_transition_keeps_the_counts_those_of_count(pub: Publication) -> N
                 return rows.mark_params(ledger.time, utcnow()) | {"did": did}
 
             assert ledger.commit(None, mark(ids[0])) is True  # pending -> sending
-            assert check(store, a)[(a, SENDING)] == 1
+            assert check_counts(store, a)[(a, SENDING)] == 1
             assert ledger.commit(reply(ledger, ids[0], SENT, 250, None), mark(ids[1]))
-            assert check(store, a)[(a, SENT)] == 1
+            assert check_counts(store, a)[(a, SENT)] == 1
             error = "451 4.7.1 try again later"
             assert ledger.commit(reply(ledger, ids[1], DEFERRED, 451, error), mark(ids[2]))
-            assert check(store, a)[(a, DEFERRED)] == 1
+            assert check_counts(store, a)[(a, DEFERRED)] == 1
             error = "550 5.1.1 no such user"
             assert ledger.commit(reply(ledger, ids[2], FAILED, 550, error), mark(ids[3]))
-            assert check(store, a)[(a, FAILED)] == 1
+            assert check_counts(store, a)[(a, FAILED)] == 1
             ledger.give_back(ids[3])  # sending -> pending
-            assert check(store, a)[(a, PENDING)] == 12 - 3
+            assert check_counts(store, a)[(a, PENDING)] == 12 - 3
             assert ledger.commit(None, mark(ids[4])) is True  # no reply: in doubt
             # Refused (not this batch's row): nothing changes.
             assert ledger.commit(None, mark(ids[8])) is False
-            check(store, a)
+            check_counts(store, a)
         finally:
             ledger.close()
     delivery_rows.undo_failed(store, [ids[2]])  # failed -> pending
-    assert (a, FAILED) not in check(store, a)
+    assert (a, FAILED) not in check_counts(store, a)
     delivery_rows.release_batch(store, a, "worker-a", [ids[1]])
-    check(store, a)
+    check_counts(store, a)
 
     # Someone leaves: their rows are skipped, in doubt included; a new round.
     store.set_subscriber_status(emails[4], UNSUBSCRIBED)
     store.set_subscriber_status(emails[5], UNSUBSCRIBED)
     rows.skip_unsubscribed(in_doubt=True)
-    truth = check(store, a, b)
+    truth = check_counts(store, a, b)
     assert truth[(a, SKIPPED)] == 2 and truth[(b, PENDING)] == 12
     lifecycle.new_round(store, a)
-    check(store, a)
+    check_counts(store, a)
 
     # In-process: the runner's rows of campaign b, marked and recorded.
     with store.writer() as db:
@@ -185,7 +150,7 @@ def test_every_transition_keeps_the_counts_those_of_count(pub: Publication) -> N
         finally:
             ledger.close()
     Rows(store, b).after_pass()  # the two who left: skipped
-    assert check(store, a, b)[(b, SKIPPED)] == 2
+    assert check_counts(store, a, b)[(b, SKIPPED)] == 2
 
     # A bulk UPDATE of many rows to several statuses at once, and one that changes none.
     with store.begin() as conn:
@@ -201,18 +166,18 @@ def test_every_transition_keeps_the_counts_those_of_count(pub: Publication) -> N
             )
         )
         conn.execute(deliveries.update().values(attempts=deliveries.c.attempts + 1))
-    check(store, a, b)
+    check_counts(store, a, b)
 
     privacy.erase(store, emails[1])  # last_error cleared, the status kept
-    check(store, a, b)
+    check_counts(store, a, b)
     lifecycle.release(store, a, lifecycle.WORKERS, INCOMPLETE, None)
     closed = lifecycle.close(store, a)  # what is left is given up
-    assert check(store, a, b)[(a, GIVEN_UP)] == closed.given_up > 0
+    assert check_counts(store, a, b)[(a, GIVEN_UP)] == closed.given_up > 0
 
     # A campaign removed takes its deliveries with it (ON DELETE CASCADE): counted too.
     with store.begin() as conn:
         conn.execute(campaigns.delete().where(campaigns.c.id == a))
-    assert {c for c, _ in check(store, b)} == {b}
+    assert {c for c, _ in check_counts(store, b)} == {b}
     assert sum(counts(store, a).values()) == 0
 
 
@@ -242,7 +207,7 @@ def test_two_connections_writing_at_once_never_wait_for_each_other(
             )
             two.execute(deliveries.update().where(deliveries.c.id == ids[1]).values(status=SENT))
         one.commit()
-    assert check(store, a) == {(a, SENT): 2, (a, PENDING): 4}
+    assert check_counts(store, a) == {(a, SENT): 2, (a, PENDING): 4}
     with store.engine.connect() as conn:
         shards = conn.execute(
             sa.select(sa.func.count(sa.distinct(delivery_counts.c.shard))).where(
