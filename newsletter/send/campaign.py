@@ -75,9 +75,10 @@ FOLLOW_EVERY = 0.5  # seconds between looks at the ledger while the workers send
 # looked for more often, by the campaign's row alone: a send of 8,000 messages in ~5 s
 # ended on average 0.25 s after the last batch, 5% of its time.
 FOLLOW_END_EVERY = 0.1
-# The counts read every row of the campaign (~50 ms at 100,000 on PostgreSQL while the
-# rows change): they are read again after at least COUNTS_SHARE times the last read's
-# time, so that following a list of a million costs the database a bounded share.
+# The counts: on PostgreSQL kept by triggers (delivery_counts, a few rows), on SQLite a
+# COUNT that reads every row of the campaign. Either way they are read again after at
+# least COUNTS_SHARE times the last read's time, so that following a list of a million
+# costs the database a bounded share.
 COUNTS_SHARE = 20
 
 
