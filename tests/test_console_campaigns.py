@@ -251,6 +251,7 @@ def test_a_console_other_machines_reach_needs_a_password(
     assert result.exit_code == 2, line
     result = run_cli("console", "--host", "0.0.0.0", "--no-open")
     assert result.exit_code == 2 and "--allow-host" in result.stderr
+    assert "the only Host the console answers" in result.stderr
     with pytest.raises(Exception, match="set a password first"):
         console_app.check_host("", "10.1.2.3", ["console.lan"])
     console_app.check_host(auth.hash_password("x" * 8), "10.1.2.3", ["console.lan"])

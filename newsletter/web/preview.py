@@ -293,8 +293,9 @@ def server(
     return serving.Server(preview, host, port, on_exit=preview.close, hosts=hosts)
 
 
-def check_allowed_hosts(host: str, allow_hosts: Sequence[str]) -> None:
-    """The UsageError of `server` for these arguments, if any."""
+def check_allowed_hosts(host: str, allow_hosts: Sequence[str], what: str = "preview") -> None:
+    """The UsageError of `server` for these arguments, if any (`what`: the server's name in
+    the message, "preview" or "console")."""
     for name in allow_hosts:
         if not name or "*" in name or any(c in name for c in "/ @"):
             raise UsageError(f"--allow-host {name!r}: expected a host name such as preview.lan")
@@ -302,7 +303,7 @@ def check_allowed_hosts(host: str, allow_hosts: Sequence[str]) -> None:
         raise UsageError(
             f"--host {host or '0.0.0.0'}: other machines reach this address; name the host"
             " names their browsers use with --allow-host NAME (each is the only Host the"
-            " preview answers, besides localhost), or keep the default 127.0.0.1"
+            f" {what} answers, besides localhost), or keep the default 127.0.0.1"
         )
 
 

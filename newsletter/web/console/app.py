@@ -93,7 +93,7 @@ def check_host(password_hash: str, host: str, allow_hosts: Sequence[str]) -> Non
     """The UsageError of `server` for these arguments, if any."""
     from newsletter.web import preview
 
-    preview.check_allowed_hosts(host, allow_hosts)
+    preview.check_allowed_hosts(host, allow_hosts, what="console")
     if not is_loopback(host) and not password_hash:
         raise UsageError(
             f"--host {host or '0.0.0.0'}: other machines reach this address; set a password"
