@@ -114,6 +114,7 @@ def import_csv(
     source = exports.ExportFile.open(path, encoding=encoding, mapping=mapping)
     report = ImportReport(dry_run=dry_run, source=source.describe())
     done = 0
+    figures = _PlannerFigures(store, dry_run)
     with SeenAddresses() as seen:
         batch: list[exports.Record] = []
         for item in source.records():
@@ -125,12 +126,33 @@ def import_csv(
             if len(batch) >= BATCH_ROWS:
                 _import_batch(store, path, seen, batch, report, tags)
                 batch = []
+                figures.added(report.added)
                 if progress is not None:
                     progress(done, source.rows)
         _import_batch(store, path, seen, batch, report, tags)
+        figures.added(report.added, last=True)
     if progress is not None:
         progress(source.rows, source.rows)
     return report
+
+
+class _PlannerFigures:
+    """Refreshes the database's planner figures for the list as an import grows it:
+    after the first batch, whenever the rows added since the last refresh reach the
+    number added before it (at 1,000, 2,000, 4,000, ... rows: 11 times for a
+    million), and once at the end. Store.refresh_planner_figures says why."""
+
+    def __init__(self, store: Store, dry_run: bool) -> None:
+        self._store = store
+        self._dry_run = dry_run
+        self._at = 0  # rows added when the figures were last refreshed
+
+    def added(self, rows: int, *, last: bool = False) -> None:
+        if self._dry_run or rows == self._at:
+            return
+        if last or rows >= max(BATCH_ROWS, 2 * self._at):
+            self._store.refresh_planner_figures()
+            self._at = rows
 
 
 def _import_batch(
