@@ -422,6 +422,10 @@ def test_a_worker_killed_mid_group_leaves_at_most_n_in_doubt_and_nobody_is_lost(
             assert time.monotonic() < deadline, first.read_text()
             time.sleep(0.01)
         os.killpg(procs[0].pid, signal.SIGKILL)  # mid-batch, mid-group
+        # The worker states its own bound, as `send` does.
+        assert b"mark_ahead = 8: up to 8 messages per connection may be in doubt" in (
+            first.read_bytes()
+        )
         procs[0].wait()
         left = counts(store, cid)[SENDING]
         assert left <= 8  # one connection: at most one group

@@ -20,6 +20,7 @@ from celery import Celery
 from celery.signals import worker_shutting_down
 
 from newsletter.config import ENV_CONFIG, Config, find_config, load
+from newsletter.ledger.marked_groups import mark_ahead_risk
 from newsletter.ledger.store import Store
 from newsletter.send import broker, workers
 
@@ -87,6 +88,10 @@ def send_batch(self: Any, campaign_id: int, sweep: bool = False) -> None:
 def start_worker(config: Config, concurrency: int = 1, loglevel: str = "INFO") -> None:
     """Run a Celery worker for this publication until it is stopped (SIGTERM, Ctrl-C)."""
     broker.celery_settings(config)  # a clear error when [workers] broker is not set
+    if config.database.mark_ahead > 1:
+        # The bound `send` prints, in the worker's own log too: its rows are the ones
+        # left in doubt if it is killed.
+        log.warning("%s", mark_ahead_risk(config.database.mark_ahead))
     os.environ[ENV_CONFIG] = str(config.path)
     _config.cache_clear()
     app.worker_main(
