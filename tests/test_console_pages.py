@@ -29,6 +29,7 @@ from newsletter.schedule import plans
 from newsletter.schedule.timing import zone
 from newsletter.send import campaign, tracking
 from newsletter.web.console import issues as issue_pages
+from newsletter.web.console import subscribers as console_subscribers
 from newsletter.web.console.context import Console
 
 UTC = dt.UTC
@@ -448,6 +449,44 @@ def test_an_import_without_a_file_or_the_token_is_refused(
         for path in ("/subscribers/import", "/subscribers/import/cancel"):
             assert web.get(path).status_code == 405
     assert waiting_files(pub) == []
+    assert pub.store().count_subscribers(None) == 0
+
+
+def test_a_file_over_the_limit_is_refused_and_nothing_is_kept(
+    pub: Publication, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console_subscribers, "MAX_UPLOAD_BYTES", 4096)
+    big = b"email\n" + b"".join(b"reader%d@example.com\n" % i for i in range(400))
+    boundary = "limit-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="token"\r\n\r\n'
+            f'{console.token}\r\n--{boundary}\r\nContent-Disposition: form-data; name="file";'
+            ' filename="subscribers.csv"\r\nContent-Type: text/csv\r\n\r\n'
+        ).encode()
+        + big
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    with running(console) as web:
+        # With a Content-Length (what browsers send): refused before the body is read.
+        by_length = dry_run(web, big)
+        # Chunked, without one: refused once the body read passes the limit.
+        chunked = httpx.post(
+            web.url + "/subscribers/import",
+            content=iter([body[i : i + 1024] for i in range(0, len(body), 1024)]),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+            timeout=10,
+        )
+        assert "content-length" not in {k.lower() for k in chunked.request.headers}
+        for response in (by_length, chunked):
+            assert response.status_code == 303
+            [error] = texts(html_of(web.get(response.headers["location"])), '//p[@role="alert"]')
+            assert error == (
+                "the file is larger than the console takes (4 KiB): import it with"
+                " `newsletter subscribers import FILE`"
+            )
+        assert dry_run(web, big[:2000]).status_code == 200  # under the limit: the dry run
+    assert len(waiting_files(pub)) == 1  # that one only
     assert pub.store().count_subscribers(None) == 0
 
 

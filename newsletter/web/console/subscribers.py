@@ -3,6 +3,7 @@
     GET  /subscribers                   the counts, the growth chart, the import form
     POST /subscribers/import            with the token: a file (multipart), its tags, map
                                         and encoding; the dry run of the import, shown
+                                        (a body over MAX_UPLOAD_BYTES is refused)
     POST /subscribers/import/confirm    with the token and the dry run's id: the import
     POST /subscribers/import/cancel     with the token and the id: the file is dropped
 
@@ -46,6 +47,31 @@ PENDING_FOR = 3600.0  # seconds an upload waits for its confirmation
 MAX_PENDING = 20  # uploads waiting at once; the oldest goes first
 SHOWN = 10  # lines of each kind the dry run shows
 COPY_CHUNK = 1 << 20
+# The largest file the page takes (about 2,000,000 rows of a Mailchimp export); a larger
+# one is refused before it is stored, and `newsletter subscribers import FILE` takes it.
+MAX_UPLOAD_BYTES = 256 * 2**20
+
+
+class _TooLarge(Exception):
+    """The request's body went past MAX_UPLOAD_BYTES."""
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """The request, with a body that stops being read past `limit` bytes (_TooLarge):
+    for a body sent without a Content-Length (chunked), which the header check misses."""
+    seen = 0
+    receive = request.receive
+
+    async def counted() -> Any:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge
+        return message
+
+    return Request(request.scope, counted)
 
 
 @dataclass(frozen=True)
@@ -152,10 +178,21 @@ def routes(console: Console) -> list[BaseRoute]:
         return console.render(request, "subscribers.html", await console.run(overview))
 
     async def dry_run(request: Request) -> Response:
+        limit = MAX_UPLOAD_BYTES
+        too_large = _back(
+            error=f"the file is larger than the console takes ({_size(limit)}):"
+            " import it with `newsletter subscribers import FILE`"
+        )
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            return too_large  # refused before a byte of it is read
+        limited = _limited(request, limit)
         try:
-            return await read_and_try(request)
+            return await read_and_try(limited)
+        except _TooLarge:
+            return too_large
         finally:
-            await request.close()  # the upload's spooled file, refused (403) or not
+            await limited.close()  # the upload's spooled file, refused (403) or not
 
     async def read_and_try(request: Request) -> Response:
         form = await console.form(request)
@@ -287,6 +324,10 @@ def _safe_name(name: str) -> str:
     base = os.path.basename(name.replace("\\", "/")).strip()
     safe = "".join(c if c.isalnum() or c in "._- " else "_" for c in base)[:100]
     return safe.lstrip(".") or "subscribers.csv"
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20:,} MiB" if n >= 2**20 else f"{n // 1024:,} KiB"
 
 
 def _back(notice: str = "", error: str = "") -> Response:
