@@ -144,6 +144,19 @@ class Watcher(threading.Thread):
         self.engine.dispose()
 
 
+def floor_ms(runs: int = 5) -> float:
+    """The median wall time of starting Python and importing what any command that reads
+    a PostgreSQL ledger must import (click, SQLAlchemy, psycopg): the `status` command's
+    floor on this machine, in this run."""
+    code = "import click, sqlalchemy, psycopg"
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -267,6 +280,10 @@ def main() -> None:
                         f"status {label}: median {statistics.median(values) * 1000:,.0f} ms,"
                         f" max {max(values) * 1000:,.0f} ms ({len(values)} samples)"
                     )
+            print(
+                f"the status command's floor (python -c 'import click, sqlalchemy, psycopg',"
+                f" after the send): median {floor_ms():,.0f} ms"
+            )
         finally:
             for proc in procs:
                 try:

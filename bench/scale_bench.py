@@ -1,13 +1,13 @@
 """Whole commands, one run: `newsletter send ISSUE --all --yes` in-process on SQLite, in-process
 on PostgreSQL, and on 1, 2 and 4 Celery workers on PostgreSQL (issue 20), beside Postfix's
-smtp-source on 1 and 20 connections, all into the same smtp-sink.
+smtp-source on 1 and 20 connections and mailmerge's CLI, all into the same smtp-sink.
 
 Run from the repository root:
 
     .venv/bin/python bench/scale_bench.py [--subscribers 8000] [--workers 1,2,4]
                                           [--pg-database newsletter_scale] [--broker URL]
                                           [--env KEY=VALUE ...] [--repeat N] [--logs DIR]
-                                          [--mark-ahead N]
+                                          [--mark-ahead N] [--no-mailmerge]
 
 Each run gets fresh tables (a SQLite file in a temporary folder, or the tables of the
 PostgreSQL database `--pg-database`, created if missing and emptied: never point it at a
@@ -17,6 +17,11 @@ Workers (`newsletter workers start`, one process each, [smtp] concurrency 1) are
 and ready before the send; the send hands the campaign to them and follows it to the end.
 Rate = subscribers / wall seconds (`--repeat N`: the median of N sends). `--env` adds a
 NEWSLETTER_* setting to every run (e.g. `--env NEWSLETTER_DATABASE_SYNCHRONOUS_COMMIT=false`).
+
+mailmerge runs last: its own CLI (`--no-dry-run --no-limit`, a connection a message), from
+bench/.venv-mailmerge (send_bench.py creates it with pip on first use), sending the same
+issue to the same N addresses (its template and CSV made from the SQLite run's list, as
+send_bench.py does); its rate is N / the wall time of its command.
 
 `--mark-ahead N` adds lines in the same run: in-process on SQLite and on PostgreSQL with
 `[database] mark_ahead = N`, then on PostgreSQL with `synchronous_commit = false` alone and
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +56,12 @@ import sqlalchemy as sa
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from send_bench import run_smtp_source  # noqa: E402
+from send_bench import (  # noqa: E402
+    mailmerge_binary,
+    mailmerge_files,
+    run_mailmerge,
+    run_smtp_source,
+)
 from workers_bench import Relay, find_tool, publication, reachable  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -178,6 +189,23 @@ class Bench:
                     proc.wait()
         return self.args.subscribers / wall
 
+    def mailmerge(self, port: int) -> float | None:
+        """mailmerge's CLI sending the issue to the list of the first SQLite send."""
+        binary = mailmerge_binary(None)
+        if binary is None:
+            return None
+        os.environ["NEWSLETTER_SECRET"] = SECRET  # its unsubscribe links, as ours are made
+        files = mailmerge_files(
+            types.SimpleNamespace(config_path=self.config_path),
+            self.issue,
+            self.folder / "in-process SQLite-0.db",
+            self.args.subscribers,
+            port,
+            self.folder / "mailmerge",
+        )
+        done = run_mailmerge(binary, files, self.args.subscribers)
+        return float(done["n"] / done["wall"])
+
     def message(self) -> bytes:
         out = self.folder / "build"
         self.run(
@@ -198,6 +226,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="sends per line (median)")
     parser.add_argument("--no-reference", action="store_true", help="skip smtp-source")
     parser.add_argument("--logs", type=Path, help="keep the commands' and workers' logs here")
+    parser.add_argument("--no-mailmerge", action="store_true", help="skip mailmerge's line")
     parser.add_argument(
         "--mark-ahead",
         type=int,
@@ -251,6 +280,14 @@ def main() -> None:
                 for sessions in (1, 20):
                     rate = run_smtp_source(source, relay.port, message, args.subscribers, sessions)
                     show(f"smtp-source, {sessions} connection(s)", rate)
+            if not args.no_mailmerge:
+                rate = bench.mailmerge(relay.port)
+                if rate is not None:
+                    show(
+                        "mailmerge (its CLI, a connection a message)",
+                        rate,
+                        f"{rate / sqlite:.2f}x SQLite",
+                    )
             if args.logs:
                 shutil.copytree(
                     tmp,
