@@ -17,6 +17,7 @@ from newsletter.cli.root import (
     State,
     cli,
     format_finding,
+    page_server_options,
     pass_state,
 )
 
@@ -163,33 +164,10 @@ def active_subscribers(stack: contextlib.ExitStack, url: str) -> Iterator[Any] |
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Show the .eml files captured in this folder instead of an issue.",
 )
-@click.option(
-    "--port",
-    default=8025,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="Port to listen on (0: any free port).",
-)
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on; other machines can see the page unless it is local.",
-)
-@click.option(
-    "--allow-host",
-    "allow_hosts",
-    multiple=True,
-    metavar="NAME",
-    help="A Host name the preview answers to (repeatable); required with a --host other"
-    " machines reach.",
-)
-@click.option(
-    "--open/--no-open",
-    "open_browser",
-    default=True,
-    show_default=True,
-    help="Open the page in a web browser.",
+@page_server_options(
+    "preview",
+    8025,
+    "Address to listen on; other machines can see the page unless it is local.",
 )
 @pass_state
 def preview(

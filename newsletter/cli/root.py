@@ -202,3 +202,36 @@ def repeat_choice(again: bool, new_only: bool) -> once.Repeat:
     if again:
         return once.Repeat.AGAIN
     return once.Repeat.NEW_ONLY if new_only else once.Repeat.REFUSE
+
+
+def page_server_options(what: str, port: int, host_help: str) -> Any:
+    """--port, --host, --allow-host and --open/--no-open: the options of a command that
+    serves pages to a browser (`preview`, `console`); `what` names it in their help.
+    The command checks the pair with web.previews.check_allowed_hosts."""
+
+    def decorate(f: Any) -> Any:
+        f = click.option(
+            "--open/--no-open",
+            "open_browser",
+            default=True,
+            show_default=True,
+            help=f"Open the {what} in a web browser.",
+        )(f)
+        f = click.option(
+            "--allow-host",
+            "allow_hosts",
+            multiple=True,
+            metavar="NAME",
+            help=f"A Host name the {what} answers to (repeatable); required with a --host"
+            " other machines reach.",
+        )(f)
+        f = click.option("--host", default="127.0.0.1", show_default=True, help=host_help)(f)
+        return click.option(
+            "--port",
+            default=port,
+            show_default=True,
+            type=click.IntRange(0, 65535),
+            help="Port to listen on (0: any free port).",
+        )(f)
+
+    return decorate

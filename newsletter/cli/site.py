@@ -12,6 +12,7 @@ from newsletter.cli.root import (
     State,
     cli,
     open_store,
+    page_server_options,
     pass_state,
 )
 
@@ -47,33 +48,10 @@ def serve(state: State, host: str, port: int) -> None:
 
 
 @cli.command()
-@click.option(
-    "--port",
-    default=8030,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="Port to listen on (0: any free port).",
-)
-@click.option(
-    "--host",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on; keep the default unless other machines must reach it.",
-)
-@click.option(
-    "--allow-host",
-    "allow_hosts",
-    multiple=True,
-    metavar="NAME",
-    help="A Host name the console answers to (repeatable); required with a --host other"
-    " machines reach.",
-)
-@click.option(
-    "--open/--no-open",
-    "open_browser",
-    default=True,
-    show_default=True,
-    help="Open the console in a web browser.",
+@page_server_options(
+    "console",
+    8030,
+    "Address to listen on; keep the default unless other machines must reach it.",
 )
 @click.option(
     "--hash-password",
