@@ -12,34 +12,26 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from browser_support import chromium_page
 from click.testing import Result
 from conftest import SAMPLE_ISSUE_NAME
 from console_sending import gated_smtp_server, sending_console, wait_for_sends
 from console_support import make_console, running
-from services import CHROMIUM
 
 from newsletter.ledger.store import SubscriberRow
 from newsletter.web.console.context import Console
 
 try:
-    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import Page, expect
 except ImportError:  # pragma: no cover - reported by the `browser` marker (tests/services.py)
-    sync_playwright = None  # type: ignore[assignment]
+    expect = None  # type: ignore[assignment]
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 740}
-TIMEOUT_MS = 10_000
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 
 # Every visible control, and whether it has a name a screen reader says: a <label>, an
@@ -58,23 +50,10 @@ def browser_ready(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
 
 
-@contextlib.contextmanager
-def browser(profile: Path, viewport: dict[str, int] = DESKTOP) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile),  # a fresh user-data-dir every time
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport=viewport,  # type: ignore[arg-type]
-            device_scale_factor=1,
-        )
-        try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            yield page
-        finally:
-            context.close()
+def browser(
+    profile: Path, viewport: dict[str, int] = DESKTOP
+) -> contextlib.AbstractContextManager[Page]:
+    return chromium_page(profile, viewport)
 
 
 @pytest.fixture

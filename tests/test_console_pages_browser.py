@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import chromium_page
 from campaign_support import SECRET, Publication, add_subscribers, make_publication
 from console_support import make_console, running
-from services import CHROMIUM
 from smtp_fixtures import SmtpServer
 
 from newsletter.audience import subscribers as subscriber_ops
@@ -29,15 +28,12 @@ from newsletter.schedule import plans
 from newsletter.send import campaign, tracking
 
 try:
-    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import Page, expect
 except ImportError:  # pragma: no cover - reported by the `browser` marker (tests/services.py)
-    sync_playwright = None  # type: ignore[assignment]
+    expect = None  # type: ignore[assignment]
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
 WIDTHS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 375, "height": 800}}
-TIMEOUT_MS = 10_000
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36"
 SHOTS = Path(os.environ.get("CONSOLE_SCREENSHOTS", REPO / "test-output" / "console"))
 
@@ -116,23 +112,10 @@ def pub(
     return made
 
 
-@contextlib.contextmanager
-def browser_page(viewport: dict[str, int], profile: Path) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile),  # a fresh user-data-dir every time
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport=viewport,  # type: ignore[arg-type]
-            device_scale_factor=1,
-        )
-        try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            yield page
-        finally:
-            context.close()
+def browser_page(
+    viewport: dict[str, int], profile: Path
+) -> contextlib.AbstractContextManager[Page]:
+    return chromium_page(profile, viewport)
 
 
 def reached_by_tab(page: Page) -> tuple[set[str], set[str]]:

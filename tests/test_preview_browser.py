@@ -20,24 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from services import CHROMIUM
+from browser_support import chromium_page
 
 from newsletter.web import preview
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_ISSUE = "2024-11-25-motivated-biden-authorize-ukraines-use-atacms.md"
 SECRET = "preview-browser-test-secret-0123456789abcdef"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 VIEWPORT = {"width": 1600, "height": 1000}
 TEST_OUTPUT = REPO / "test-output"
 README_SCREENSHOT = REPO / "docs" / "preview.png"
-TIMEOUT_MS = 10_000
 FRAMES_LOADED = """() => {
   const frames = [...document.querySelectorAll("iframe[data-frame]")];
   const version = document.body.dataset.version;
@@ -45,9 +37,9 @@ FRAMES_LOADED = """() => {
 }"""
 
 try:
-    from playwright.sync_api import Frame, Page, expect, sync_playwright
+    from playwright.sync_api import Frame, Page, expect
 except ImportError:  # pragma: no cover - reported by the `browser` marker (tests/services.py)
-    sync_playwright = None  # type: ignore[assignment]
+    expect = None  # type: ignore[assignment]
 
 
 def copy_site(root: Path) -> Path:
@@ -67,23 +59,10 @@ def preview_in_browser(root: Path, send_test: preview.SendTest | None = None) ->
     srv = preview.server(preview.issue_preview(config_path, issue, send_test=send_test))
     srv.start()
     try:
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                str(root / "chromium-profile"),  # a fresh user-data-dir every time
-                executable_path=str(CHROMIUM),
-                args=CHROMIUM_ARGS,
-                headless=True,
-                viewport=VIEWPORT,  # type: ignore[arg-type]
-                device_scale_factor=1,
-            )
-            try:
-                page = context.pages[0] if context.pages else context.new_page()
-                page.set_default_timeout(TIMEOUT_MS)
-                page.goto(srv.url)
-                page.wait_for_function(FRAMES_LOADED)
-                yield page
-            finally:
-                context.close()
+        with chromium_page(root / "chromium-profile", VIEWPORT) as page:
+            page.goto(srv.url)
+            page.wait_for_function(FRAMES_LOADED)
+            yield page
     finally:
         srv.stop()
 

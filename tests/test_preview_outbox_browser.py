@@ -4,13 +4,12 @@ list of messages sits beside the message; only a narrow window stacks them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from services import CHROMIUM
+from browser_support import chromium_page
 from test_preview_browser import (  # noqa: F401 - browser_ready is a fixture
-    CHROMIUM_ARGS,
     FRAMES_LOADED,
-    TIMEOUT_MS,
     browser_ready,
     copy_site,
 )
@@ -19,10 +18,8 @@ from newsletter import config
 from newsletter.issue import publish
 from newsletter.web import preview
 
-try:
-    from playwright.sync_api import Page, sync_playwright
-except ImportError:  # pragma: no cover - reported by the `browser` marker (tests/services.py)
-    sync_playwright = None  # type: ignore[assignment]
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 
 def outbox_with_a_message(root: Path) -> Path:
@@ -54,24 +51,11 @@ def test_the_list_and_the_message_side_by_side_at_1400(
     srv = preview.server(preview.outbox_preview(outbox))
     srv.start()
     try:
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"),
-                executable_path=str(CHROMIUM),
-                args=CHROMIUM_ARGS,
-                headless=True,
-                viewport={"width": width, "height": 900},
-                device_scale_factor=1,
-            )
-            try:
-                page = context.pages[0] if context.pages else context.new_page()
-                page.set_default_timeout(TIMEOUT_MS)
-                page.goto(srv.url)
-                page.wait_for_function(FRAMES_LOADED)
-                listed, message = boxes(page)
-                page_width = page.evaluate("() => document.documentElement.scrollWidth")
-            finally:
-                context.close()
+        with chromium_page(tmp_path / "chromium-profile", {"width": width, "height": 900}) as page:
+            page.goto(srv.url)
+            page.wait_for_function(FRAMES_LOADED)
+            listed, message = boxes(page)
+            page_width = page.evaluate("() => document.documentElement.scrollWidth")
     finally:
         srv.stop()
     list_right = listed["x"] + listed["width"]
