@@ -479,6 +479,9 @@ def test_an_import_into_an_empty_postgresql_list_gives_the_planner_its_figures(
     assert store.refreshed == []  # a dry run writes nothing, figures included
     subscriber_ops.import_csv(store, path)
     assert store.refreshed == [1000, 2000, 2500]  # doubling, then at the end
+    small = write(pub, "small.csv", "email\nlate1@example.com\nlate2@example.com\n")
+    subscriber_ops.import_csv(store, small)
+    assert store.refreshed == [1000, 2000, 2500]  # two rows more: the figures stand
     with store.engine.connect() as conn:
         reltuples = conn.exec_driver_sql(
             "SELECT reltuples FROM pg_class WHERE relname = 'subscribers'"

@@ -47,7 +47,7 @@ PENDING_FOR = 3600.0  # seconds an upload waits for its confirmation
 MAX_PENDING = 20  # uploads waiting at once; the oldest goes first
 SHOWN = 10  # lines of each kind the dry run shows
 COPY_CHUNK = 1 << 20
-# The largest file the page takes (about 2,000,000 rows of a Mailchimp export); a larger
+# The largest file the page takes (over a million rows of a typical export); a larger
 # one is refused before it is stored, and `newsletter subscribers import FILE` takes it.
 MAX_UPLOAD_BYTES = 256 * 2**20
 
