@@ -17,8 +17,11 @@ any Click command).
 - `run-due` with nothing due (cron's line, every minute), in a publication that
   `newsletter init --defaults` made, with a SQLite database at the newest schema and a
   campaign and a recurring rule scheduled but not yet due: target 300 ms.
+- `status` in that publication (what a marketer runs in a loop during a send): target
+  200 ms. With --postgres URL (an empty database the bench may write to) also on
+  PostgreSQL, beside its floor `python -c "import click, psycopg"`.
 
-    .venv/bin/python bench/startup_bench.py [--runs 15] [--compare main]
+    .venv/bin/python bench/startup_bench.py [--runs 15] [--compare main] [--postgres URL]
 
 --compare REV runs the same commands with the package as it is at revision REV (from
 `git archive`, on PYTHONPATH) in the same loop: the before and after of one run.
@@ -42,6 +45,7 @@ from pathlib import Path
 
 TARGET_CLI = 0.150  # s: --help, --version and completion (issue 20)
 TARGET_RUN_DUE = 0.300  # s: run-due with nothing due
+TARGET_STATUS = 0.200  # s: status (issue 20: "answering in under 200 ms during the send")
 
 
 @dataclass
@@ -88,22 +92,31 @@ def run_once(case: Case, cwd: Path, rss_file: Path) -> None:
     case.rss_kb.append(int(rss))
 
 
-def make_publication(folder: Path, newsletter: list[str]) -> Path:
-    """A fresh publication with its database created and something scheduled, not due."""
+def make_publication(folder: Path, newsletter: list[str], databases: list[dict[str, str]]) -> Path:
+    """A fresh publication with its database (each of `databases`: environments, {} for
+    its own SQLite file) created and something scheduled, not due."""
     pub = folder / "pub"
     subprocess.run([*newsletter, "init", str(pub), "--defaults"], check=True, capture_output=True)
     issue = sorted((pub / "issues").glob("*.md"))[0]
-    for args in (
-        ["schedule", str(issue), "--at", "2099-12-01 09:00"],
-        ["schedule", "--every", "0 9 * * TUE"],
-        ["run-due"],  # once, so the measured runs find the schema current
-    ):
-        subprocess.run([*newsletter, *args], cwd=pub, check=True, capture_output=True)
+    for env in databases:
+        for args in (
+            ["schedule", str(issue), "--at", "2099-12-01 09:00"],
+            ["schedule", "--every", "0 9 * * TUE"],
+            ["run-due"],  # once, so the measured runs find the schema current
+        ):
+            subprocess.run(
+                [*newsletter, *args],
+                cwd=pub,
+                check=True,
+                capture_output=True,
+                env={**os.environ, **env},
+            )
     return pub
 
 
 REPO = Path(__file__).resolve().parents[1]
 CLICK_SA = "import click, sqlalchemy"
+CLICK_PG = "import click, psycopg"
 # What the console script does, for the package of another revision on PYTHONPATH.
 CONSOLE_SCRIPT = "import sys; from newsletter.cli import main; sys.exit(main())"
 
@@ -123,6 +136,7 @@ def newsletter_cases(label: str, newsletter: list[str], env: dict[str, str]) -> 
             {**env, **complete, "COMP_CWORD": "1"},
         ),
         Case(f"{label} run-due (nothing due)", [*newsletter, "run-due"], TARGET_RUN_DUE, env),
+        Case(f"{label} status", [*newsletter, "status"], TARGET_STATUS, env),
     ]
 
 
@@ -134,6 +148,12 @@ def main() -> None:
         metavar="REV",
         help="also run the package as it is at git revision REV (e.g. main), for before/after",
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="also run `status` on this PostgreSQL database (postgresql+psycopg://...; the"
+        " bench creates the ledger's tables in it and schedules a campaign)",
+    )
     args = parser.parse_args()
 
     newsletter = newsletter_command()
@@ -144,6 +164,16 @@ def main() -> None:
         Case("python -c 'import click, sqlalchemy'", [sys.executable, "-c", CLICK_SA]),
         *newsletter_cases("newsletter", newsletter, {}),
     ]
+    databases: list[dict[str, str]] = [{}]
+    if args.postgres:
+        postgres = {"NEWSLETTER_DATABASE_URL": args.postgres}
+        databases.append(postgres)
+        cases += [
+            Case('python -c "import click, psycopg"', [sys.executable, "-c", CLICK_PG]),
+            Case(
+                "newsletter status (PostgreSQL)", [*newsletter, "status"], TARGET_STATUS, postgres
+            ),
+        ]
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as tmp:
         if args.compare:
             before = Path(tmp) / "before"
@@ -157,7 +187,11 @@ def main() -> None:
             as_script = [sys.executable, "-c", CONSOLE_SCRIPT]
             env = {"PYTHONPATH": str(before)}
             cases += newsletter_cases(f"{args.compare}:", as_script, env)
-        pub = make_publication(Path(tmp), newsletter)
+            if args.postgres:
+                postgres = {**env, "NEWSLETTER_DATABASE_URL": args.postgres}
+                name = f"{args.compare}: status (PostgreSQL)"
+                cases.append(Case(name, [*as_script, "status"], TARGET_STATUS, postgres))
+        pub = make_publication(Path(tmp), newsletter, databases)
         rss_file = Path(tmp) / "rss"
         for case in cases:
             run_once(case, pub, rss_file)  # warm the file cache; not counted

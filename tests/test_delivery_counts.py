@@ -17,9 +17,11 @@ import sqlalchemy as sa
 from campaign_support import Publication, add_subscribers, check_counts, make_publication
 from smtp_fixtures import SmtpServer
 
+from newsletter.errors import NewsletterError
 from newsletter.issue import publish
 from newsletter.ledger import campaign_status, delivery_rows, lifecycle, privacy
 from newsletter.ledger.delivery_rows import LeasedRows, Ledger, Rows, counts
+from newsletter.ledger.direct import Driver
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
     DEFERRED,
@@ -32,6 +34,7 @@ from newsletter.ledger.tables import (
     SENT,
     SKIPPED,
     UNSUBSCRIBED,
+    bounces,
     campaigns,
     deliveries,
     delivery_counts,
@@ -346,15 +349,15 @@ def test_a_claim_late_in_a_long_campaign_reads_as_much_as_the_first(
 # --- status: the rows it shows, through partial indexes ------------------------------------
 
 
-def plan_text(store: Store, query: sa.Select[Any]) -> str:
-    compiled = query.compile(store.engine, compile_kwargs={"render_postcompile": True})
+def plan_text(store: Store, sql: str, **params: Any) -> str:
+    """The database's plan for one of campaign_status's reads, run as `status` runs it."""
     with store.engine.connect() as conn:
-        if store.is_sqlite:  # planned before the values are known: any will do
-            blanks = tuple(None for _ in compiled.positiontup or ())
-            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", blanks).all()
+        driver = Driver.on(conn)
+        if store.is_sqlite:
+            rows = driver.rows(f"EXPLAIN QUERY PLAN {sql}", **params)
         else:  # a few rows: a sequential scan is cheaper, and says nothing
             conn.exec_driver_sql("SET enable_seqscan = off")
-            rows = conn.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params).all()
+            rows = driver.rows(f"EXPLAIN {sql}", **params)
             conn.exec_driver_sql("RESET enable_seqscan")
     return "\n".join(str(r[-1]) for r in rows)
 
@@ -372,9 +375,80 @@ def test_status_reads_errors_and_leases_through_their_partial_indexes(
     set_rows(store, ids[3:4], status=SKIPPED, last_error="451 from before")  # not shown
     set_rows(store, ids[4:6], lease_owner="host:1:ab", lease_until=later)
     set_rows(store, ids[5:6], status=SENDING)
-    assert "ix_deliveries_errors" in plan_text(store, campaign_status.recent_errors(a))
-    assert "ix_deliveries_held" in plan_text(store, campaign_status.held_rows(a, utcnow()))
+    errors = plan_text(store, campaign_status.RECENT_ERRORS, campaign=a, n=5)
+    assert "ix_deliveries_errors" in errors
+    now = Driver(lambda *_: [], store.is_sqlite).time(utcnow())
+    held = plan_text(store, campaign_status.HELD_ROWS, campaign=a, now=now)
+    assert "ix_deliveries_held" in held
     [report] = campaign_status.status(store, a)
     assert [(e.email, e.status) for e in report.recent_errors] == [(emails[2], FAILED)]
     assert (report.sent, report.failed, report.skipped, report.pending) == (2, 1, 1, 3)
     assert (report.in_flight, report.in_doubt, report.batches_sending) == (1, 0, 1)
+
+
+def test_status_without_sqlalchemy_reads_what_the_store_reads(pub: Publication) -> None:
+    # `newsletter status` reads straight from the URL (campaign_status.status_at, through
+    # sqlite3 or psycopg); the console and the tests through a Store: the same answer,
+    # with the values SQLAlchemy's own types read (aware UTC times, counts, errors).
+    store = pub.store()
+    url = pub.config().database_url
+    emails = add_subscribers(store, 9)
+    a = new_campaign(pub, store)
+    ids = ids_of(store, a)
+    now = utcnow()
+    set_rows(store, ids[0:2], status=SENT, sent_at=now)
+    set_rows(store, ids[2:3], status=FAILED, last_error="550 5.1.1 no such user")
+    set_rows(store, ids[3:4], status=DEFERRED, last_error="451 4.7.1 later")
+    set_rows(store, ids[4:5], status=SENDING, last_error="no reply after the final dot")
+    set_rows(store, ids[5:7], lease_owner="host-b:7:cd", lease_until=now + dt.timedelta(hours=1))
+    set_rows(store, ids[5:6], status=SENDING)  # in flight, under the live lease
+    set_rows(store, ids[7:8], lease_owner="host-c:1:ef", lease_until=now - dt.timedelta(hours=1))
+    set_rows(store, ids[8:9], status=SKIPPED)
+    with store.begin() as conn:
+        conn.execute(
+            sa.insert(bounces),
+            [
+                {"kind": kind, "source": "dsn", "email": emails[i], "campaign_id": a}
+                | {"received_at": now, "event_key": f"k{i}"}
+                for i, kind in enumerate(["hard", "soft", "complaint", "hard"])
+            ],
+        )
+    retry = now + dt.timedelta(minutes=30)
+    b = new_campaign(
+        pub, store, status=SCHEDULED, scheduled_at=dt.datetime(2027, 1, 2, 9, 30, tzinfo=dt.UTC)
+    )
+    with store.begin() as conn:
+        conn.execute(
+            campaigns.update()
+            .where(campaigns.c.id == a)
+            .values(status=INCOMPLETE, resume_after=retry, last_error="the relay hung up")
+        )
+
+    direct = campaign_status.status_at(url)
+    assert direct is not None
+    assert direct == campaign_status.status(store)
+    assert campaign_status.status_at(url, a) == campaign_status.status(store, a)
+    assert [r.id for r in direct] == [b, a]  # newest first
+    with store.engine.connect() as conn:
+        stored = {r.id: r for r in conn.execute(sa.select(campaigns))}
+    report_b, report_a = direct
+    assert report_b.scheduled_at == "2027-01-02T09:30:00+00:00"
+    assert report_a.created_at == stored[a].created_at.isoformat()
+    assert report_a.retry_at == retry.isoformat()  # microseconds and zone kept
+    assert (report_a.status, report_a.last_error) == (INCOMPLETE, "the relay hung up")
+    assert (report_a.sent, report_a.failed, report_a.deferred, report_a.skipped) == (2, 1, 1, 1)
+    assert (report_a.pending, report_a.in_flight, report_a.in_doubt) == (2, 1, 1)
+    assert (report_a.batches_sending, report_a.workers_sending) == (1, 1)
+    assert (report_a.bounced, report_a.complaints) == (3, 1)
+    assert [(e.email, e.status) for e in report_a.recent_errors] == [
+        (emails[4], SENDING),
+        (emails[3], DEFERRED),
+        (emails[2], FAILED),
+    ]
+    assert report_b.total == 0 and report_b.pending == 0  # its deliveries come at send time
+
+    with pytest.raises(NewsletterError, match=f"campaign {b + 1}: no such campaign"):
+        campaign_status.status_at(url, b + 1)
+    with store.begin() as conn:  # an older schema: the Store's open upgrades it first
+        conn.execute(sa.text("UPDATE newsletter_alembic_version SET version_num = '0006'"))
+    assert campaign_status.status_at(url) is None

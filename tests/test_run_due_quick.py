@@ -1,6 +1,7 @@
 """run-due's first look (schedule/quick.py) against the full one (schedules.due and
 due_rules): it may say "nothing" only when the full look finds nothing, at every moment
-around each row's time."""
+around each row's time, on SQLite and on PostgreSQL (ledger/direct.py, without
+SQLAlchemy)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ SECOND = dt.timedelta(seconds=1)
 
 
 @pytest.fixture
-def pub(tmp_path: Path) -> Publication:
-    return make_publication(tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}", 2525)
+def pub(tmp_path: Path, database_url: str) -> Publication:
+    return make_publication(tmp_path, database_url, 2525)
 
 
 def _full_look(store: Store, now: dt.datetime) -> bool:
@@ -42,11 +43,6 @@ def _agree(pub: Publication, store: Store, moments: list[dt.datetime]) -> list[b
 
 
 def test_the_constants_are_the_ledgers() -> None:
-    assert (quick._SCHEDULED, quick._RUNNING, quick._INCOMPLETE) == (
-        tables.SCHEDULED,
-        tables.RUNNING,
-        tables.INCOMPLETE,
-    )
     assert quick._ACTIVE_RULE == schedules.ACTIVE_RULE
     assert HEAD == migrations.HEAD
 
@@ -100,14 +96,19 @@ def test_sending_and_incomplete_campaigns(pub: Publication) -> None:
 
 def test_anything_uncertain_means_the_full_look(pub: Publication, tmp_path: Path) -> None:
     assert not quick.nothing_due(f"sqlite:///{tmp_path / 'not-there.db'}", NOW)
-    assert not quick.nothing_due("postgresql+psycopg://postgres@127.0.0.1/test", NOW)
+    assert not quick.nothing_due("postgresql+psycopg://postgres@127.0.0.1:1/test", NOW)
+    assert not quick.nothing_due("postgresql://postgres@127.0.0.1/test", NOW)  # psycopg2
     assert not quick.nothing_due("sqlite://", NOW)  # in memory
     (tmp_path / "junk.db").write_bytes(b"not a database")
     assert not quick.nothing_due(f"sqlite:///{tmp_path / 'junk.db'}", NOW)
     store = pub.store()
     url = pub.config().database_url
     assert quick.nothing_due(url, NOW)
-    assert quick.nothing_due(url + "?timeout=5", NOW)
+    if store.is_sqlite:
+        assert quick.nothing_due(url + "?timeout=5", NOW)
+    else:  # libpq's own parameters pass; one it does not know means the full look
+        assert quick.nothing_due(url + "?connect_timeout=5&application_name=t", NOW)
+        assert not quick.nothing_due(url + "?no_such_parameter=1", NOW)
     with store.begin() as conn:  # an older revision: the full run upgrades it
         conn.execute(sa.text("UPDATE newsletter_alembic_version SET version_num = '0005'"))
     assert not quick.nothing_due(url, NOW)

@@ -156,6 +156,35 @@ def test_run_due_with_nothing_due_loads_no_send_engine(
     assert "newsletter.schedule.cron" not in run.modules  # APScheduler's cron parser
 
 
+def test_status_reads_the_ledger_without_sqlalchemy(
+    loaded: Callable[..., Loaded],
+    run_cli: Callable[..., Result],
+    publication: Path,
+    sample_issue: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Watched in a loop during a send: its reads go through sqlite3 or psycopg
+    # (ledger/direct.py); tests/test_delivery_counts.py holds them equal to the Store's.
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    config = ("--config", str(publication))
+    empty = loaded(*config, "status")  # no ledger yet: the Store makes one, as before
+    assert (empty.code, empty.stdout) == (0, "no campaigns yet\n"), empty.stderr
+    assert "sqlalchemy" in empty.heavy()
+    assert run_cli("schedule", sample_issue, "--at", "2099-12-01 09:00").exit_code == 0
+
+    run = loaded(*config, "status")
+
+    assert (run.code, run.stderr) == (0, "")
+    assert run.stdout == run_cli("status").output
+    assert run.stdout.startswith("#1 motivated-biden-authorize-ukraines-use-atacms [scheduled]")
+    assert run.heavy() == []
+    assert run.library(("newsletter.ledger.store", "newsletter.ledger.tables")) == []
+    missing = loaded(*config, "status", "7")
+    assert (missing.code, missing.stdout, missing.heavy()) == (1, "", [])
+    assert missing.stderr.strip().splitlines() == ["Error: campaign 7: no such campaign"]
+
+
 def test_the_check_finds_a_heavy_module(
     loaded: Callable[..., Loaded], publication: Path, sample_issue: Path
 ) -> None:

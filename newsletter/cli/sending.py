@@ -260,9 +260,12 @@ def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -
 def status(state: State, campaign_id: int | None, as_json: bool) -> None:
     """Show campaigns (or CAMPAIGN_ID): counts per status and recent errors."""
     from newsletter.ledger import campaign_status
-    from newsletter.ledger.tables import INCOMPLETE
+    from newsletter.ledger.statuses import INCOMPLETE
 
-    rows = campaign_status.status(open_store(state), campaign_id)
+    # Watched in a loop during a send: read without SQLAlchemy where that is certain.
+    rows = campaign_status.status_at(state.config.database_url, campaign_id)
+    if rows is None:
+        rows = campaign_status.status(open_store(state), campaign_id)
     if as_json:
         click.echo(json.dumps({"campaigns": [row.as_dict() for row in rows]}, indent=2))
         return

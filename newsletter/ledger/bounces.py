@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from newsletter import addresses
 from newsletter.ledger import privacy
+from newsletter.ledger.statuses import COMPLAINT, HARD, KINDS, SOFT  # noqa: F401 (re-exported)
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
     BOUNCED,
@@ -33,11 +34,6 @@ from newsletter.ledger.tables import (
     subscribers,
     utcnow,
 )
-
-HARD = "hard"
-SOFT = "soft"
-COMPLAINT = "complaint"
-KINDS = (HARD, SOFT, COMPLAINT)
 
 
 @dataclass(frozen=True)

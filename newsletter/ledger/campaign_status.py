@@ -1,34 +1,82 @@
-"""What campaigns have done so far, from the ledger (shared by every worker)."""
+"""What campaigns have done so far, from the ledger (shared by every worker).
+
+The reads are SQL written once, run through the database's driver (ledger/direct.py):
+on a Store's connection (`status`, for the console and the tests), or straight from the
+URL without SQLAlchemy (`status_at`, for `newsletter status`: watched in a loop during a
+send, it would spend most of its time importing SQLAlchemy and opening a Store).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any
 
 from newsletter.errors import NewsletterError
-from newsletter.ledger.bounces import COMPLAINT, HARD, SOFT
-from newsletter.ledger.delivery_rows import counts
-from newsletter.ledger.store import Store
-from newsletter.ledger.tables import (
+from newsletter.ledger.direct import Driver, read
+from newsletter.ledger.statuses import (
+    COMPLAINT,
     DEFERRED,
     FAILED,
     GIVEN_UP,
+    HARD,
     PENDING,
     SENDING,
     SENT,
+    SHOWN_ERRORS,
     SKIPPED,
+    SOFT,
     UNSENT,
-    bounces,
-    campaigns,
-    deliveries,
-    shows_an_error,
-    status_in,
-    subscribers,
-    utcnow,
 )
+
+if TYPE_CHECKING:
+    from newsletter.ledger.store import Store
+
+
+def _listed(values: tuple[str, ...]) -> str:
+    """Statuses written into the SQL, not bound: a partial index serves a query only when
+    the planner finds the index's condition in the query's (tables.status_in)."""
+    return ", ".join(f"'{v}'" for v in values)
+
+
+_CAMPAIGNS = """
+SELECT id, issue_slug, subject, status, total, batches, created_at, scheduled_at,
+       started_at, finished_at, resume_after, incomplete_since, last_error, segment,
+       segment_size
+FROM campaigns
+"""
+ONE_CAMPAIGN = _CAMPAIGNS + "WHERE id = :campaign"
+NEWEST_CAMPAIGNS = _CAMPAIGNS + "ORDER BY id DESC LIMIT :limit"
+# The deliveries per status. PostgreSQL: from delivery_counts (kept by triggers,
+# tables.COUNT_TRIGGERS), a few rows whatever the list's length (COUNT over a million
+# rows took 150-290 ms). SQLite: counted through the index (campaign_id, status, id):
+# the triggers there cost every message more than the count costs `status`.
+COUNTS_SQLITE = (
+    "SELECT status, count(*) FROM deliveries WHERE campaign_id = :campaign GROUP BY status"
+)
+COUNTS_POSTGRES = (
+    "SELECT status, sum(n) FROM delivery_counts WHERE campaign_id = :campaign GROUP BY status"
+)
+# The campaign's last rows with an error to show, newest first: read backwards through
+# the partial index of those rows (tables.errors_index), never over the rows without one.
+RECENT_ERRORS = f"""
+SELECT subscribers.email, deliveries.status, deliveries.last_error
+FROM deliveries JOIN subscribers ON subscribers.id = deliveries.subscriber_id
+WHERE deliveries.campaign_id = :campaign AND deliveries.last_error IS NOT NULL
+  AND deliveries.status IN ({_listed(SHOWN_ERRORS)})
+ORDER BY deliveries.id DESC LIMIT :n
+"""
+# Per lease owner (a batch), its unsent rows under a live lease and how many of them are
+# in flight: through the partial index of unsent leased rows (tables.held_index), a
+# batch or so per worker, not the campaign's unsent rows.
+HELD_ROWS = f"""
+SELECT lease_owner, count(*) FILTER (WHERE status = '{SENDING}')
+FROM deliveries
+WHERE campaign_id = :campaign AND lease_owner IS NOT NULL
+  AND status IN ({_listed(UNSENT)}) AND lease_until >= :now
+GROUP BY lease_owner
+"""
+BOUNCE_COUNTS = "SELECT kind, count(*) FROM bounces WHERE campaign_id = :campaign GROUP BY kind"
 
 
 @dataclass(frozen=True)
@@ -84,107 +132,92 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
     The ledger is shared, so this is the progress of every worker sending it; rows
     `sending` under a live lease are in flight on a worker, the others are in doubt.
     On PostgreSQL each campaign costs the same at 1,000 rows and at 1,000,000: the
-    counts are kept per status (delivery_rows.counts), and the recent errors and the
-    rows held are read through partial indexes of those few rows (tables.errors_index,
-    held_index). SQLite counts the campaign's rows, through an index.
+    counts are kept per status, and the recent errors and the rows held are read
+    through partial indexes of those few rows. SQLite counts the campaign's rows,
+    through an index.
     """
-    query = sa.select(campaigns).order_by(campaigns.c.id.desc())
-    if campaign_id is not None:
-        query = query.where(campaigns.c.id == campaign_id)
-    else:
-        query = query.limit(limit)
-    out: list[CampaignStatus] = []
-    now = utcnow()
     with store.engine.connect() as conn:
-        rows = conn.execute(query).all()
-        if campaign_id is not None and not rows:
+        return statuses(Driver.on(conn), campaign_id, limit)
+
+
+def status_at(
+    url: str, campaign_id: int | None = None, limit: int = 20
+) -> list[CampaignStatus] | None:
+    """`status` read from the database at `url` without SQLAlchemy (direct.read); None
+    when that is not certain (another driver, an older schema, an error), and the caller
+    opens the Store, which upgrades the schema or says what is wrong."""
+    return read(url, lambda driver: statuses(driver, campaign_id, limit))
+
+
+def statuses(driver: Driver, campaign_id: int | None, limit: int) -> list[CampaignStatus]:
+    """`status` on one connection."""
+    if campaign_id is None:
+        rows = driver.rows(NEWEST_CAMPAIGNS, limit=limit)
+    else:
+        rows = driver.rows(ONE_CAMPAIGN, campaign=campaign_id)
+        if not rows:
             raise NewsletterError(f"campaign {campaign_id}: no such campaign")
-        for row in rows:
-            c = counts(store, row.id, conn)
-            reports = bounce_counts(conn, row.id)
-            errors = conn.execute(recent_errors(row.id)).all()
-            held = conn.execute(held_rows(row.id, now)).all()
-            in_flight = sum(int(n) for _, n in held)
-            out.append(
-                CampaignStatus(
-                    id=row.id,
-                    issue=row.issue_slug,
-                    subject=row.subject,
-                    status=row.status,
-                    total=row.total,
-                    sent=c[SENT],
-                    failed=c[FAILED],
-                    deferred=c[DEFERRED],
-                    pending=c[PENDING],
-                    in_doubt=c[SENDING] - in_flight,
-                    in_flight=in_flight,
-                    skipped=c[SKIPPED],
-                    given_up=c[GIVEN_UP],
-                    bounced=reports[HARD] + reports[SOFT],
-                    complaints=reports[COMPLAINT],
-                    batches=row.batches,
-                    batches_sending=len(held),
-                    workers_sending=len({owner.rsplit(":", 1)[0] for owner, _ in held}),
-                    created_at=_iso(row.created_at),
-                    scheduled_at=_iso(row.scheduled_at),
-                    started_at=_iso(row.started_at),
-                    finished_at=_iso(row.finished_at),
-                    retry_at=_iso(row.resume_after),
-                    incomplete_since=_iso(row.incomplete_since),
-                    last_error=row.last_error,
-                    recent_errors=tuple(
-                        RecentError(e.email, e.status, e.last_error) for e in errors
-                    ),
-                    segment=row.segment,
-                    segment_size=row.segment_size,
-                )
+    now = driver.time(dt.datetime.now(dt.UTC))
+    out = []
+    for row in rows:
+        (cid, issue, subject, state, total, batches, created, scheduled) = row[:8]
+        (started, finished, resume_after, incomplete_since, last_error) = row[8:13]
+        (segment, segment_size) = row[13:]
+        c = counts(driver, cid)
+        reports = bounce_counts(driver, cid)
+        errors = driver.rows(RECENT_ERRORS, campaign=cid, n=5)
+        held = driver.rows(HELD_ROWS, campaign=cid, now=now)
+        in_flight = sum(int(n) for _, n in held)
+        out.append(
+            CampaignStatus(
+                id=cid,
+                issue=issue,
+                subject=subject,
+                status=state,
+                total=total,
+                sent=c[SENT],
+                failed=c[FAILED],
+                deferred=c[DEFERRED],
+                pending=c[PENDING],
+                in_doubt=c[SENDING] - in_flight,
+                in_flight=in_flight,
+                skipped=c[SKIPPED],
+                given_up=c[GIVEN_UP],
+                bounced=reports[HARD] + reports[SOFT],
+                complaints=reports[COMPLAINT],
+                batches=batches,
+                batches_sending=len(held),
+                workers_sending=len({owner.rsplit(":", 1)[0] for owner, _ in held}),
+                created_at=_iso(created),
+                scheduled_at=_iso(scheduled),
+                started_at=_iso(started),
+                finished_at=_iso(finished),
+                retry_at=_iso(resume_after),
+                incomplete_since=_iso(incomplete_since),
+                last_error=last_error,
+                recent_errors=tuple(RecentError(*e) for e in errors),
+                segment=segment,
+                segment_size=segment_size,
             )
+        )
     return out
 
 
-def recent_errors(campaign_id: int, n: int = 5) -> sa.Select[Any]:
-    """The campaign's last `n` rows with an error to show, newest first: read backwards
-    through the partial index of those rows (tables.errors_index), never over the rows
-    without one, so it costs the same however few errors a long list has."""
-    return (
-        sa.select(subscribers.c.email, deliveries.c.status, deliveries.c.last_error)
-        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-        .where(deliveries.c.campaign_id == campaign_id, shows_an_error)
-        .order_by(deliveries.c.id.desc())
-        .limit(n)
-    )
+def counts(driver: Driver, campaign_id: int) -> dict[str, int]:
+    """The campaign's deliveries per status: what COUNT(*) ... GROUP BY status gives."""
+    rows = driver.rows(COUNTS_SQLITE if driver.sqlite else COUNTS_POSTGRES, campaign=campaign_id)
+    out = {s: 0 for s in (PENDING, SENDING, SENT, FAILED, DEFERRED, SKIPPED, GIVEN_UP)}
+    out.update({status: int(n) for status, n in rows})
+    return out
 
 
-def held_rows(campaign_id: int, now: dt.datetime) -> sa.Select[Any]:
-    """Per lease owner (a batch), its unsent rows under a live lease and how many of them
-    are in flight: read through the partial index of unsent leased rows
-    (tables.held_index), a batch or so per worker, not the campaign's unsent rows."""
-    return (
-        sa.select(
-            deliveries.c.lease_owner,
-            sa.func.count().filter(deliveries.c.status == SENDING),
-        )
-        .where(
-            deliveries.c.campaign_id == campaign_id,
-            deliveries.c.lease_owner.is_not(None),
-            status_in(UNSENT),
-            deliveries.c.lease_until >= now,
-        )
-        .group_by(deliveries.c.lease_owner)
-    )
-
-
-def bounce_counts(conn: sa.Connection, campaign_id: int) -> dict[str, int]:
+def bounce_counts(driver: Driver, campaign_id: int) -> dict[str, int]:
     """The campaign's bounce and complaint reports, by kind."""
-    rows = conn.execute(
-        sa.select(bounces.c.kind, sa.func.count())
-        .where(bounces.c.campaign_id == campaign_id)
-        .group_by(bounces.c.kind)
-    ).all()
     out = {kind: 0 for kind in (HARD, SOFT, COMPLAINT)}
-    out.update({kind: int(n) for kind, n in rows})
+    out.update({kind: int(n) for kind, n in driver.rows(BOUNCE_COUNTS, campaign=campaign_id)})
     return out
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value else None
+def _iso(value: Any) -> str | None:
+    moment = Driver.stored_time(value)
+    return moment.isoformat() if moment else None

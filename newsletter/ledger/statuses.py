@@ -1,5 +1,7 @@
-"""A subscriber's statuses, apart from the tables (tables.py re-exports them): the
-CLI offers them as choices (`subscribers list --status`) without loading SQLAlchemy."""
+"""The ledger's statuses (a subscriber's, a delivery's, a campaign's) and the kinds of
+bounce report, apart from the tables (tables.py and bounces.py re-export them): the CLI
+offers them as choices (`subscribers list --status`) and `status` reads the ledger
+(campaign_status) without loading SQLAlchemy."""
 
 from __future__ import annotations
 
@@ -11,3 +13,31 @@ COMPLAINED = "complained"  # marked the newsletter as spam: never sent to
 SUBSCRIBER_STATUSES = (ACTIVE, PENDING_CONFIRMATION, UNSUBSCRIBED, BOUNCED, COMPLAINED)
 # Suppressed: nothing brings these back but a new confirmation of the address.
 SUPPRESSED = (BOUNCED, COMPLAINED)
+
+# Delivery statuses
+PENDING = "pending"
+SENDING = "sending"  # handed to the SMTP server, reply not yet recorded: in doubt after a crash
+SENT = "sent"
+FAILED = "failed"  # permanent (5xx), never retried
+DEFERRED = "deferred"  # temporary (4xx, dropped connection), retried later
+SKIPPED = "skipped"  # unsubscribed before their turn came
+GIVEN_UP = "given_up"  # still unsent when the campaign was closed: never tried again
+UNSENT = (PENDING, SENDING, DEFERRED)
+# The rows `status` shows as recent errors (tables.errors_index).
+SHOWN_ERRORS = (FAILED, DEFERRED, SENDING)
+
+# Campaign statuses (the transitions: lifecycle.py)
+READY = "ready"  # created, not started
+SCHEDULED = "scheduled"
+RUNNING = "sending"
+DONE = "done"  # every delivery is sent, failed or skipped
+INCOMPLETE = "incomplete"  # stopped with deliveries left (deferred, interrupted): resume it
+CANCELLED = "cancelled"
+MISSED = "missed"
+CLOSED = "closed"  # ended by `newsletter close` with deliveries left: they were given up
+
+# Bounce and complaint reports (ledger/bounces.py)
+HARD = "hard"
+SOFT = "soft"
+COMPLAINT = "complaint"
+KINDS = (HARD, SOFT, COMPLAINT)

@@ -17,14 +17,32 @@ from typing import Any
 
 import sqlalchemy as sa
 
-# Subscriber statuses: in statuses.py, which the CLI reads without loading SQLAlchemy.
+# The statuses of subscribers, deliveries and campaigns: in statuses.py, which the CLI and
+# `status` read without loading SQLAlchemy.
 from newsletter.ledger.statuses import (  # noqa: F401 (re-exported: the ledger's names)
     ACTIVE,
     BOUNCED,
+    CANCELLED,
+    CLOSED,
     COMPLAINED,
+    DEFERRED,
+    DONE,
+    FAILED,
+    GIVEN_UP,
+    INCOMPLETE,
+    MISSED,
+    PENDING,
     PENDING_CONFIRMATION,
+    READY,
+    RUNNING,
+    SCHEDULED,
+    SENDING,
+    SENT,
+    SHOWN_ERRORS,
+    SKIPPED,
     SUBSCRIBER_STATUSES,
     SUPPRESSED,
+    UNSENT,
     UNSUBSCRIBED,
 )
 
@@ -42,17 +60,6 @@ _DISTANCE = {ACTIVE: 0, PENDING_CONFIRMATION: 0, UNSUBSCRIBED: 1, BOUNCED: 2, CO
 def imported_status_applies(imported: str, stored: str) -> bool:
     """Whether a status read from an imported file replaces a known address's status."""
     return _DISTANCE[imported] > _DISTANCE.get(stored, 0)
-
-
-# Delivery statuses
-PENDING = "pending"
-SENDING = "sending"  # handed to the SMTP server, reply not yet recorded: in doubt after a crash
-SENT = "sent"
-FAILED = "failed"  # permanent (5xx), never retried
-DEFERRED = "deferred"  # temporary (4xx, dropped connection), retried later
-SKIPPED = "skipped"  # unsubscribed before their turn came
-GIVEN_UP = "given_up"  # still unsent when the campaign was closed: never tried again
-UNSENT = (PENDING, SENDING, DEFERRED)
 
 
 def utcnow() -> dt.datetime:
@@ -202,7 +209,6 @@ def status_in(values: tuple[str, ...]) -> sa.ColumnElement[bool]:
 # The rows `status` shows as recent errors, and the unsent rows under a lease (the ones
 # a worker holds, or held when it stopped): few at any time, so each has a partial
 # index, and `status` costs the same at row 1,000 and row 1,000,000 (revision 0007).
-SHOWN_ERRORS = (FAILED, DEFERRED, SENDING)
 shows_an_error = sa.and_(deliveries.c.last_error.is_not(None), status_in(SHOWN_ERRORS))
 # The owner is in the condition so that only a query that says so (status's) reads this
 # index: the claim's looks at rows in flight (lease_until IS NOT NULL) would otherwise be
@@ -332,16 +338,6 @@ erased = sa.Table(
     sa.Column("email_hash", sa.String(64), primary_key=True),
     sa.Column("erased_at", UTCDateTime, nullable=False),
 )
-
-# Campaign statuses (the transitions: lifecycle.py)
-READY = "ready"  # created, not started
-SCHEDULED = "scheduled"
-RUNNING = "sending"
-DONE = "done"  # every delivery is sent, failed or skipped
-INCOMPLETE = "incomplete"  # stopped with deliveries left (deferred, interrupted): resume it
-CANCELLED = "cancelled"
-MISSED = "missed"
-CLOSED = "closed"  # ended by `newsletter close` with deliveries left: they were given up
 
 
 # The triggers that keep delivery_counts on PostgreSQL (revision 0007 made them; a new
