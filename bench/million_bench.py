@@ -18,8 +18,10 @@ Prints, for N subscribers:
   command's and every worker process's user+system CPU, over N; PostgreSQL's own
   backends are not counted), peak RSS per process (VmHWM of each worker process read
   just before it is stopped, ru_maxrss of the send command);
-- status: the wall time of `newsletter status` (the whole command) and of the status
-  query alone (`campaign_status.status` in this process), sampled during the send.
+- status: the wall time of `newsletter status` (the whole command), of one look of
+  `status --watch` (`campaign_status.status_at`: a new psycopg connection and the reads,
+  in this process) and of the reads alone on an open Store (`campaign_status.status`),
+  sampled during the send.
 
 Fresh tables in `--pg-database` (created if missing and emptied: never a database you
 keep), Redis database 12 by default (flushed: never 13, the tests', nor 14 or 15, the
@@ -105,12 +107,14 @@ class Watcher(threading.Thread):
     def __init__(self, url: str, env: dict[str, str], cwd: Path, samples: int, n: int) -> None:
         super().__init__(daemon=True)
         self.engine = sa.create_engine(url)
+        self.url = url
         self.env, self.cwd, self.samples, self.n = env, cwd, samples, n
         self.start_at = 0.0
         self.created: float | None = None
         self.total: int | None = None
         self.command: list[float] = []
         self.query: list[float] = []
+        self.look: list[float] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -132,6 +136,9 @@ class Watcher(threading.Thread):
             t0 = time.perf_counter()
             rows = campaign_status.status(store, None)
             self.query.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert campaign_status.status_at(self.url, None) is not None
+            self.look.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             status = [*NEWSLETTER, "status"]
             subprocess.run(status, env=self.env, cwd=self.cwd, capture_output=True, check=True)
@@ -274,7 +281,11 @@ def main() -> None:
                 f"peak RSS: send command {mib(usage.ru_maxrss * 1024)}, worker processes "
                 + ", ".join(mib(hwm) for _, hwm in after.values())
             )
-            for label, values in (("command", watcher.command), ("query", watcher.query)):
+            for label, values in (
+                ("command", watcher.command),
+                ("--watch look", watcher.look),
+                ("query", watcher.query),
+            ):
                 if values:
                     print(
                         f"status {label}: median {statistics.median(values) * 1000:,.0f} ms,"

@@ -191,3 +191,80 @@ def test_resume_of_unknown_campaign_is_a_clear_error(pub: Publication) -> None:
     result = invoke(pub, "resume", "42")
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: campaign 42: no such campaign"
+
+
+# --- status --watch: one process looking again, on a clock the test holds ------------------
+
+
+def _watched(
+    pub: Publication, monkeypatch: pytest.MonkeyPatch, steps: list[str | None], *args: str
+) -> tuple[Result, list[float]]:
+    """`status ARGS --watch`, the campaign moved to each of `steps` between two looks
+    (None: Ctrl-C instead)."""
+    from newsletter.cli import sending
+    from newsletter.ledger.tables import campaigns
+
+    store = pub.store()
+    paused: list[float] = []
+
+    def pause(seconds: float) -> None:
+        paused.append(seconds)
+        step = steps[len(paused) - 1]
+        if step is None:
+            raise KeyboardInterrupt
+        with store.begin() as conn:
+            conn.execute(campaigns.update().values(status=step))
+
+    monkeypatch.setattr(sending, "_pause", pause)
+    return invoke(pub, "status", *args), paused
+
+
+def _scheduled(pub: Publication) -> None:
+    result = invoke(pub, "schedule", str(pub.issue), "--at", "2099-12-01 09:00")
+    assert result.exit_code == 0, result.output
+
+
+def test_status_watch_looks_until_the_campaign_is_done(
+    pub: Publication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _scheduled(pub)
+    result, paused = _watched(pub, monkeypatch, ["sending", "done"], "1", "--watch", "0.5")
+    assert result.exit_code == 0, result.output
+    assert paused == [0.5, 0.5]
+    states = [
+        line.split("[")[1].split("]")[0] for line in result.stdout.splitlines() if "#1" in line
+    ]
+    assert states == ["scheduled", "sending", "done"]
+    assert result.stdout.count("every 0.5 s (Ctrl-C to stop)") == 3
+
+
+def test_status_watch_exits_1_when_the_run_stops_with_deliveries_left(
+    pub: Publication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _scheduled(pub)
+    result, paused = _watched(pub, monkeypatch, ["sending", "incomplete"], "1", "--watch")
+    assert result.exit_code == 1, result.output
+    assert paused == [2.0, 2.0]  # --watch alone: every 2 s
+    assert "[incomplete]" in result.stdout and "no more automatic retries" in result.stdout
+
+
+def test_status_watch_json_is_a_line_a_look_and_ctrl_c_ends_it(
+    pub: Publication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _scheduled(pub)
+    result, paused = _watched(pub, monkeypatch, ["sending", None], "--watch", "1", "--json")
+    assert result.exit_code == 0, result.output  # without CAMPAIGN_ID: until Ctrl-C
+    looks = [json.loads(line) for line in result.stdout.splitlines() if line]
+    assert [[c["status"] for c in look["campaigns"]] for look in looks] == [
+        ["scheduled"],
+        ["sending"],
+    ]
+    assert all(look["at"].endswith("+00:00") for look in looks)
+
+
+def test_status_watch_refuses_a_bad_interval_and_an_unknown_campaign(pub: Publication) -> None:
+    result = invoke(pub, "status", "--watch", "0")
+    assert result.exit_code == 2 and "--watch" in result.stderr
+    missing = invoke(pub, "status", "9", "--watch")
+    assert missing.exit_code == 1
+    assert missing.stderr.strip() == "Error: campaign 9: no such campaign"

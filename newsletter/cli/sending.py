@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,7 @@ from newsletter.cli.root import (
 if TYPE_CHECKING:
     from newsletter import config as config_mod
     from newsletter.issue import publish
-    from newsletter.ledger import once
+    from newsletter.ledger import campaign_status, once
     from newsletter.ledger.store import Store
     from newsletter.send import runner
 
@@ -253,19 +255,64 @@ def _run_campaign(state: State, store: Store, campaign_id: int, as_json: bool) -
         raise SystemExit(1)
 
 
+# Between two looks of `status --watch` (tests put a clock of their own here).
+_pause = time.sleep
+
+
 @cli.command()
 @click.argument("campaign_id", type=int, required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print as JSON (with --watch: one line a look)."
+)
+@click.option(
+    "--watch",
+    "every",
+    type=click.FloatRange(min=0.1),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Look again every SECONDS (2 if not given) until Ctrl-C, or until CAMPAIGN_ID's"
+    " run ends: exit 0 when it is done, 1 when it stopped with deliveries left.",
+)
 @pass_state
-def status(state: State, campaign_id: int | None, as_json: bool) -> None:
+def status(state: State, campaign_id: int | None, as_json: bool, every: float | None) -> None:
     """Show campaigns (or CAMPAIGN_ID): counts per status and recent errors."""
     from newsletter.ledger import campaign_status
+    from newsletter.ledger.statuses import DONE, ENDED
+
+    def look() -> list[campaign_status.CampaignStatus]:
+        # Watched in a loop during a send: read without SQLAlchemy where that is certain.
+        rows = campaign_status.status_at(state.config.database_url, campaign_id)
+        return campaign_status.status(open_store(state), campaign_id) if rows is None else rows
+
+    if every is None:
+        _show_status(look(), as_json)
+        return
+    redraw = not as_json and sys.stdout.isatty()
+    try:
+        while True:
+            rows = look()
+            if as_json:
+                at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+                click.echo(json.dumps({"at": at, "campaigns": [r.as_dict() for r in rows]}))
+            else:
+                if redraw:
+                    click.clear()
+                click.echo(f"{time.strftime('%H:%M:%S')}, every {every:g} s (Ctrl-C to stop)")
+                _show_status(rows, as_json=False)
+            if campaign_id is not None and rows[0].status in ENDED:
+                raise SystemExit(0 if rows[0].status == DONE else 1)
+            if not redraw and not as_json:
+                click.echo()
+            _pause(every)
+    except KeyboardInterrupt:
+        click.echo()
+
+
+def _show_status(rows: list[campaign_status.CampaignStatus], as_json: bool) -> None:
     from newsletter.ledger.statuses import INCOMPLETE
 
-    # Watched in a loop during a send: read without SQLAlchemy where that is certain.
-    rows = campaign_status.status_at(state.config.database_url, campaign_id)
-    if rows is None:
-        rows = campaign_status.status(open_store(state), campaign_id)
     if as_json:
         click.echo(json.dumps({"campaigns": [row.as_dict() for row in rows]}, indent=2))
         return

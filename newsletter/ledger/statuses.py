@@ -35,6 +35,9 @@ INCOMPLETE = "incomplete"  # stopped with deliveries left (deferred, interrupted
 CANCELLED = "cancelled"
 MISSED = "missed"
 CLOSED = "closed"  # ended by `newsletter close` with deliveries left: they were given up
+# A campaign no run is sending, nor will start by itself (an incomplete one may be retried
+# by run-due: a new run).
+ENDED = (DONE, INCOMPLETE, CANCELLED, MISSED, CLOSED)
 
 # Bounce and complaint reports (ledger/bounces.py)
 HARD = "hard"
