@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,27 +283,13 @@ class Ledger:
                 if mark is None:
                     return False
                 return db.execute(sa.text(self.mark_sql), mark).rowcount == 1
-        raw = db.connection.dbapi_connection
-        assert raw is not None
-        cur = raw.cursor()
-        try:
-            with self.turns:
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    if record is not None:
-                        cur.execute(self.record_sql, record)
-                    marked = False
-                    if mark is not None:
-                        cur.execute(self.mark_sql, mark)
-                        marked = cur.rowcount == 1
-                    cur.execute("COMMIT")
-                    return marked
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        cur.execute("ROLLBACK")
-                    raise
-        finally:
-            cur.close()
+        with immediate(db, self.turns) as cur:
+            if record is not None:
+                cur.execute(self.record_sql, record)
+            if mark is None:
+                return False
+            cur.execute(self.mark_sql, mark)
+            return bool(cur.rowcount == 1)
 
     def _commit_pg(self, record: dict[str, Any] | None, mark: dict[str, Any] | None) -> bool:
         """One statement in autocommit: its own transaction, all of it or nothing."""
@@ -318,6 +304,27 @@ class Ledger:
             cur.execute(self.both_sql, {**{f"r_{k}": v for k, v in record.items()}, **mark})
             row = cur.fetchone()
             return bool(row is not None and row[0] == 1)
+
+
+@contextlib.contextmanager
+def immediate(db: sa.Connection, turns: contextlib.AbstractContextManager[Any]) -> Iterator[Any]:
+    """One SQLite write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error) on
+    the DB-API connection under `db`, in the senders' turns: a cursor of its own."""
+    raw = db.connection.dbapi_connection
+    assert raw is not None
+    cur = raw.cursor()
+    try:
+        with turns:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cur.execute("ROLLBACK")
+                raise
+    finally:
+        cur.close()
 
 
 # What [database] synchronous_commit = false risks, printed when a send starts with it.

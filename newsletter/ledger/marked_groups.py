@@ -16,13 +16,12 @@ each to the status it had, in the statement that records the replies it holds.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Any
 
 import sqlalchemy as sa
 
-from newsletter.ledger.delivery_rows import Ledger
+from newsletter.ledger.delivery_rows import Ledger, immediate
 
 
 def mark_ahead_risk(n: int) -> str:
@@ -98,30 +97,17 @@ class GroupLedger(Ledger):
             return self._group_pg(records, mark or {}, mark_ids, give_back)
         if self.dialect != "sqlite":
             return self._group_sa(records, mark or {}, mark_ids, give_back)
-        raw = self.db.connection.dbapi_connection
-        assert raw is not None
-        cur = raw.cursor()
         marked: dict[int, str] = {}
-        try:
-            with self.turns:
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    if records:
-                        cur.executemany(self.RECORD, records)
-                    if give_back:
-                        cur.executemany(_RESTORE, [{"did": d, "was": w} for d, w in give_back])
-                    for did in mark_ids:
-                        row = cur.execute(_STATUS, {"did": did}).fetchone()
-                        cur.execute(self.mark_sql, {**(mark or {}), "did": did})
-                        if cur.rowcount == 1 and row is not None:
-                            marked[did] = row[0]
-                    cur.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        cur.execute("ROLLBACK")
-                    raise
-        finally:
-            cur.close()
+        with immediate(self.db, self.turns) as cur:
+            if records:
+                cur.executemany(self.RECORD, records)
+            if give_back:
+                cur.executemany(_RESTORE, [{"did": d, "was": w} for d, w in give_back])
+            for did in mark_ids:
+                row = cur.execute(_STATUS, {"did": did}).fetchone()
+                cur.execute(self.mark_sql, {**(mark or {}), "did": did})
+                if cur.rowcount == 1 and row is not None:
+                    marked[did] = row[0]
         return marked
 
     def _group_pg(
