@@ -1,6 +1,7 @@
 """Start-up (issue 20): `--help`, `--version` and each Tab of shell completion load the
 CLI and nothing heavy, and `run-due` with nothing due (cron, every minute) loads no send
-engine, issue build or migration machinery. Each case runs the real command in a fresh
+engine, issue build or migration machinery, and `status` (watched in a loop during a send)
+reads the ledger without SQLAlchemy. Each case runs the real command in a fresh
 interpreter and reads the modules it loaded; the figures are bench/startup_bench.py's."""
 
 from __future__ import annotations
