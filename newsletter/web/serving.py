@@ -242,18 +242,29 @@ class _Uvicorn(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.started:
             self.ready.set()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn waits for open responses before it stops; the app's event streams
-        # never end by themselves, so tell it to end them now.
+        # never end by themselves, so tell it to end them now. From the event loop, not
+        # from here: a signal handler runs between any two bytecodes of the loop's own
+        # code, and waking the streams there could fall inside an asyncio.Event.wait()
+        # between its look at the flag and its wait, leaving a stream asleep for its
+        # keep-alive (15 s), past the graceful shutdown (2 s).
         super().handle_exit(sig, frame)
-        self._on_exit()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._on_exit()
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed in between
+            loop.call_soon_threadsafe(self._on_exit)
 
 
 class Server:
