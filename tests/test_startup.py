@@ -94,9 +94,38 @@ def test_import_newsletter_cli_loads_nothing_heavy() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     modules = set(ast.literal_eval(proc.stdout))
-    assert "click" in modules and "newsletter.cli.sending" in modules  # it did import
+    assert "click" in modules and "newsletter.cli.root" in modules  # it did import
     assert sorted({m.split(".")[0] for m in modules} & set(HEAVY)) == []
     assert sorted(m for m in modules if m.startswith(LIBRARY)) == []
+    # The command modules come with their commands (root.COMMAND_MODULES).
+    assert sorted(m for m in modules if m.startswith("newsletter.cli.")) == ["newsletter.cli.root"]
+
+
+def test_each_command_s_module_is_the_one_that_defines_it() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", COMMANDS_DEFINED],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    defined = json.loads(proc.stdout)
+    from newsletter.cli.root import COMMAND_MODULES
+
+    assert defined == COMMAND_MODULES
+
+
+# Every module of newsletter/cli imported, then the group's own commands: which module
+# defined each one.
+COMMANDS_DEFINED = """
+import importlib, json, pkgutil
+import newsletter.cli
+from newsletter.cli.root import cli
+for info in pkgutil.iter_modules(newsletter.cli.__path__):
+    importlib.import_module(f"newsletter.cli.{info.name}")
+print(json.dumps({name: command.callback.__module__.rsplit(".", 1)[1]
+                  for name, command in sorted(cli.commands.items())}))
+"""
 
 
 def test_version_loads_nothing_heavy(loaded: Callable[..., Loaded]) -> None:
@@ -181,6 +210,10 @@ def test_status_reads_the_ledger_without_sqlalchemy(
     assert run.stdout.startswith("#1 motivated-biden-authorize-ukraines-use-atacms [scheduled]")
     assert run.heavy() == []
     assert run.library(("newsletter.ledger.store", "newsletter.ledger.tables")) == []
+    assert [m for m in run.modules if m.startswith("newsletter.cli.")] == [
+        "newsletter.cli.root",
+        "newsletter.cli.sending",
+    ]
     missing = loaded(*config, "status", "7")
     assert (missing.code, missing.stdout, missing.heavy()) == (1, "", [])
     assert missing.stderr.strip().splitlines() == ["Error: campaign 7: no such campaign"]

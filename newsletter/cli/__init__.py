@@ -8,11 +8,12 @@ The only package that imports click. One module per command group:
     sending    send, resume, close, status, smtpd, workers
     schedule   schedule (create, list, cancel, move), run-due, worker
     setup      init, doctor, completion, dkim, db
-    site       serve, archive, sponsors
+    site       serve, archive, sponsors, console
     bounces    bounces (ingest, fetch)
+
+Each module is imported when one of its commands is used (root.COMMAND_MODULES).
 """
 
-from newsletter.cli import audience, bounces, issue, schedule, sending, setup, site  # noqa: F401
 from newsletter.cli.root import cli
 
 __all__ = ["cli", "main"]

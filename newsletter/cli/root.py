@@ -4,6 +4,7 @@ failed operation, 2 for usage and configuration)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -37,8 +38,50 @@ class _Refused(click.ClickException):
     exit_code = 2
 
 
+# The module of newsletter/cli that defines each command: a command's module is imported
+# when the command is used (`newsletter status` loads cli/sending.py, not the other six),
+# `--help` and completion import them all. tests/test_startup.py holds this table equal to
+# what the modules define.
+COMMAND_MODULES = {
+    "archive": "site",
+    "bounces": "bounces",
+    "build": "issue",
+    "check": "issue",
+    "close": "sending",
+    "completion": "setup",
+    "console": "site",
+    "db": "setup",
+    "dkim": "setup",
+    "doctor": "setup",
+    "import": "issue",
+    "init": "setup",
+    "preview": "issue",
+    "resume": "sending",
+    "run-due": "schedule",
+    "schedule": "schedule",
+    "send": "sending",
+    "serve": "site",
+    "smtpd": "sending",
+    "sponsors": "site",
+    "status": "sending",
+    "subscribers": "audience",
+    "unsubscribe": "audience",
+    "worker": "schedule",
+    "workers": "sending",
+}
+
+
 class Group(click.Group):
-    """Turns a NewsletterError raised by any command into a one-line error."""
+    """Loads each command's module on first use (COMMAND_MODULES), and turns a
+    NewsletterError raised by any command into a one-line error."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMAND_MODULES:
+            importlib.import_module(f"newsletter.cli.{COMMAND_MODULES[name]}")
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
