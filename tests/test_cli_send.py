@@ -268,3 +268,27 @@ def test_status_watch_refuses_a_bad_interval_and_an_unknown_campaign(pub: Public
     missing = invoke(pub, "status", "9", "--watch")
     assert missing.exit_code == 1
     assert missing.stderr.strip() == "Error: campaign 9: no such campaign"
+
+
+def test_status_watch_opens_the_store_once_where_it_cannot_read_directly(
+    pub: Publication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A URL the direct read leaves to the Store (another driver, say): every look then
+    # reads through one Store, not a new one (and a schema check) a look.
+    from newsletter.cli import sending
+    from newsletter.ledger import campaign_status
+
+    _scheduled(pub)
+    opened: list[object] = []
+
+    def open_store(state: object) -> object:
+        store = pub.store()
+        opened.append(store)
+        return store
+
+    monkeypatch.setattr(campaign_status, "status_at", lambda *_: None)
+    monkeypatch.setattr(sending, "open_store", open_store)
+    result, paused = _watched(pub, monkeypatch, ["sending", "done"], "1", "--watch", "1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("#1 ") == 3 and "[done]" in result.stdout
+    assert len(opened) == 1

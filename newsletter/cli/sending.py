@@ -281,10 +281,18 @@ def status(state: State, campaign_id: int | None, as_json: bool, every: float | 
     from newsletter.ledger import campaign_status
     from newsletter.ledger.statuses import DONE, ENDED
 
+    store: Store | None = None
+
     def look() -> list[campaign_status.CampaignStatus]:
-        # Watched in a loop during a send: read without SQLAlchemy where that is certain.
-        rows = campaign_status.status_at(state.config.database_url, campaign_id)
-        return campaign_status.status(open_store(state), campaign_id) if rows is None else rows
+        # Watched in a loop during a send: read without SQLAlchemy where that is certain;
+        # where not, through the Store, opened once (it upgrades an older schema).
+        nonlocal store
+        if store is None:
+            rows = campaign_status.status_at(state.config.database_url, campaign_id)
+            if rows is not None:
+                return rows
+            store = open_store(state)
+        return campaign_status.status(store, campaign_id)
 
     if every is None:
         _show_status(look(), as_json)
