@@ -29,6 +29,7 @@ from newsletter.ledger.tables import (
     GIVEN_UP,
     INCOMPLETE,
     PENDING,
+    RUNNING,
     SCHEDULED,
     SENDING,
     SENT,
@@ -452,3 +453,37 @@ def test_status_without_sqlalchemy_reads_what_the_store_reads(pub: Publication) 
     with store.begin() as conn:  # an older schema: the Store's open upgrades it first
         conn.execute(sa.text("UPDATE newsletter_alembic_version SET version_num = '0006'"))
     assert campaign_status.status_at(url) is None
+
+
+def test_a_live_in_process_send_s_rows_are_in_flight_those_without_a_reply_in_doubt(
+    pub: Publication,
+) -> None:
+    # In-process there is no lease: a row `sending` in a campaign a live process sends is
+    # going out now, unless its final dot had no reply (recorded with an error).
+    store = pub.store()
+    url = pub.config().database_url
+    add_subscribers(store, 6)
+    a = new_campaign(pub, store)
+    ids = ids_of(store, a)
+    set_rows(store, ids[0:2], status=SENT)
+    set_rows(store, ids[2:4], status=SENDING)  # marked, their messages going out
+    set_rows(store, ids[4:5], status=SENDING, last_error="no reply after the final dot")
+
+    def seen(owner: str | None, beat_ago: dt.timedelta, status: str = RUNNING) -> tuple:
+        with store.begin() as conn:
+            conn.execute(
+                campaigns.update()
+                .where(campaigns.c.id == a)
+                .values(status=status, owner=owner, heartbeat_at=utcnow() - beat_ago)
+            )
+        [direct] = campaign_status.status_at(url, a) or [None]
+        [full] = campaign_status.status(store, a)
+        assert direct == full
+        return (full.in_flight, full.in_doubt)
+
+    assert seen("host-a:41:ab12cd34", dt.timedelta(seconds=5)) == (2, 1)
+    assert seen("host-a:41:ab12cd34", dt.timedelta(minutes=3)) == (0, 3)  # its owner is gone
+    assert seen(None, dt.timedelta(seconds=5), INCOMPLETE) == (0, 3)  # stopped
+    assert seen("[workers]", dt.timedelta(seconds=5)) == (0, 3)  # workers: by their leases
+    plan = plan_text(store, campaign_status.SENDING_WITH_AN_ERROR, campaign=a)
+    assert "ix_deliveries_campaign_status" in plan or "ix_deliveries_errors" in plan, plan

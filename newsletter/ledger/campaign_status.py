@@ -20,13 +20,16 @@ from newsletter.ledger.statuses import (
     FAILED,
     GIVEN_UP,
     HARD,
+    LEASE,
     PENDING,
+    RUNNING,
     SENDING,
     SENT,
     SHOWN_ERRORS,
     SKIPPED,
     SOFT,
     UNSENT,
+    WORKERS,
 )
 
 if TYPE_CHECKING:
@@ -42,7 +45,7 @@ def _listed(values: tuple[str, ...]) -> str:
 _CAMPAIGNS = """
 SELECT id, issue_slug, subject, status, total, batches, created_at, scheduled_at,
        started_at, finished_at, resume_after, incomplete_since, last_error, segment,
-       segment_size
+       segment_size, owner, heartbeat_at
 FROM campaigns
 """
 ONE_CAMPAIGN = _CAMPAIGNS + "WHERE id = :campaign"
@@ -76,6 +79,13 @@ WHERE campaign_id = :campaign AND lease_owner IS NOT NULL
   AND status IN ({_listed(UNSENT)}) AND lease_until >= :now
 GROUP BY lease_owner
 """
+# The campaign's rows `sending` with an error: their final dot had no reply (in doubt),
+# where the others of a live in-process send are in flight. Read through the index
+# (campaign_id, status): the rows `sending` are few, those in flight and those in doubt.
+SENDING_WITH_AN_ERROR = f"""
+SELECT count(*) FROM deliveries
+WHERE campaign_id = :campaign AND status = '{SENDING}' AND last_error IS NOT NULL
+"""
 BOUNCE_COUNTS = "SELECT kind, count(*) FROM bounces WHERE campaign_id = :campaign GROUP BY kind"
 
 
@@ -99,8 +109,10 @@ class CampaignStatus:
     failed: int
     deferred: int
     pending: int
-    in_doubt: int  # `sending` and held by nobody: the final dot went out, or a crash
-    in_flight: int  # `sending` under a live lease: a worker is on it now
+    in_doubt: int  # `sending` and held by nobody: the final dot had no reply, or a crash
+    # `sending` under a live lease (a worker is on it now), or in a campaign a live
+    # process sends, without an error recorded (its message is going out now).
+    in_flight: int
     skipped: int
     given_up: int
     bounced: int  # bounce reports about its messages (a 5xx at RCPT, a DSN, a webhook)
@@ -130,7 +142,9 @@ def status(store: Store, campaign_id: int | None = None, limit: int = 20) -> lis
     """Counts per campaign (newest first), with the most recent errors.
 
     The ledger is shared, so this is the progress of every worker sending it; rows
-    `sending` under a live lease are in flight on a worker, the others are in doubt.
+    `sending` under a live lease are in flight on a worker, and so are those of a
+    campaign a live process sends but for the ones recorded with no reply to their final
+    dot; the others are in doubt.
     On PostgreSQL each campaign costs the same at 1,000 rows and at 1,000,000: the
     counts are kept per status, and the recent errors and the rows held are read
     through partial indexes of those few rows. SQLite counts the campaign's rows,
@@ -157,17 +171,26 @@ def statuses(driver: Driver, campaign_id: int | None, limit: int) -> list[Campai
         rows = driver.rows(ONE_CAMPAIGN, campaign=campaign_id)
         if not rows:
             raise NewsletterError(f"campaign {campaign_id}: no such campaign")
-    now = driver.time(dt.datetime.now(dt.UTC))
+    moment = dt.datetime.now(dt.UTC)
+    now = driver.time(moment)
     out = []
     for row in rows:
         (cid, issue, subject, state, total, batches, created, scheduled) = row[:8]
         (started, finished, resume_after, incomplete_since, last_error) = row[8:13]
-        (segment, segment_size) = row[13:]
+        (segment, segment_size, owner, heartbeat) = row[13:]
         c = counts(driver, cid)
         reports = bounce_counts(driver, cid)
         errors = driver.rows(RECENT_ERRORS, campaign=cid, n=5)
         held = driver.rows(HELD_ROWS, campaign=cid, now=now)
         in_flight = sum(int(n) for _, n in held)
+        in_doubt = c[SENDING] - in_flight
+        if state == RUNNING and owner not in (None, WORKERS) and c[SENDING]:
+            beat = Driver.stored_time(heartbeat)
+            if beat is not None and moment - beat <= LEASE:
+                # A process sends it now: its rows `sending` are in flight, but those
+                # whose final dot had no reply (recorded with an error): in doubt.
+                in_doubt = int(driver.rows(SENDING_WITH_AN_ERROR, campaign=cid)[0][0])
+                in_flight = c[SENDING] - in_doubt
         out.append(
             CampaignStatus(
                 id=cid,
@@ -179,7 +202,7 @@ def statuses(driver: Driver, campaign_id: int | None, limit: int) -> list[Campai
                 failed=c[FAILED],
                 deferred=c[DEFERRED],
                 pending=c[PENDING],
-                in_doubt=c[SENDING] - in_flight,
+                in_doubt=in_doubt,
                 in_flight=in_flight,
                 skipped=c[SKIPPED],
                 given_up=c[GIVEN_UP],

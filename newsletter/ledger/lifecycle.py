@@ -31,6 +31,10 @@ from newsletter.ledger.delivery_rows import (
     lower_claim_cursor,
 )
 from newsletter.ledger.once import EVERYONE, NEWCOMERS, Repeat, history_in, recipients
+
+# LEASE (a heartbeat older than this: the owner is gone) and WORKERS (the workers' owner
+# tag) are in statuses.py, where `status` reads them too.
+from newsletter.ledger.statuses import LEASE, WORKERS
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
     CLOSED,
@@ -58,15 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("newsletter.campaign")
 
 
-LEASE = dt.timedelta(seconds=120)  # a heartbeat older than this means the owner is gone
-
-
 HEARTBEAT_EVERY = 10.0
-
-
-# The owner of a campaign that Celery workers send. Not a host name, so only the
-# heartbeat (renewed by every batch) says whether the workers still have it.
-WORKERS = "[workers]"
 
 
 class CampaignBusy(NewsletterError):

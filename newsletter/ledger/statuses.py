@@ -5,6 +5,8 @@ offers them as choices (`subscribers list --status`) and `status` reads the ledg
 
 from __future__ import annotations
 
+import datetime as dt
+
 ACTIVE = "active"
 PENDING_CONFIRMATION = "pending"  # signed up on the web, confirmation link not yet followed
 UNSUBSCRIBED = "unsubscribed"
@@ -35,6 +37,12 @@ INCOMPLETE = "incomplete"  # stopped with deliveries left (deferred, interrupted
 CANCELLED = "cancelled"
 MISSED = "missed"
 CLOSED = "closed"  # ended by `newsletter close` with deliveries left: they were given up
+# Who sends a campaign (campaigns.owner): a process ("host:pid:random"), or the workers.
+# An owner whose heartbeat is older than LEASE is gone (lifecycle.owner_alive).
+LEASE = dt.timedelta(seconds=120)
+# The owner of a campaign that Celery workers send. Not a host name, so only the
+# heartbeat (renewed by every batch) says whether the workers still have it.
+WORKERS = "[workers]"
 # A campaign no run is sending, nor will start by itself (an incomplete one may be retried
 # by run-due: a new run).
 ENDED = (DONE, INCOMPLETE, CANCELLED, MISSED, CLOSED)
