@@ -8,6 +8,10 @@ PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -483,6 +487,16 @@ def test_a_live_in_process_send_s_rows_are_in_flight_those_without_a_reply_in_do
 
     assert seen("host-a:41:ab12cd34", dt.timedelta(seconds=5)) == (2, 1)
     assert seen("host-a:41:ab12cd34", dt.timedelta(minutes=3)) == (0, 3)  # its owner is gone
+    # On this host the process itself is asked (lifecycle's rule, statuses.owner_alive).
+    here = socket.gethostname()
+    assert seen(f"{here}:{os.getpid()}:ab12cd34", dt.timedelta(seconds=5)) == (2, 1)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert seen(f"{here}:{ended.stdout.strip()}:ab12cd34", dt.timedelta(seconds=5)) == (0, 3)
     assert seen(None, dt.timedelta(seconds=5), INCOMPLETE) == (0, 3)  # stopped
     assert seen("[workers]", dt.timedelta(seconds=5)) == (0, 3)  # workers: by their leases
     plan = plan_text(store, campaign_status.SENDING_WITH_AN_ERROR, campaign=a)

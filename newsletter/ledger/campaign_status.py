@@ -20,7 +20,6 @@ from newsletter.ledger.statuses import (
     FAILED,
     GIVEN_UP,
     HARD,
-    LEASE,
     PENDING,
     RUNNING,
     SENDING,
@@ -30,6 +29,7 @@ from newsletter.ledger.statuses import (
     SOFT,
     UNSENT,
     WORKERS,
+    owner_alive,
 )
 
 if TYPE_CHECKING:
@@ -184,13 +184,16 @@ def statuses(driver: Driver, campaign_id: int | None, limit: int) -> list[Campai
         held = driver.rows(HELD_ROWS, campaign=cid, now=now)
         in_flight = sum(int(n) for _, n in held)
         in_doubt = c[SENDING] - in_flight
-        if state == RUNNING and owner not in (None, WORKERS) and c[SENDING]:
-            beat = Driver.stored_time(heartbeat)
-            if beat is not None and moment - beat <= LEASE:
-                # A process sends it now: its rows `sending` are in flight, but those
-                # whose final dot had no reply (recorded with an error): in doubt.
-                in_doubt = int(driver.rows(SENDING_WITH_AN_ERROR, campaign=cid)[0][0])
-                in_flight = c[SENDING] - in_doubt
+        if (
+            state == RUNNING
+            and owner != WORKERS
+            and c[SENDING]
+            and owner_alive(owner, Driver.stored_time(heartbeat), moment)
+        ):
+            # A process sends it now: its rows `sending` are in flight, but those whose
+            # final dot had no reply (recorded with an error): in doubt.
+            in_doubt = int(driver.rows(SENDING_WITH_AN_ERROR, campaign=cid)[0][0])
+            in_flight = c[SENDING] - in_doubt
         out.append(
             CampaignStatus(
                 id=cid,

@@ -32,9 +32,9 @@ from newsletter.ledger.delivery_rows import (
 )
 from newsletter.ledger.once import EVERYONE, NEWCOMERS, Repeat, history_in, recipients
 
-# LEASE (a heartbeat older than this: the owner is gone) and WORKERS (the workers' owner
-# tag) are in statuses.py, where `status` reads them too.
-from newsletter.ledger.statuses import LEASE, WORKERS
+# WORKERS (the workers' owner tag) and owner_alive (LEASE, the heartbeat's limit) are in
+# statuses.py, where `status` reads them too.
+from newsletter.ledger.statuses import WORKERS, owner_alive
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
     CLOSED,
@@ -170,23 +170,6 @@ def add_deliveries(conn: sa.Connection, campaign_id: int) -> int:
 
 def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_alive(owner: str | None, heartbeat: dt.datetime | None, now: dt.datetime) -> bool:
-    if not owner:
-        return False
-    if heartbeat is None or now - heartbeat > LEASE:
-        return False
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host == socket.gethostname() and pid_text.isdigit():
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-    return True
 
 
 def claim(

@@ -6,6 +6,8 @@ offers them as choices (`subscribers list --status`) and `status` reads the ledg
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 
 ACTIVE = "active"
 PENDING_CONFIRMATION = "pending"  # signed up on the web, confirmation link not yet followed
@@ -38,7 +40,7 @@ CANCELLED = "cancelled"
 MISSED = "missed"
 CLOSED = "closed"  # ended by `newsletter close` with deliveries left: they were given up
 # Who sends a campaign (campaigns.owner): a process ("host:pid:random"), or the workers.
-# An owner whose heartbeat is older than LEASE is gone (lifecycle.owner_alive).
+# An owner whose heartbeat is older than LEASE is gone (owner_alive, below).
 LEASE = dt.timedelta(seconds=120)
 # The owner of a campaign that Celery workers send. Not a host name, so only the
 # heartbeat (renewed by every batch) says whether the workers still have it.
@@ -52,3 +54,22 @@ HARD = "hard"
 SOFT = "soft"
 COMPLAINT = "complaint"
 KINDS = (HARD, SOFT, COMPLAINT)
+
+
+def owner_alive(owner: str | None, heartbeat: dt.datetime | None, now: dt.datetime) -> bool:
+    """The campaign's owner is sending it now: its heartbeat is within LEASE and, for a
+    process on this host, that process is still there."""
+    if not owner:
+        return False
+    if heartbeat is None or now - heartbeat > LEASE:
+        return False
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host == socket.gethostname() and pid_text.isdigit():
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True

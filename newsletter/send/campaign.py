@@ -37,16 +37,14 @@ from newsletter.issue.render import html_slots, text_slots
 from newsletter.ledger import lifecycle
 from newsletter.ledger.delivery_rows import ASYNC_RISK, Rows, counts
 from newsletter.ledger.lifecycle import (
-    LEASE,
-    WORKERS,
     CampaignBusy,
     claim,
     heartbeat,
-    owner_alive,
     owner_id,
     release,
 )
 from newsletter.ledger.marked_groups import mark_ahead_risk
+from newsletter.ledger.statuses import LEASE, WORKERS, owner_alive
 from newsletter.ledger.store import Store
 from newsletter.ledger.tables import (
     DEFERRED,
